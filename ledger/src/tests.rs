@@ -1,0 +1,398 @@
+use super::*;
+use foundry_events::{Event, EventType, MetricPoint, MetricsLogged, RunCancelled, RunRequested};
+use std::collections::BTreeMap;
+
+fn fresh() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Home::at(dir.path()).init().unwrap();
+    (dir, ledger)
+}
+
+fn requested(run: &str) -> Event {
+    Event::RunRequested(RunRequested {
+        run_id: run.into(),
+        recipe_id: "rcp".into(),
+        dataset_id: "ds".into(),
+        model_id: "m".into(),
+        backend: "local".into(),
+        overrides: BTreeMap::new(),
+    })
+}
+
+fn metrics(run: &str, step: u64) -> Event {
+    Event::MetricsLogged(MetricsLogged {
+        run_id: run.into(),
+        points: vec![MetricPoint {
+            step,
+            loss: 1.0 / (step as f64 + 1.0),
+            lr: 1e-4,
+            grad_norm: 0.5,
+            tokens: 512,
+            tokens_per_s: 1000.0,
+            elapsed_ms: step * 10,
+        }],
+    })
+}
+
+fn append_n(l: &Ledger, n: u64, batch: u64) {
+    let mut done = 0;
+    while done < n {
+        let k = batch.min(n - done);
+        let events = (0..k)
+            .map(|i| NewEvent::new(metrics(&format!("r{}", (done + i) % 7), done + i)))
+            .collect();
+        l.append(AppendRequest::new("t", events)).unwrap();
+        done += k;
+    }
+}
+
+#[test]
+fn append_assigns_seq_versions_and_chains() {
+    let (_d, l) = fresh();
+    let out = l
+        .append(AppendRequest::new(
+            "alice",
+            vec![NewEvent::new(requested("a")), NewEvent::new(metrics("a", 1))],
+        ))
+        .unwrap();
+    assert!(!out.duplicate);
+    assert_eq!(out.events[0].seq, 1);
+    assert_eq!(out.events[1].seq, 2);
+    assert_eq!(out.events[1].stream_version, 2);
+    assert_eq!(out.events[1].prev_hash, out.events[0].hash);
+    assert_eq!(out.events[0].actor, "alice");
+    assert_eq!(l.head().seq, 2);
+    assert_eq!(l.stream_version("run/a").unwrap(), 2);
+    assert_eq!(l.read_stream("run/a", 2).unwrap()[0].seq, 2);
+    assert_eq!(l.seqs_of_type(EventType::MetricsLogged, 0).unwrap(), vec![2]);
+    assert_eq!(l.read_from(2, 10).unwrap().len(), 1);
+    assert!(l.verify().unwrap().is_ok());
+}
+
+#[test]
+fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path());
+    {
+        let l = home.init().unwrap();
+        append_n(&l, 25, 4);
+    }
+    let l = home.open_ledger().unwrap();
+    assert_eq!(l.head().seq, 25);
+    append_n(&l, 5, 5);
+    assert_eq!(l.head().seq, 30);
+    assert!(l.verify().unwrap().is_ok());
+}
+
+#[test]
+fn idempotent_append_returns_the_originals() {
+    let (_d, l) = fresh();
+    let req = AppendRequest::new("a", vec![NewEvent::new(requested("x")), NewEvent::new(metrics("x", 0))])
+        .idempotent("req-1");
+    let first = l.append(req.clone()).unwrap();
+    let again = l.append(req).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.events, first.events);
+    assert_eq!(l.head().seq, 2);
+}
+
+#[test]
+fn expected_version_conflict_is_typed_and_writes_nothing() {
+    let (_d, l) = fresh();
+    l.append(AppendRequest::new("a", vec![NewEvent::new(requested("x"))]))
+        .unwrap();
+    let err = l
+        .append(
+            AppendRequest::new("a", vec![NewEvent::new(metrics("x", 1))])
+                .expect("run/x", ExpectedVersion::NoStream),
+        )
+        .unwrap_err();
+    match err {
+        LedgerError::Conflict { stream, actual, .. } => {
+            assert_eq!(stream, "run/x");
+            assert_eq!(actual, 1);
+        }
+        e => panic!("{e}"),
+    }
+    assert_eq!(l.head().seq, 1);
+    l.append(
+        AppendRequest::new("a", vec![NewEvent::new(metrics("x", 1))])
+            .expect("run/x", ExpectedVersion::Exact(1)),
+    )
+    .unwrap();
+    assert_eq!(l.head().seq, 2);
+}
+
+#[test]
+fn two_writers_racing_exactly_one_wins_each_round() {
+    let (_d, l) = fresh();
+    l.append(AppendRequest::new("a", vec![NewEvent::new(requested("race"))]))
+        .unwrap();
+    let rounds = 200u64;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|w| {
+            let l = l.clone();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let mut wins = Vec::new();
+                for round in 0..rounds {
+                    b.wait();
+                    let req = AppendRequest::new(
+                        format!("writer{w}"),
+                        vec![NewEvent::new(Event::RunCancelled(RunCancelled {
+                            run_id: "race".into(),
+                            reason: format!("{w}:{round}"),
+                        }))],
+                    )
+                    .expect("run/race", ExpectedVersion::Exact(round + 1));
+                    match l.append(req) {
+                        Ok(_) => wins.push(round),
+                        Err(LedgerError::Conflict { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    b.wait();
+                }
+                wins
+            })
+        })
+        .collect();
+    let wins: Vec<Vec<u64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut all: Vec<u64> = wins.concat();
+    all.sort();
+    assert_eq!(all, (0..rounds).collect::<Vec<_>>(), "exactly one winner per round");
+    assert_eq!(l.stream_version("run/race").unwrap(), rounds + 1);
+    assert_eq!(l.head().seq, rounds + 1);
+    assert!(l.verify().unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_delivers_new_events_in_order() {
+    let (_d, l) = fresh();
+    append_n(&l, 3, 3);
+    let mut tail = l.tail(2);
+    let writer = l.clone();
+    let h = tokio::task::spawn_blocking(move || append_n(&writer, 5, 1));
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(tail.next().await.unwrap().seq);
+    }
+    h.await.unwrap();
+    assert_eq!(seen, vec![3, 4, 5, 6, 7, 8]);
+}
+
+#[test]
+fn outbox_tracks_unpublished_events() {
+    let (_d, l) = fresh();
+    append_n(&l, 5, 5);
+    assert_eq!(l.outbox_pending(100).unwrap(), vec![1, 2, 3, 4, 5]);
+    l.outbox_ack(&[1, 2, 4]).unwrap();
+    assert_eq!(l.outbox_pending(100).unwrap(), vec![3, 5]);
+}
+
+#[test]
+fn untouched_ledger_of_100k_events_verifies() {
+    let (_d, l) = fresh();
+    append_n(&l, 100_000, 1000);
+    let r = l.verify().unwrap();
+    assert!(r.is_ok(), "{:?}", r.violation);
+    assert_eq!(r.events, 100_000);
+}
+
+fn violation(l: &Ledger) -> Violation {
+    l.verify().unwrap().violation.expect("tampering must be detected")
+}
+
+#[test]
+fn flipping_any_byte_of_a_stored_record_is_caught_at_its_seq() {
+    let (_d, l) = fresh();
+    append_n(&l, 12, 3);
+    let tree = l.raw_tree();
+    for seq in [1u64, 7, 12] {
+        let key = keys::event(seq);
+        let orig = tree.get(key).unwrap().unwrap().to_vec();
+        for i in 0..orig.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = orig.clone();
+                bad[i] ^= bit;
+                tree.insert(key, bad).unwrap();
+                let v = violation(&l);
+                assert_eq!(v.seq, seq, "byte {i} bit {bit:#x}: {v}");
+            }
+        }
+        tree.insert(key, orig).unwrap();
+        assert!(l.verify().unwrap().is_ok());
+    }
+}
+
+#[test]
+fn deleting_swapping_and_truncating_are_caught() {
+    let (_d, l) = fresh();
+    append_n(&l, 20, 5);
+    let tree = l.raw_tree();
+    let get = |s| tree.get(keys::event(s)).unwrap().unwrap();
+
+    let e5 = get(5);
+    tree.remove(keys::event(5)).unwrap();
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (5, &ViolationKind::Gap { next_present: 6 }));
+    tree.insert(keys::event(5), e5).unwrap();
+
+    let (a, b) = (get(8), get(9));
+    tree.insert(keys::event(8), b.clone()).unwrap();
+    tree.insert(keys::event(9), a.clone()).unwrap();
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (8, &ViolationKind::Reordered { claims: 9 }));
+    tree.insert(keys::event(8), a).unwrap();
+    tree.insert(keys::event(9), b).unwrap();
+
+    let tail: Vec<_> = (18..=20).map(|s| (s, get(s))).collect();
+    for s in 18..=20 {
+        tree.remove(keys::event(s)).unwrap();
+    }
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (18, &ViolationKind::Truncated { last_present: 17 }));
+    for (s, bytes) in tail {
+        tree.insert(keys::event(s), bytes).unwrap();
+    }
+    assert!(l.verify().unwrap().is_ok());
+}
+
+fn exported(n: u64) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    let (d, l) = fresh();
+    append_n(&l, n, 4);
+    let path = d.path().join("ledger.export");
+    let s = l.export(&path, "2026-11-29T00:00:00Z").unwrap();
+    assert_eq!(s.events, n);
+    let bytes = std::fs::read(&path).unwrap();
+    (d, path, bytes)
+}
+
+/// Byte offset ranges of each frame's record (seq, start, end).
+fn frames(bytes: &[u8]) -> Vec<(u64, usize, usize)> {
+    let mut pos = EXPORT_MAGIC.len();
+    pos += bytes[pos..].iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut out = Vec::new();
+    let mut seq = 1;
+    loop {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            return out;
+        }
+        out.push((seq, pos, pos + 4 + len));
+        pos += 4 + len;
+        seq += 1;
+    }
+}
+
+#[test]
+fn export_import_round_trip() {
+    let (d, path, _) = exported(50);
+    let dst = Home::at(d.path().join("copy")).init().unwrap();
+    let s = dst.import(&path).unwrap();
+    assert_eq!(s.events, 50);
+    assert_eq!(dst.head().seq, 50);
+    assert!(dst.verify().unwrap().is_ok());
+    assert_eq!(dst.stream_version("run/r1").unwrap(), 7);
+    assert_eq!(dst.outbox_pending(1000).unwrap().len(), 50);
+    // A second import into a non-empty ledger is refused.
+    assert!(matches!(dst.import(&path), Err(LedgerError::ImportRefused(_))));
+}
+
+#[test]
+fn every_single_byte_flip_of_an_export_is_refused_naming_the_seq() {
+    let (d, path, bytes) = exported(8);
+    let frames = frames(&bytes);
+    let bad = d.path().join("bad.export");
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x20;
+        std::fs::write(&bad, &b).unwrap();
+        let err = verify_export(&bad).expect_err(&format!("flip at byte {i} accepted"));
+        let msg = err.to_string();
+        if let Some((seq, _, _)) = frames.iter().find(|(_, s, e)| (*s..*e).contains(&i)) {
+            assert!(
+                msg.contains(&format!("seq {seq}:")),
+                "byte {i} in frame of seq {seq}: {msg}"
+            );
+        }
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+    let _ = path;
+}
+
+#[test]
+fn deleted_swapped_or_truncated_exports_are_refused() {
+    let (d, _path, bytes) = exported(10);
+    let fr = frames(&bytes);
+    let bad = d.path().join("bad.export");
+    let check = |b: &[u8], want: &str| {
+        std::fs::write(&bad, b).unwrap();
+        let msg = verify_export(&bad).unwrap_err().to_string();
+        assert!(msg.contains(want), "want {want:?}, got {msg}");
+    };
+    // Delete the frame of seq 4.
+    let (_, s, e) = fr[3];
+    let mut b = bytes[..s].to_vec();
+    b.extend_from_slice(&bytes[e..]);
+    check(&b, "seq 4:");
+    // Swap seq 6 and 7.
+    let (_, s6, e6) = fr[5];
+    let (_, _, e7) = fr[6];
+    let mut b = bytes[..s6].to_vec();
+    b.extend_from_slice(&bytes[e6..e7]);
+    b.extend_from_slice(&bytes[s6..e6]);
+    b.extend_from_slice(&bytes[e7..]);
+    check(&b, "seq 6:");
+    // Truncate the tail at every point after the header.
+    for cut in (fr[0].1..bytes.len()).step_by(7) {
+        std::fs::write(&bad, &bytes[..cut]).unwrap();
+        assert!(verify_export(&bad).is_err(), "cut at {cut} accepted");
+    }
+    // Cut cleanly after seq 9 with a fake end frame.
+    let (_, _, e9) = fr[8];
+    let mut b = bytes[..e9].to_vec();
+    b.extend_from_slice(&0u32.to_le_bytes());
+    check(&b, "seq 10:");
+}
+
+#[test]
+fn a_refused_import_leaves_the_ledger_empty() {
+    let (d, _path, mut bytes) = exported(30);
+    let n = bytes.len();
+    bytes[n - 100] ^= 1;
+    let bad = d.path().join("bad.export");
+    std::fs::write(&bad, &bytes).unwrap();
+    let dst = Home::at(d.path().join("copy")).init().unwrap();
+    assert!(dst.import(&bad).is_err());
+    assert_eq!(dst.head().seq, 0);
+    assert!(dst.read_from(1, 10).unwrap().is_empty());
+}
+
+#[test]
+fn opening_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = Home::at(dir.path().join("nope"));
+    assert!(matches!(missing.open_ledger(), Err(LedgerError::HomeMissing(_))));
+    let empty = Home::at(dir.path());
+    assert!(matches!(empty.open_ledger(), Err(LedgerError::NotInitialized(_))));
+    let _l = empty.init().unwrap();
+    let err = Ledger::open(&empty.ledger_dir()).err().unwrap();
+    assert!(matches!(err, LedgerError::Locked(_)), "{err}");
+}
+
+#[test]
+fn artifacts_are_content_addressed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::at(dir.path());
+    home.init().unwrap();
+    let store = home.artifacts();
+    let src = dir.path().join("f.bin");
+    std::fs::write(&src, b"weights").unwrap();
+    let (d, n) = store.put_file(&src).unwrap();
+    assert_eq!(n, 7);
+    assert_eq!(d, foundry_events::Sha256Digest::of(b"weights"));
+    assert!(store.check(&d).unwrap());
+    std::fs::write(store.path_of(&d), b"weightz").unwrap();
+    assert!(store.check(&d).is_err());
+}
