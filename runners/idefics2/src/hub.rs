@@ -1,0 +1,89 @@
+//! Where a model comes from: a local Hugging Face directory, or the Hugging Face hub
+//! (through `hf-hub`, at a pinned revision, optionally strictly from the local cache).
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::{HFClientBuilder, HFError};
+
+use crate::error::{Error, Result};
+
+/// Files looked up besides the weights; missing ones are skipped.
+pub const AUX_FILES: [&str; 6] = [
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+];
+
+/// A model location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A local directory in the Hugging Face layout.
+    Local(PathBuf),
+    /// A hub repository at a pinned revision.
+    Hub {
+        /// `owner/name`.
+        repo_id: String,
+        /// Commit sha (recommended) or branch/tag name.
+        revision: String,
+        /// Cache directory (default: `HF_HUB_CACHE` → `$HF_HOME/hub` → `~/.cache/huggingface/hub`).
+        cache_dir: Option<PathBuf>,
+        /// Never touch the network; resolve from the cache only.
+        offline: bool,
+    },
+}
+
+/// Resolves `source` to a local directory holding config.json, the safetensors
+/// weights (single file or index + shards) and whatever processor files exist.
+pub fn resolve(source: &ModelSource) -> Result<PathBuf> {
+    match source {
+        ModelSource::Local(dir) => {
+            if !dir.join("config.json").exists() {
+                return Err(Error::Config(format!("no config.json in {}", dir.display())));
+            }
+            Ok(dir.clone())
+        }
+        ModelSource::Hub { repo_id, revision, cache_dir, offline } => {
+            let (owner, name) = repo_id
+                .split_once('/')
+                .ok_or_else(|| Error::Hub(format!("repo id `{repo_id}` is not owner/name")))?;
+            let mut builder = HFClientBuilder::new();
+            if let Some(c) = cache_dir {
+                builder = builder.cache_dir(c.clone());
+            }
+            let client = builder.build_sync().map_err(|e| Error::Hub(e.to_string()))?;
+            let repo = client.model(owner, name);
+            let get = |file: &str| -> std::result::Result<PathBuf, HFError> {
+                repo.download_file()
+                    .filename(file)
+                    .revision(revision.clone())
+                    .local_files_only(*offline)
+                    .send()
+            };
+            let hub_err = |file: &str, e: HFError| Error::Hub(format!("{repo_id}@{revision}: {file}: {e}"));
+            let optional = |file: &str| -> Result<Option<PathBuf>> {
+                match get(file) {
+                    Ok(p) => Ok(Some(p)),
+                    Err(HFError::EntryNotFound { .. }) | Err(HFError::LocalEntryNotFound { .. }) => Ok(None),
+                    Err(e) => Err(hub_err(file, e)),
+                }
+            };
+            let config = get("config.json").map_err(|e| hub_err("config.json", e))?;
+            let dir = config
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| Error::Hub("config.json path has no parent".into()))?;
+            if optional("model.safetensors")?.is_none() {
+                let index = get("model.safetensors.index.json")
+                    .map_err(|e| hub_err("model.safetensors(.index.json)", e))?;
+                crate::weights::shard_files(&index, |f| get(f).map_err(|e| hub_err(f, e)))?;
+            }
+            for f in AUX_FILES {
+                optional(f)?;
+            }
+            Ok(dir)
+        }
+    }
+}

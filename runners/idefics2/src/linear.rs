@@ -1,0 +1,222 @@
+//! The linear seam: every `nn.Linear` of the model is a [`SeamLinear`].
+//!
+//! A seam linear has a base weight, either a plain dense tensor or a frozen
+//! (e.g. NF4-quantized) weight that is dequantized inside the forward pass, an
+//! optional bias, and optionally a LoRA adapter. Each seam linear knows its full
+//! module path with transformers' names (for example
+//! `model.text_model.layers.0.self_attn.q_proj`), so that a PEFT-style regex can
+//! select the targets through [`LinearVisitor`].
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+/// A frozen base weight stored in some compact form (NF4 comes with the QLoRA work).
+pub trait FrozenWeight: Send + Sync + std::fmt::Debug {
+    /// Materialises the weight as a dense `[out, in]` tensor.
+    fn dequantize(&self, dtype: DType, device: &Device) -> Result<Tensor>;
+    /// The logical `[out, in]` shape of the weight.
+    fn shape(&self) -> (usize, usize);
+}
+
+/// The base weight of a seam linear.
+#[derive(Debug, Clone)]
+pub enum BaseWeight {
+    /// A dense `[out, in]` tensor.
+    Dense(Tensor),
+    /// A frozen weight dequantized at every forward pass.
+    Frozen(Arc<dyn FrozenWeight>),
+}
+
+impl BaseWeight {
+    /// The `[out, in]` shape of the weight.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            BaseWeight::Dense(w) => {
+                let d = w.dims();
+                (d[0], d.get(1).copied().unwrap_or(1))
+            }
+            BaseWeight::Frozen(f) => f.shape(),
+        }
+    }
+}
+
+/// A LoRA adapter: `y += scale * B(A(dropout(x)))`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `lora_A`, shape `[r, in]`.
+    pub a: Tensor,
+    /// `lora_B`, shape `[out, r]`.
+    pub b: Tensor,
+    /// `lora_alpha / r` (or `lora_alpha / sqrt(r)` for rsLoRA).
+    pub scale: f64,
+    /// Dropout probability applied to the adapter input while training.
+    pub dropout: f32,
+    /// Whether dropout is active.
+    pub training: bool,
+}
+
+impl LoraAdapter {
+    /// The delta `scale * B(A(dropout(x)))` for a 2-D input `[n, in]`.
+    fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.training && self.dropout > 0.0 {
+            candle_nn::ops::dropout(x, self.dropout)?
+        } else {
+            x.clone()
+        };
+        let h = crate::ops::matmul(&x, &self.a.t()?)?;
+        let y = crate::ops::matmul(&h, &self.b.t()?)?;
+        y.affine(self.scale, 0.0)
+    }
+}
+
+/// The one linear layer type of the model.
+#[derive(Debug, Clone)]
+pub struct SeamLinear {
+    name: String,
+    base: BaseWeight,
+    bias: Option<Tensor>,
+    lora: Option<LoraAdapter>,
+}
+
+impl SeamLinear {
+    /// A linear layer named `name` (full module path) over `base`, with an optional bias.
+    pub fn new(name: impl Into<String>, base: BaseWeight, bias: Option<Tensor>) -> Self {
+        Self { name: name.into(), base, bias, lora: None }
+    }
+
+    /// The full module path, e.g. `model.text_model.layers.0.self_attn.q_proj`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The base weight.
+    pub fn base(&self) -> &BaseWeight {
+        &self.base
+    }
+
+    /// Replaces the base weight (e.g. with a quantized one); the shape must match.
+    pub fn set_base(&mut self, base: BaseWeight) -> Result<()> {
+        if base.shape() != self.base.shape() {
+            candle_core::bail!(
+                "{}: new base weight shape {:?} differs from {:?}",
+                self.name,
+                base.shape(),
+                self.base.shape()
+            );
+        }
+        self.base = base;
+        Ok(())
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn shape(&self) -> (usize, usize) {
+        self.base.shape()
+    }
+
+    /// The attached LoRA adapter, if any.
+    pub fn lora(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref()
+    }
+
+    /// Mutable access to the attached LoRA adapter, if any.
+    pub fn lora_mut(&mut self) -> Option<&mut LoraAdapter> {
+        self.lora.as_mut()
+    }
+
+    /// Attaches a LoRA adapter, checking `A: [r, in]` and `B: [out, r]`.
+    pub fn attach_lora(&mut self, lora: LoraAdapter) -> Result<()> {
+        let (out, inp) = self.shape();
+        let (ad, bd) = (lora.a.dims(), lora.b.dims());
+        if ad.len() != 2 || bd.len() != 2 || ad[1] != inp || bd[0] != out || ad[0] != bd[1] {
+            candle_core::bail!(
+                "{}: LoRA shapes A {:?} / B {:?} do not fit a [{out}, {inp}] linear",
+                self.name,
+                ad,
+                bd
+            );
+        }
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    /// Detaches and returns the LoRA adapter.
+    pub fn detach_lora(&mut self) -> Option<LoraAdapter> {
+        self.lora.take()
+    }
+
+    /// The dense base weight in `dtype` (dequantizing a frozen one).
+    pub fn dense_weight(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        match &self.base {
+            BaseWeight::Dense(w) => w.to_dtype(dtype),
+            BaseWeight::Frozen(f) => f.dequantize(dtype, device),
+        }
+    }
+}
+
+impl Module for SeamLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = dims.last().copied().unwrap_or(0);
+        let rows = x.elem_count() / inp.max(1);
+        let x2 = x.reshape((rows, inp))?;
+        let w = self.dense_weight(x.dtype(), x.device())?;
+        let mut y = crate::ops::matmul(&x2, &w.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        if let Some(l) = &self.lora {
+            y = (y + l.delta(&x2)?)?;
+        }
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// A visitor over all the seam linears of a model, with their full names.
+pub trait LinearVisitor {
+    /// Visits every linear of `self` in a fixed order.
+    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut SeamLinear) -> Result<()>) -> Result<()>;
+
+    /// The names of all linears, in visiting order.
+    fn linear_names(&mut self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        self.visit_linears(&mut |l| {
+            names.push(l.name().to_string());
+            Ok(())
+        })?;
+        Ok(names)
+    }
+
+    /// Applies `f` to every linear whose full name matches `pattern` as PEFT does
+    /// with a string `target_modules` (`re.fullmatch`). Returns how many matched.
+    fn for_each_matching(
+        &mut self,
+        pattern: &str,
+        f: &mut dyn FnMut(&mut SeamLinear) -> Result<()>,
+    ) -> Result<usize> {
+        let re = full_match_regex(pattern)?;
+        let mut n = 0;
+        self.visit_linears(&mut |l| {
+            if re.is_match(l.name()) {
+                n += 1;
+                f(l)?;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+}
+
+/// Compiles `pattern` anchored at both ends, i.e. Python's `re.fullmatch` semantics.
+pub fn full_match_regex(pattern: &str) -> Result<regex::Regex> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| candle_core::Error::Msg(format!("invalid target regex `{pattern}`: {e}")))
+}
