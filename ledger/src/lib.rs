@@ -7,6 +7,7 @@
 //! * [`Ledger::verify`] recomputes the chain; export/import move a whole
 //!   ledger through one self-describing, verifiable file.
 
+mod chunk;
 mod error;
 mod export;
 mod home;

@@ -1,10 +1,12 @@
 //! The sled-backed store: a single writer appends atomic, durable batches;
 //! any number of readers scan by seq, stream or type, or tail the head.
 
+use crate::chunk;
 use crate::keys::{self, Head};
 use crate::{LedgerError, Result};
 use foundry_events::{
-    Event, EventId, EventType, RecordedEvent, Sha256Digest, Timestamp, SCHEMA_VERSION,
+    hash_record_bytes, Event, EventId, EventType, RecordedEvent, Sha256Digest, Timestamp,
+    SCHEMA_VERSION,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -259,7 +261,6 @@ impl Ledger {
             }
         }
 
-        let mut versions: HashMap<String, u64> = HashMap::new();
         for (stream, expected) in &req.expected {
             let actual = self.stream_version(stream)?;
             let ok = match expected {
@@ -277,8 +278,8 @@ impl Ledger {
         }
 
         let recorded_at = now_nanos().max(head.recorded_at);
-        let mut batch = sled::Batch::default();
-        let mut out = Vec::with_capacity(req.events.len());
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut records = Vec::with_capacity(req.events.len());
         let mut prev = head.hash;
         let mut seq = head.seq;
         for ne in &req.events {
@@ -297,13 +298,12 @@ impl Ledger {
             };
             versions.insert(stream.clone(), version);
             seq += 1;
-            let ty = ne.event.event_type();
             let rec = RecordedEvent {
                 seq,
-                stream: stream.clone(),
+                stream,
                 stream_version: version,
                 event_id: uuid::Uuid::now_v7(),
-                event_type: ty.as_str().to_string(),
+                event_type: ne.event.event_type().as_str().to_string(),
                 schema_version: SCHEMA_VERSION,
                 recorded_at: Timestamp(recorded_at),
                 actor: req.actor.clone(),
@@ -313,72 +313,61 @@ impl Ledger {
                 payload: ne.event.encode_payload()?,
                 prev_hash: prev,
                 hash: Sha256Digest::ZERO,
-            }
-            .seal()?;
-            prev = rec.hash;
-            let bytes = rec.encode()?;
-            batch.insert(&keys::event(seq), bytes);
-            batch.insert(keys::stream_entry(&stream, version), &seq.to_be_bytes());
-            batch.insert(keys::type_entry(ty.as_str(), seq), &[]);
-            batch.insert(&keys::outbox(seq), &[]);
-            out.push(rec);
+            };
+            // Encode once, hash the stored bytes, patch the hash in place.
+            let mut bytes = rec.encode()?;
+            let hash = hash_record_bytes(&bytes)?;
+            let n = bytes.len();
+            bytes[n - 32..].copy_from_slice(&hash.0);
+            let rec = RecordedEvent { hash, ..rec };
+            prev = hash;
+            records.push((rec, bytes));
         }
-        for (stream, v) in &versions {
-            batch.insert(keys::version(stream), &v.to_be_bytes());
-        }
-        let first = head.seq + 1;
-        if let Some(key) = &req.idempotency_key {
-            batch.insert(keys::idempotency(key), &encode_span(first, out.len() as u64));
-        }
-        let new_head = Head {
-            seq,
-            hash: prev,
-            recorded_at,
-        };
-        batch.insert(keys::HEAD, new_head.encode().as_slice());
-        tree.apply_batch(batch).map_err(|e| self.err(e))?;
-        self.inner.db.flush().map_err(|e| self.err(e))?;
+        let new_head = self.write_batch(&records, *head)?;
         *head = new_head;
         drop(head);
-        self.inner.head_tx.send_replace(seq);
+        self.inner.head_tx.send_replace(new_head.seq);
         Ok(AppendOutcome {
-            events: out,
+            events: records.into_iter().map(|(r, _)| r).collect(),
             duplicate: false,
         })
     }
 
-    /// Stores already-sealed records verbatim (import). The caller has
-    /// verified them; they must continue the chain from the current head.
-    pub(crate) fn append_verbatim(&self, records: &[(RecordedEvent, Vec<u8>)]) -> Result<()> {
-        let mut head = self
-            .inner
-            .writer
-            .lock()
-            .map_err(|_| LedgerError::InvalidAppend("writer lock poisoned".into()))?;
+    /// Writes sealed records that continue the chain from `head` as one
+    /// atomic sled batch (chunk, indexes, versions, idempotency, head) and
+    /// flushes it. Returns the new head.
+    fn write_batch(&self, records: &[(RecordedEvent, Vec<u8>)], head: Head) -> Result<Head> {
+        let Some((first, _)) = records.first() else {
+            return Ok(head);
+        };
+        let first_seq = first.seq;
         let mut batch = sled::Batch::default();
-        let mut versions: HashMap<&str, u64> = HashMap::new();
+        batch.insert(
+            &keys::event(first_seq),
+            chunk::encode(records.iter().map(|(_, b)| b.as_slice())),
+        );
+        // Per stream: first version in this batch and the seqs, in order.
+        let mut streams: HashMap<&str, (u64, Vec<u8>)> = HashMap::new();
+        let mut types: HashMap<&str, Vec<u8>> = HashMap::new();
         let mut spans: HashMap<&str, (u64, u64)> = HashMap::new();
-        let mut new_head = *head;
-        for (rec, bytes) in records {
+        let mut new_head = head;
+        for (rec, _) in records {
             if rec.seq != new_head.seq + 1 || rec.prev_hash != new_head.hash {
-                return Err(LedgerError::ImportRefused(format!(
+                return Err(LedgerError::InvalidAppend(format!(
                     "seq {}: does not continue the chain at seq {}",
                     rec.seq, new_head.seq
                 )));
             }
-            batch.insert(&keys::event(rec.seq), bytes.as_slice());
-            batch.insert(
-                keys::stream_entry(&rec.stream, rec.stream_version),
-                &rec.seq.to_be_bytes(),
-            );
-            batch.insert(keys::type_entry(&rec.event_type, rec.seq), &[]);
-            batch.insert(&keys::outbox(rec.seq), &[]);
-            versions.insert(&rec.stream, rec.stream_version);
+            let entry = streams
+                .entry(&rec.stream)
+                .or_insert((rec.stream_version, Vec::new()));
+            entry.1.extend_from_slice(&rec.seq.to_be_bytes());
+            types
+                .entry(&rec.event_type)
+                .or_default()
+                .extend_from_slice(&rec.seq.to_be_bytes());
             if let Some(k) = &rec.idempotency_key {
-                spans
-                    .entry(k)
-                    .and_modify(|s| s.1 += 1)
-                    .or_insert((rec.seq, 1));
+                spans.entry(k).and_modify(|s| s.1 += 1).or_insert((rec.seq, 1));
             }
             new_head = Head {
                 seq: rec.seq,
@@ -386,8 +375,13 @@ impl Ledger {
                 recorded_at: rec.recorded_at.0,
             };
         }
-        for (stream, v) in versions {
-            batch.insert(keys::version(stream), &v.to_be_bytes());
+        for (stream, (first_version, seqs)) in streams {
+            let last_version = first_version + seqs.len() as u64 / 8 - 1;
+            batch.insert(keys::stream_entry(stream, first_version), seqs);
+            batch.insert(keys::version(stream), &last_version.to_be_bytes());
+        }
+        for (ty, seqs) in types {
+            batch.insert(keys::type_entry(ty, first_seq), seqs);
         }
         for (k, (first, count)) in spans {
             batch.insert(keys::idempotency(k), &encode_span(first, count));
@@ -398,44 +392,94 @@ impl Ledger {
             .apply_batch(batch)
             .map_err(|e| self.err(e))?;
         self.inner.db.flush().map_err(|e| self.err(e))?;
+        Ok(new_head)
+    }
+
+    /// Stores already-sealed records verbatim (import). The caller has
+    /// verified them; they must continue the chain from the current head.
+    pub(crate) fn append_verbatim(&self, records: &[(RecordedEvent, Vec<u8>)]) -> Result<()> {
+        let mut head = self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| LedgerError::InvalidAppend("writer lock poisoned".into()))?;
+        let new_head = self
+            .write_batch(records, *head)
+            .map_err(|e| LedgerError::ImportRefused(e.to_string()))?;
         *head = new_head;
         drop(head);
         self.inner.head_tx.send_replace(new_head.seq);
         Ok(())
     }
 
-    /// The raw bytes stored at `seq`.
-    pub fn get_raw(&self, seq: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self
+    /// The chunk holding `seq`: its first seq and bytes.
+    pub(crate) fn chunk_of(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>> {
+        let lo = [keys::EVENT];
+        let hi = keys::event(seq);
+        match self
             .inner
             .tree
-            .get(keys::event(seq))
-            .map_err(|e| self.err(e))?
-            .map(|v| v.to_vec()))
+            .range(lo.as_slice()..=hi.as_slice())
+            .next_back()
+        {
+            Some(r) => {
+                let (k, v) = r.map_err(|e| self.err(e))?;
+                Ok(keys::tail_u64(&k).map(|first| (first, v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The raw bytes stored at `seq`.
+    pub fn get_raw(&self, seq: u64) -> Result<Option<Vec<u8>>> {
+        let Some((first, chunk)) = self.chunk_of(seq)? else {
+            return Ok(None);
+        };
+        for frame in chunk::Frames::new(first, &chunk) {
+            let (s, bytes) = frame?;
+            if s == seq {
+                return Ok(Some(bytes.to_vec()));
+            }
+        }
+        Ok(None)
     }
 
     /// The event at `seq`, if any.
     pub fn get(&self, seq: u64) -> Result<Option<RecordedEvent>> {
-        match self.inner.tree.get(keys::event(seq)).map_err(|e| self.err(e))? {
+        match self.get_raw(seq)? {
             Some(v) => Ok(Some(decode_at(seq, &v)?)),
             None => Ok(None),
         }
     }
 
-    /// Iterates stored records (seq, bytes) from `from` upwards, without decoding.
-    pub fn scan_raw(&self, from: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        let start = keys::event(from);
-        let end = [keys::EVENT + 1];
+    /// Iterates stored records (position seq, bytes) from `from` upwards,
+    /// without decoding. The seq is the record's position in the store; a
+    /// damaged frame is an error naming that position.
+    pub fn scan_raw(&self, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> + '_ {
+        let start = match self.chunk_of(from) {
+            Ok(Some((first, _))) => first,
+            _ => from,
+        };
+        let lo = keys::event(start);
+        let hi = [keys::EVENT + 1];
         self.inner
             .tree
-            .range(start.as_slice()..end.as_slice())
-            .map(move |r| {
-                let (k, v) = r.map_err(|e| self.err(e))?;
-                let seq = keys::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
-                    seq: 0,
-                    reason: "malformed event key".into(),
-                })?;
-                Ok((seq, v))
+            .range(lo.as_slice()..hi.as_slice())
+            .flat_map(move |r| -> Vec<Result<(u64, Vec<u8>)>> {
+                let (k, v) = match r {
+                    Ok(kv) => kv,
+                    Err(e) => return vec![Err(self.err(e))],
+                };
+                let Some(first) = keys::tail_u64(&k) else {
+                    return vec![Err(LedgerError::Corrupt {
+                        seq: 0,
+                        reason: "malformed chunk key".into(),
+                    })];
+                };
+                chunk::Frames::new(first, &v)
+                    .filter(|f| f.as_ref().map_or(true, |(s, _)| *s >= from))
+                    .map(|f| f.map(|(s, b)| (s, b.to_vec())))
+                    .collect()
             })
     }
 
@@ -456,21 +500,32 @@ impl Ledger {
     /// The events of one stream from version `from_version` on.
     pub fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>> {
         let prefix = keys::stream_prefix(stream);
-        let start = keys::stream_entry(stream, from_version.max(1));
+        let from_version = from_version.max(1);
+        let hi = keys::stream_entry(stream, from_version);
+        let start = match self
+            .inner
+            .tree
+            .range(prefix.as_slice()..=hi.as_slice())
+            .next_back()
+        {
+            Some(r) => r.map_err(|e| self.err(e))?.0.to_vec(),
+            None => hi,
+        };
         let mut out = Vec::new();
         for r in self.inner.tree.range(start..) {
             let (k, v) = r.map_err(|e| self.err(e))?;
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
                 break;
             }
-            let seq = keys::tail_u64(&v).ok_or_else(|| LedgerError::Corrupt {
-                seq: 0,
-                reason: format!("stream index of {stream} is damaged"),
-            })?;
-            out.push(self.get(seq)?.ok_or(LedgerError::Corrupt {
-                seq,
-                reason: format!("indexed by stream {stream} but missing"),
-            })?);
+            let first_version = keys::tail_u64(&k).unwrap_or(0);
+            for (i, seq) in keys::u64s(&v).enumerate() {
+                if first_version + i as u64 >= from_version {
+                    out.push(self.get(seq)?.ok_or(LedgerError::Corrupt {
+                        seq,
+                        reason: format!("indexed by stream {stream} but missing"),
+                    })?);
+                }
+            }
         }
         Ok(out)
     }
@@ -478,16 +533,10 @@ impl Ledger {
     /// Seqs of all events of one type from `from` on, in order.
     pub fn seqs_of_type(&self, ty: EventType, from: u64) -> Result<Vec<u64>> {
         let prefix = keys::type_prefix(ty.as_str());
-        let start = keys::type_entry(ty.as_str(), from);
         let mut out = Vec::new();
-        for r in self.inner.tree.range(start..) {
-            let (k, _) = r.map_err(|e| self.err(e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            if let Some(seq) = keys::tail_u64(&k) {
-                out.push(seq);
-            }
+        for r in self.inner.tree.scan_prefix(&prefix) {
+            let (_, v) = r.map_err(|e| self.err(e))?;
+            out.extend(keys::u64s(&v).filter(|s| *s >= from));
         }
         Ok(out)
     }
@@ -517,31 +566,34 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Seqs appended but not yet acknowledged by the distribution channel.
-    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<u64>> {
-        self.inner
+    /// The last seq acknowledged by the distribution channel (NATS).
+    pub fn published_through(&self) -> Result<u64> {
+        let v = self
+            .inner
             .tree
-            .scan_prefix([keys::OUTBOX])
-            .take(limit)
-            .map(|r| {
-                let (k, _) = r.map_err(|e| self.err(e))?;
-                keys::tail_u64(&k).ok_or(LedgerError::Corrupt {
-                    seq: 0,
-                    reason: "malformed outbox key".into(),
-                })
-            })
-            .collect()
+            .get(keys::PUBLISHED)
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| keys::tail_u64(&v)).unwrap_or(0))
     }
 
-    /// Marks seqs as published (acknowledged by NATS); durable.
-    pub fn outbox_ack(&self, seqs: &[u64]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for s in seqs {
-            batch.remove(&keys::outbox(*s));
+    /// Seqs appended but not yet acknowledged by the distribution channel,
+    /// oldest first (the outbox).
+    pub fn outbox_pending(&self, limit: usize) -> Result<Vec<u64>> {
+        let from = self.published_through()? + 1;
+        let to = self.head().seq;
+        Ok((from..=to).take(limit).collect())
+    }
+
+    /// Records that every seq up to `seq` has been published; durable.
+    /// Publishing is in order, so a watermark is the whole outbox state.
+    pub fn outbox_ack_through(&self, seq: u64) -> Result<()> {
+        let seq = seq.min(self.head().seq);
+        if seq <= self.published_through()? {
+            return Ok(());
         }
         self.inner
             .tree
-            .apply_batch(batch)
+            .insert(keys::PUBLISHED, &seq.to_be_bytes())
             .map_err(|e| self.err(e))?;
         self.inner.db.flush().map_err(|e| self.err(e))?;
         Ok(())

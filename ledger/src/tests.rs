@@ -186,8 +186,10 @@ fn outbox_tracks_unpublished_events() {
     let (_d, l) = fresh();
     append_n(&l, 5, 5);
     assert_eq!(l.outbox_pending(100).unwrap(), vec![1, 2, 3, 4, 5]);
-    l.outbox_ack(&[1, 2, 4]).unwrap();
-    assert_eq!(l.outbox_pending(100).unwrap(), vec![3, 5]);
+    l.outbox_ack_through(3).unwrap();
+    assert_eq!(l.outbox_pending(100).unwrap(), vec![4, 5]);
+    l.outbox_ack_through(2).unwrap();
+    assert_eq!(l.published_through().unwrap(), 3);
 }
 
 #[test]
@@ -203,24 +205,50 @@ fn violation(l: &Ledger) -> Violation {
     l.verify().unwrap().violation.expect("tampering must be detected")
 }
 
+/// The records of the chunk holding `seq`: (first seq, records).
+fn chunk_records(l: &Ledger, seq: u64) -> (u64, Vec<Vec<u8>>) {
+    let (first, bytes) = l.chunk_of(seq).unwrap().unwrap();
+    let recs = chunk::Frames::new(first, &bytes)
+        .map(|f| f.unwrap().1.to_vec())
+        .collect();
+    (first, recs)
+}
+
+fn put_chunk(l: &Ledger, first: u64, recs: &[Vec<u8>]) {
+    let bytes = chunk::encode(recs.iter().map(|r| r.as_slice()));
+    l.raw_tree().insert(keys::event(first), bytes).unwrap();
+}
+
 #[test]
 fn flipping_any_byte_of_a_stored_record_is_caught_at_its_seq() {
     let (_d, l) = fresh();
     append_n(&l, 12, 3);
-    let tree = l.raw_tree();
-    for seq in [1u64, 7, 12] {
-        let key = keys::event(seq);
-        let orig = tree.get(key).unwrap().unwrap().to_vec();
-        for i in 0..orig.len() {
+    for seq in [1u64, 8, 12] {
+        let (first, recs) = chunk_records(&l, seq);
+        let i = (seq - first) as usize;
+        for pos in 0..recs[i].len() {
             for bit in [0x01u8, 0x80] {
-                let mut bad = orig.clone();
-                bad[i] ^= bit;
-                tree.insert(key, bad).unwrap();
+                let mut bad = recs.clone();
+                bad[i][pos] ^= bit;
+                put_chunk(&l, first, &bad);
                 let v = violation(&l);
-                assert_eq!(v.seq, seq, "byte {i} bit {bit:#x}: {v}");
+                assert_eq!(v.seq, seq, "byte {pos} bit {bit:#x}: {v}");
             }
         }
-        tree.insert(key, orig).unwrap();
+        // Damaged frame lengths are caught at the record they frame.
+        let raw = l.raw_tree().get(keys::event(first)).unwrap().unwrap().to_vec();
+        let mut off = 0;
+        for _ in 0..i {
+            off += 4 + u32::from_le_bytes(raw[off..off + 4].try_into().unwrap()) as usize;
+        }
+        for b in 0..2 {
+            let mut bad = raw.clone();
+            bad[off + b] ^= 0x04;
+            l.raw_tree().insert(keys::event(first), bad).unwrap();
+            let v = violation(&l);
+            assert_eq!(v.seq, seq, "length byte {b}: {v}");
+        }
+        put_chunk(&l, first, &recs);
         assert!(l.verify().unwrap().is_ok());
     }
 }
@@ -228,34 +256,70 @@ fn flipping_any_byte_of_a_stored_record_is_caught_at_its_seq() {
 #[test]
 fn deleting_swapping_and_truncating_are_caught() {
     let (_d, l) = fresh();
-    append_n(&l, 20, 5);
+    append_n(&l, 20, 5); // chunks at 1, 6, 11, 16
     let tree = l.raw_tree();
-    let get = |s| tree.get(keys::event(s)).unwrap().unwrap();
 
-    let e5 = get(5);
-    tree.remove(keys::event(5)).unwrap();
-    let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (5, &ViolationKind::Gap { next_present: 6 }));
-    tree.insert(keys::event(5), e5).unwrap();
-
-    let (a, b) = (get(8), get(9));
-    tree.insert(keys::event(8), b.clone()).unwrap();
-    tree.insert(keys::event(9), a.clone()).unwrap();
+    // Delete one event from inside a chunk.
+    let (first, recs) = chunk_records(&l, 8);
+    let mut bad = recs.clone();
+    bad.remove(2);
+    put_chunk(&l, first, &bad);
     let v = violation(&l);
     assert_eq!((v.seq, &v.kind), (8, &ViolationKind::Reordered { claims: 9 }));
-    tree.insert(keys::event(8), a).unwrap();
-    tree.insert(keys::event(9), b).unwrap();
+    assert!(v.to_string().contains("missing"), "{v}");
+    put_chunk(&l, first, &recs);
 
-    let tail: Vec<_> = (18..=20).map(|s| (s, get(s))).collect();
-    for s in 18..=20 {
-        tree.remove(keys::event(s)).unwrap();
-    }
+    // Delete a whole chunk.
+    let saved = tree.get(keys::event(6)).unwrap().unwrap();
+    tree.remove(keys::event(6)).unwrap();
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (18, &ViolationKind::Truncated { last_present: 17 }));
-    for (s, bytes) in tail {
-        tree.insert(keys::event(s), bytes).unwrap();
-    }
+    assert_eq!((v.seq, &v.kind), (6, &ViolationKind::Gap { next_present: 11 }));
+    tree.insert(keys::event(6), saved).unwrap();
+
+    // Swap two neighbours.
+    let (first, recs) = chunk_records(&l, 13);
+    let mut bad = recs.clone();
+    bad.swap(2, 3);
+    put_chunk(&l, first, &bad);
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (13, &ViolationKind::Reordered { claims: 14 }));
+    put_chunk(&l, first, &recs);
+
+    // Move an event back: seq 3 stored again at position 4.
+    let (first, recs) = chunk_records(&l, 3);
+    let mut bad = recs.clone();
+    bad[3] = bad[2].clone();
+    put_chunk(&l, first, &bad);
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (4, &ViolationKind::Reordered { claims: 3 }));
+    assert!(v.to_string().contains("reordered"), "{v}");
+    put_chunk(&l, first, &recs);
+
+    // Truncate the tail: the last two events of the last chunk.
+    let (first, recs) = chunk_records(&l, 20);
+    put_chunk(&l, first, &recs[..3]);
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (19, &ViolationKind::Truncated { last_present: 18 }));
+    // And the whole last chunk.
+    tree.remove(keys::event(16)).unwrap();
+    let v = violation(&l);
+    assert_eq!((v.seq, &v.kind), (16, &ViolationKind::Truncated { last_present: 15 }));
+    put_chunk(&l, first, &recs);
     assert!(l.verify().unwrap().is_ok());
+}
+
+#[test]
+fn reads_by_stream_and_type_cross_chunks() {
+    let (_d, l) = fresh();
+    append_n(&l, 70, 9);
+    let s = l.read_stream("run/r3", 4).unwrap();
+    assert_eq!(s.first().unwrap().stream_version, 4);
+    assert_eq!(s.len(), 7);
+    assert!(s.iter().all(|r| r.stream == "run/r3"));
+    assert_eq!(l.seqs_of_type(EventType::MetricsLogged, 60).unwrap().len(), 11);
+    assert_eq!(l.read_from(44, 100).unwrap().first().unwrap().seq, 44);
+    assert_eq!(l.get(70).unwrap().unwrap().seq, 70);
+    assert!(l.get(71).unwrap().is_none());
 }
 
 fn exported(n: u64) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
@@ -295,6 +359,7 @@ fn export_import_round_trip() {
     assert!(dst.verify().unwrap().is_ok());
     assert_eq!(dst.stream_version("run/r1").unwrap(), 7);
     assert_eq!(dst.outbox_pending(1000).unwrap().len(), 50);
+    assert_eq!(dst.read_stream("run/r1", 1).unwrap().len(), 7);
     // A second import into a non-empty ledger is refused.
     assert!(matches!(dst.import(&path), Err(LedgerError::ImportRefused(_))));
 }

@@ -1,7 +1,7 @@
 //! Chain verification, shared by `ledger verify` and `ledger import`.
 
 use crate::keys::Head;
-use crate::{Ledger, Result};
+use crate::{Ledger, LedgerError, Result};
 use foundry_events::{hash_record_bytes, RecordedEvent, Sha256Digest};
 use std::collections::HashMap;
 use std::fmt;
@@ -32,7 +32,8 @@ pub enum ViolationKind {
         /// The next seq that is present.
         next_present: u64,
     },
-    /// The record at this position claims another seq (moved or swapped).
+    /// The record at this position claims another seq: a later one (an
+    /// event was removed, or two were swapped) or an earlier one (moved).
     Reordered {
         /// The seq the record claims.
         claims: u64,
@@ -73,6 +74,10 @@ impl fmt::Display for Violation {
             ViolationKind::Gap { next_present } => {
                 write!(f, "gap (event missing; next present is seq {next_present})")
             }
+            ViolationKind::Reordered { claims } if *claims > self.seq => write!(
+                f,
+                "event missing or moved (the record here claims seq {claims})"
+            ),
             ViolationKind::Reordered { claims } => {
                 write!(f, "reordered (the record here claims seq {claims})")
             }
@@ -201,7 +206,17 @@ impl Ledger {
         let mut last_present = 0;
         let mut violation = None;
         for item in self.scan_raw(1) {
-            let (seq, bytes) = item?;
+            let (seq, bytes) = match item {
+                Ok(x) => x,
+                Err(LedgerError::Corrupt { seq, reason }) => {
+                    violation = Some(Violation {
+                        seq,
+                        kind: ViolationKind::Undecodable(reason),
+                    });
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             if seq > head.seq {
                 violation = Some(Violation {
                     seq,

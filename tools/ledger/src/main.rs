@@ -1,0 +1,69 @@
+//! `ledger`: Foundry's command line. Every command appends to or reads the
+//! event ledger in `--home`; see README.md for the full reference.
+
+mod cmd;
+mod context;
+mod output;
+
+use clap::{Parser, Subcommand};
+use context::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Foundry: verifiable QLoRA fine-tuning of vision-language models.
+#[derive(Parser)]
+#[command(name = "ledger", version, about, propagate_version = true)]
+struct Cli {
+    /// Foundry home directory (ledger, views, artifacts).
+    #[arg(long, global = true, env = "FOUNDRY_HOME", default_value = "./.foundry")]
+    home: PathBuf,
+    /// Who is acting; recorded on every event (default: the OS user).
+    #[arg(long, global = true, env = "FOUNDRY_ACTOR")]
+    actor: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the home directory and an empty ledger.
+    Init,
+    /// List events, optionally filtered; --follow waits for new ones.
+    Log(cmd::log::LogArgs),
+    /// Recompute every hash and the chain; report the first bad seq.
+    Verify(cmd::verify::VerifyArgs),
+    /// Write the whole ledger to one self-describing, verifiable file.
+    Export(cmd::transfer::ExportArgs),
+    /// Load an export file into an empty home, verifying it completely first.
+    Import(cmd::transfer::ImportArgs),
+    /// Counts per type and stream, head, size on disk.
+    Stats,
+    /// Measure the ledger's throughput.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Context::new(cli.home, cli.actor, cli.json);
+    let result = match cli.command {
+        Command::Init => cmd::init::run(&ctx),
+        Command::Log(a) => cmd::log::run(&ctx, a),
+        Command::Verify(a) => cmd::verify::run(&ctx, a),
+        Command::Export(a) => cmd::transfer::export(&ctx, a),
+        Command::Import(a) => cmd::transfer::import(&ctx, a),
+        Command::Stats => cmd::stats::run(&ctx),
+        Command::Bench(b) => cmd::bench::run(&ctx, b),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Tables for people, JSON for programs.
+
+use serde::Serialize;
+use tabled::settings::Style;
+use tabled::{Table, Tabled};
+
+/// Prints rows as a table.
+pub fn table<T: Tabled>(rows: impl IntoIterator<Item = T>) {
+    let mut t = Table::new(rows);
+    t.with(Style::sharp());
+    println!("{t}");
+}
+
+/// Prints a value as pretty JSON.
+pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// A two-column key/value table.
+#[derive(Tabled)]
+pub struct Field {
+    /// The name.
+    #[tabled(rename = "field")]
+    pub name: String,
+    /// The value.
+    #[tabled(rename = "value")]
+    pub value: String,
+}
+
+/// Prints key/value pairs as a table.
+pub fn fields(pairs: impl IntoIterator<Item = (impl Into<String>, impl ToString)>) {
+    table(pairs.into_iter().map(|(k, v)| Field {
+        name: k.into(),
+        value: v.to_string(),
+    }));
+}
