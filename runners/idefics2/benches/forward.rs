@@ -14,7 +14,8 @@ const NEW_TOKENS: usize = 32;
 
 fn setup() -> Option<(Idefics2, Tensor, Tensor, Tensor)> {
     let dir = PathBuf::from(
-        std::env::var("IDEFICS2_BENCH_DIR").unwrap_or_else(|_| "/tmp/foundry-idefics2-small".to_string()),
+        std::env::var("IDEFICS2_BENCH_DIR")
+            .unwrap_or_else(|_| "/tmp/foundry-idefics2-small".to_string()),
     );
     if !dir.join("config.json").exists() {
         eprintln!(
@@ -24,7 +25,8 @@ fn setup() -> Option<(Idefics2, Tensor, Tensor, Tensor)> {
         return None;
     }
     let model = Idefics2::load_dir(&dir, DType::F32, &Device::Cpu).ok()?;
-    let inputs = candle_core::safetensors::load(dir.join("bench_inputs.safetensors"), &Device::Cpu).ok()?;
+    let inputs =
+        candle_core::safetensors::load(dir.join("bench_inputs.safetensors"), &Device::Cpu).ok()?;
     let ids = inputs.get("input_ids")?.to_dtype(DType::U32).ok()?;
     let pv = inputs.get("pixel_values")?.clone();
     let pm = inputs.get("pixel_attention_mask")?.clone();
@@ -42,8 +44,13 @@ fn bench(c: &mut Criterion) {
     };
     let prompt: Vec<u32> = ids.squeeze(0).and_then(|t| t.to_vec1()).unwrap_or_default();
     let gen = |n: usize| {
-        let cfg = GenerationConfig { max_new_tokens: n, ..Default::default() };
-        model.generate(&prompt, Some(&pv), Some(&pm), &cfg).map(|v| v.len())
+        let cfg = GenerationConfig {
+            max_new_tokens: n,
+            ..Default::default()
+        };
+        model
+            .generate(&prompt, Some(&pv), Some(&pm), &cfg)
+            .map(|v| v.len())
     };
     // A direct measurement of the per-token figure, printed for the README.
     let time = |f: &dyn Fn(), n: usize| {
@@ -69,7 +76,9 @@ fn bench(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("idefics2_small");
     g.sample_size(10);
-    g.bench_function("forward", |b| b.iter(|| model.forward(&ids, Some(&pv), Some(&pm))));
+    g.bench_function("forward", |b| {
+        b.iter(|| model.forward(&ids, Some(&pv), Some(&pm)))
+    });
     g.bench_function("generate_1_token", |b| b.iter(|| gen(1)));
     g.bench_function("generate_33_tokens", |b| b.iter(|| gen(NEW_TOKENS + 1)));
     g.finish();

@@ -154,7 +154,8 @@ impl EosTokenId {
 impl TextConfig {
     /// Head width.
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
     /// Number of key/value heads.
     pub fn kv_heads(&self) -> usize {
@@ -231,9 +232,15 @@ impl Idefics2Config {
             ));
         }
         if v.patch_size == 0 || v.image_size < v.patch_size {
-            return bad(format!("vision image_size {} / patch_size {} invalid", v.image_size, v.patch_size));
+            return bad(format!(
+                "vision image_size {} / patch_size {} invalid",
+                v.image_size, v.patch_size
+            ));
         }
-        if t.num_attention_heads == 0 || t.kv_heads() == 0 || t.num_attention_heads % t.kv_heads() != 0 {
+        if t.num_attention_heads == 0
+            || t.kv_heads() == 0
+            || t.num_attention_heads % t.kv_heads() != 0
+        {
             return bad(format!(
                 "text num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 t.num_attention_heads,
@@ -241,7 +248,10 @@ impl Idefics2Config {
             ));
         }
         if t.head_dim() % 2 != 0 {
-            return bad(format!("text head_dim {} must be even for RoPE", t.head_dim()));
+            return bad(format!(
+                "text head_dim {} must be even for RoPE",
+                t.head_dim()
+            ));
         }
         if p.num_key_value_heads == 0 || p.resampler_n_heads % p.num_key_value_heads != 0 {
             return bad(format!(
@@ -266,24 +276,66 @@ impl Idefics2Config {
     }
 }
 
-fn d_3() -> usize { 3 }
-fn d_4() -> usize { 4 }
-fn d_12() -> usize { 12 }
-fn d_16() -> usize { 16 }
-fn d_32() -> usize { 32 }
-fn d_64() -> usize { 64 }
-fn d_96() -> usize { 96 }
-fn d_224() -> usize { 224 }
-fn d_768() -> usize { 768 }
-fn d_3072() -> usize { 3072 }
-fn d_4096() -> usize { 4096 }
-fn d_14336() -> usize { 14336 }
-fn d_32000() -> usize { 32000 }
-fn d_maxpos() -> usize { 32768 }
-fn d_1e6() -> f64 { 1e-6 }
-fn d_1e5() -> f64 { 1e-5 }
-fn d_theta() -> f64 { 10000.0 }
-fn d_image_token() -> u32 { 32001 }
-fn d_silu() -> String { "silu".into() }
-fn d_gelu_tanh() -> String { "gelu_pytorch_tanh".into() }
-fn d_default() -> String { "default".into() }
+fn d_3() -> usize {
+    3
+}
+fn d_4() -> usize {
+    4
+}
+fn d_12() -> usize {
+    12
+}
+fn d_16() -> usize {
+    16
+}
+fn d_32() -> usize {
+    32
+}
+fn d_64() -> usize {
+    64
+}
+fn d_96() -> usize {
+    96
+}
+fn d_224() -> usize {
+    224
+}
+fn d_768() -> usize {
+    768
+}
+fn d_3072() -> usize {
+    3072
+}
+fn d_4096() -> usize {
+    4096
+}
+fn d_14336() -> usize {
+    14336
+}
+fn d_32000() -> usize {
+    32000
+}
+fn d_maxpos() -> usize {
+    32768
+}
+fn d_1e6() -> f64 {
+    1e-6
+}
+fn d_1e5() -> f64 {
+    1e-5
+}
+fn d_theta() -> f64 {
+    10000.0
+}
+fn d_image_token() -> u32 {
+    32001
+}
+fn d_silu() -> String {
+    "silu".into()
+}
+fn d_gelu_tanh() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn d_default() -> String {
+    "default".into()
+}

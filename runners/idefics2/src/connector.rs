@@ -70,7 +70,9 @@ impl PerceiverLayer {
         let c = self.input_context_norm.forward(context)?;
         let h = self.self_attn.forward(&l, &c, mask)?;
         let latents = (latents + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&latents)?)?;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&latents)?)?;
         latents + h
     }
 }
@@ -110,23 +112,67 @@ impl Connector {
             let lp = format!("{pr}.layers.{i}");
             let a = format!("{lp}.self_attn");
             layers.push(PerceiverLayer {
-                input_latents_norm: RmsNorm::load(w, &format!("{lp}.input_latents_norm"), hid, eps)?,
-                input_context_norm: RmsNorm::load(w, &format!("{lp}.input_context_norm"), hid, eps)?,
+                input_latents_norm: RmsNorm::load(
+                    w,
+                    &format!("{lp}.input_latents_norm"),
+                    hid,
+                    eps,
+                )?,
+                input_context_norm: RmsNorm::load(
+                    w,
+                    &format!("{lp}.input_context_norm"),
+                    hid,
+                    eps,
+                )?,
                 self_attn: PerceiverAttention {
-                    q_proj: linear(w, &format!("{a}.q_proj"), hid, p.resampler_n_heads * hd, false)?,
-                    k_proj: linear(w, &format!("{a}.k_proj"), hid, p.num_key_value_heads * hd, false)?,
-                    v_proj: linear(w, &format!("{a}.v_proj"), hid, p.num_key_value_heads * hd, false)?,
-                    o_proj: linear(w, &format!("{a}.o_proj"), p.resampler_n_heads * hd, hid, false)?,
+                    q_proj: linear(
+                        w,
+                        &format!("{a}.q_proj"),
+                        hid,
+                        p.resampler_n_heads * hd,
+                        false,
+                    )?,
+                    k_proj: linear(
+                        w,
+                        &format!("{a}.k_proj"),
+                        hid,
+                        p.num_key_value_heads * hd,
+                        false,
+                    )?,
+                    v_proj: linear(
+                        w,
+                        &format!("{a}.v_proj"),
+                        hid,
+                        p.num_key_value_heads * hd,
+                        false,
+                    )?,
+                    o_proj: linear(
+                        w,
+                        &format!("{a}.o_proj"),
+                        p.resampler_n_heads * hd,
+                        hid,
+                        false,
+                    )?,
                     heads: p.resampler_n_heads,
                     kv_heads: p.num_key_value_heads,
                     head_dim: hd,
                 },
-                post_attention_layernorm: RmsNorm::load(w, &format!("{lp}.post_attention_layernorm"), hid, eps)?,
+                post_attention_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{lp}.post_attention_layernorm"),
+                    hid,
+                    eps,
+                )?,
                 mlp: GatedMlp::load(w, &format!("{lp}.mlp"), hid, hid * 4, hid, &p.hidden_act)?,
             });
         }
         let norm = RmsNorm::load(w, &format!("{pr}.norm"), hid, eps)?;
-        Ok(Self { modality_projection, latents, layers, norm })
+        Ok(Self {
+            modality_projection,
+            latents,
+            layers,
+            norm,
+        })
     }
 
     /// `image_hidden` `[n, patches, vision_hidden]`, `patch_mask` `[n, patches]` (u8)
@@ -135,7 +181,11 @@ impl Connector {
         let context = self.modality_projection.forward(image_hidden)?;
         let n = context.dim(0)?;
         let (nl, hid) = self.latents.dims2()?;
-        let latents = self.latents.unsqueeze(0)?.broadcast_as((n, nl, hid))?.contiguous()?;
+        let latents = self
+            .latents
+            .unsqueeze(0)?
+            .broadcast_as((n, nl, hid))?
+            .contiguous()?;
         let ones = Tensor::ones((n, nl), DType::U8, context.device())?;
         let full = Tensor::cat(&[&patch_mask.to_dtype(DType::U8)?, &ones], 1)?;
         let mask = key_padding_mask(&full, context.dtype())?;

@@ -24,23 +24,39 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self { max_new_tokens: 32, temperature: None, top_p: None, seed: 0, stop_token_ids: Vec::new() }
+        Self {
+            max_new_tokens: 32,
+            temperature: None,
+            top_p: None,
+            seed: 0,
+            stop_token_ids: Vec::new(),
+        }
     }
 }
 
 /// Picks the next token from a `[vocab]` logits row.
-pub fn pick_token(logits: &Tensor, cfg: &GenerationConfig, rng: &mut rand::rngs::StdRng) -> Result<u32> {
+pub fn pick_token(
+    logits: &Tensor,
+    cfg: &GenerationConfig,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<u32> {
     let logits: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
     match cfg.temperature {
         Some(t) if t > 0.0 => {
             let scaled: Vec<f64> = logits.iter().map(|&l| l as f64 / t).collect();
             let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let mut probs: Vec<(usize, f64)> = scaled.iter().map(|&l| (l - max).exp()).enumerate().collect();
+            let mut probs: Vec<(usize, f64)> = scaled
+                .iter()
+                .map(|&l| (l - max).exp())
+                .enumerate()
+                .collect();
             let sum: f64 = probs.iter().map(|p| p.1).sum();
             probs.iter_mut().for_each(|p| p.1 /= sum);
             if let Some(top_p) = cfg.top_p {
                 if !(top_p > 0.0 && top_p <= 1.0) {
-                    return Err(Error::Input(format!("top_p must be in (0, 1], got {top_p}")));
+                    return Err(Error::Input(format!(
+                        "top_p must be in (0, 1], got {top_p}"
+                    )));
                 }
                 // Keep the smallest set of most likely tokens whose mass reaches top_p.
                 probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

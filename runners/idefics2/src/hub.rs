@@ -41,11 +41,19 @@ pub fn resolve(source: &ModelSource) -> Result<PathBuf> {
     match source {
         ModelSource::Local(dir) => {
             if !dir.join("config.json").exists() {
-                return Err(Error::Config(format!("no config.json in {}", dir.display())));
+                return Err(Error::Config(format!(
+                    "no config.json in {}",
+                    dir.display()
+                )));
             }
             Ok(dir.clone())
         }
-        ModelSource::Hub { repo_id, revision, cache_dir, offline } => {
+        ModelSource::Hub {
+            repo_id,
+            revision,
+            cache_dir,
+            offline,
+        } => {
             let (owner, name) = repo_id
                 .split_once('/')
                 .ok_or_else(|| Error::Hub(format!("repo id `{repo_id}` is not owner/name")))?;
@@ -53,7 +61,9 @@ pub fn resolve(source: &ModelSource) -> Result<PathBuf> {
             if let Some(c) = cache_dir {
                 builder = builder.cache_dir(c.clone());
             }
-            let client = builder.build_sync().map_err(|e| Error::Hub(e.to_string()))?;
+            let client = builder
+                .build_sync()
+                .map_err(|e| Error::Hub(e.to_string()))?;
             let repo = client.model(owner, name);
             let get = |file: &str| -> std::result::Result<PathBuf, HFError> {
                 repo.download_file()
@@ -62,11 +72,13 @@ pub fn resolve(source: &ModelSource) -> Result<PathBuf> {
                     .local_files_only(*offline)
                     .send()
             };
-            let hub_err = |file: &str, e: HFError| Error::Hub(format!("{repo_id}@{revision}: {file}: {e}"));
+            let hub_err =
+                |file: &str, e: HFError| Error::Hub(format!("{repo_id}@{revision}: {file}: {e}"));
             let optional = |file: &str| -> Result<Option<PathBuf>> {
                 match get(file) {
                     Ok(p) => Ok(Some(p)),
-                    Err(HFError::EntryNotFound { .. }) | Err(HFError::LocalEntryNotFound { .. }) => Ok(None),
+                    Err(HFError::EntryNotFound { .. })
+                    | Err(HFError::LocalEntryNotFound { .. }) => Ok(None),
                     Err(e) => Err(hub_err(file, e)),
                 }
             };

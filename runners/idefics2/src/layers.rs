@@ -8,9 +8,19 @@ use crate::ops;
 use crate::weights::Weights;
 
 /// Loads a seam linear `prefix` (`prefix.weight` `[out, in]`, optional `prefix.bias`).
-pub(crate) fn linear(w: &Weights, prefix: &str, inp: usize, out: usize, bias: bool) -> Result<SeamLinear> {
+pub(crate) fn linear(
+    w: &Weights,
+    prefix: &str,
+    inp: usize,
+    out: usize,
+    bias: bool,
+) -> Result<SeamLinear> {
     let weight = w.get(&format!("{prefix}.weight"), &[out, inp])?;
-    let b = if bias { Some(w.get(&format!("{prefix}.bias"), &[out])?) } else { None };
+    let b = if bias {
+        Some(w.get(&format!("{prefix}.bias"), &[out])?)
+    } else {
+        None
+    };
     Ok(SeamLinear::new(prefix, BaseWeight::Dense(weight), b))
 }
 
@@ -25,7 +35,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn load(w: &Weights, prefix: &str, hidden: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.get(&format!("{prefix}.weight"), &[hidden])?, eps })
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"), &[hidden])?,
+            eps,
+        })
     }
 }
 
@@ -76,7 +89,14 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
-    pub(crate) fn load(w: &Weights, prefix: &str, inp: usize, inter: usize, out: usize, act: &str) -> Result<Self> {
+    pub(crate) fn load(
+        w: &Weights,
+        prefix: &str,
+        inp: usize,
+        inter: usize,
+        out: usize,
+        act: &str,
+    ) -> Result<Self> {
         Ok(Self {
             gate_proj: linear(w, &format!("{prefix}.gate_proj"), inp, inter, false)?,
             up_proj: linear(w, &format!("{prefix}.up_proj"), inp, inter, false)?,
@@ -112,7 +132,13 @@ pub(crate) fn repeat_kv(x: &Tensor, n_rep: usize) -> CResult<Tensor> {
 /// Eager attention: `softmax(q kᵀ · scale + mask) v`, with GQA expansion.
 /// `q`: `[b, h, sq, d]`, `k`/`v`: `[b, kv, sk, d]`, `mask`: broadcastable to `[b, h, sq, sk]`.
 /// Returns `[b, sq, h * d]`.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> CResult<Tensor> {
+pub(crate) fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> CResult<Tensor> {
     let (b, h, sq, d) = q.dims4()?;
     let n_rep = h / k.dim(1)?;
     let k = repeat_kv(k, n_rep)?.contiguous()?;

@@ -82,7 +82,12 @@ pub struct SeamLinear {
 impl SeamLinear {
     /// A linear layer named `name` (full module path) over `base`, with an optional bias.
     pub fn new(name: impl Into<String>, base: BaseWeight, bias: Option<Tensor>) -> Self {
-        Self { name: name.into(), base, bias, lora: None }
+        Self {
+            name: name.into(),
+            base,
+            bias,
+            lora: None,
+        }
     }
 
     /// The full module path, e.g. `model.text_model.layers.0.self_attn.q_proj`.

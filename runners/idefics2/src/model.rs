@@ -41,37 +41,59 @@ impl Idefics2 {
     /// Builds the model from a config and safetensors files. Every tensor is checked
     /// for presence, shape and dtype (the checkpoint's `dtype` when config.json
     /// declares one); tensors the model does not use are an error too.
-    pub fn load(config: Idefics2Config, files: &[std::path::PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(
+        config: Idefics2Config,
+        files: &[std::path::PathBuf],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(Error::Config(format!("unsupported compute dtype {dtype:?}")));
+            return Err(Error::Config(format!(
+                "unsupported compute dtype {dtype:?}"
+            )));
         }
         config.validate()?;
-        let file_dtype = match &config.dtype {
-            Some(name) => Some(
-                parse_dtype(name).ok_or_else(|| Error::Config(format!("unsupported checkpoint dtype `{name}`")))?,
-            ),
-            None => None,
-        };
+        let file_dtype =
+            match &config.dtype {
+                Some(name) => Some(parse_dtype(name).ok_or_else(|| {
+                    Error::Config(format!("unsupported checkpoint dtype `{name}`"))
+                })?),
+                None => None,
+            };
         let w = Weights::open(files, dtype, file_dtype, device)?;
         let vision = VisionTransformer::load(&w, &config.vision_config)?;
         let connector = Connector::load(&w, &config)?;
         let text = TextModel::load(&w, &config.text_config)?;
         let t = &config.text_config;
         let lm_head = if config.tie_word_embeddings && !w.contains("lm_head.weight") {
-            SeamLinear::new("lm_head", BaseWeight::Dense(text.embed_tokens.clone()), None)
+            SeamLinear::new(
+                "lm_head",
+                BaseWeight::Dense(text.embed_tokens.clone()),
+                None,
+            )
         } else {
             linear(&w, "lm_head", t.hidden_size, t.vocab_size, false)?
         };
         let unused: Vec<String> = w
             .unused()
             .into_iter()
-            .filter(|n| !n.ends_with("rotary_emb.inv_freq") && !n.ends_with("embeddings.position_ids"))
+            .filter(|n| {
+                !n.ends_with("rotary_emb.inv_freq") && !n.ends_with("embeddings.position_ids")
+            })
             .take(8)
             .collect();
         if !unused.is_empty() {
             return Err(Error::UnexpectedTensors(unused));
         }
-        Ok(Self { config, vision, connector, text, lm_head, dtype, device: device.clone() })
+        Ok(Self {
+            config,
+            vision,
+            connector,
+            text,
+            lm_head,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     /// The compute dtype.
@@ -92,12 +114,26 @@ impl Idefics2 {
     /// Image features for `pixel_values` `[b, n, c, h, w]` and the optional
     /// `pixel_attention_mask` `[b, n, h, w]` (0/1). All-zero (padding) images are
     /// dropped as transformers does. Returns `[real_images * n_latents, text_hidden]`.
-    pub fn image_features(&self, pixel_values: &Tensor, pixel_attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, c, h, w) = pixel_values
-            .dims5()
-            .map_err(|_| Error::Input(format!("pixel_values must be [b, n, c, h, w], got {:?}", pixel_values.dims())))?;
-        let pv = pixel_values.to_dtype(self.dtype)?.reshape((b * n, c, h, w))?;
-        let nonzero = pv.ne(0.0)?.to_dtype(DType::U32)?.flatten_from(1)?.sum(1)?.to_vec1::<u32>()?;
+    pub fn image_features(
+        &self,
+        pixel_values: &Tensor,
+        pixel_attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, n, c, h, w) = pixel_values.dims5().map_err(|_| {
+            Error::Input(format!(
+                "pixel_values must be [b, n, c, h, w], got {:?}",
+                pixel_values.dims()
+            ))
+        })?;
+        let pv = pixel_values
+            .to_dtype(self.dtype)?
+            .reshape((b * n, c, h, w))?;
+        let nonzero = pv
+            .ne(0.0)?
+            .to_dtype(DType::U32)?
+            .flatten_from(1)?
+            .sum(1)?
+            .to_vec1::<u32>()?;
         let real: Vec<u32> = nonzero
             .iter()
             .enumerate()
@@ -119,14 +155,18 @@ impl Idefics2 {
                         m.dims()
                     )));
                 }
-                m.to_dtype(DType::U32)?.reshape((b * n, h, w))?.index_select(&idx, 0)?
+                m.to_dtype(DType::U32)?
+                    .reshape((b * n, h, w))?
+                    .index_select(&idx, 0)?
             }
             None => Tensor::ones((nr, h, w), DType::U32, pv.device())?,
         };
         let p = self.config.vision_config.patch_size;
         let (gh, gw) = (h / p, w / p);
         if gh == 0 || gw == 0 {
-            return Err(Error::Input(format!("images of {h}x{w} are smaller than one {p}px patch")));
+            return Err(Error::Input(format!(
+                "images of {h}x{w} are smaller than one {p}px patch"
+            )));
         }
         let patch_mask = pmask
             .narrow(1, 0, gh * p)?
@@ -136,14 +176,20 @@ impl Idefics2 {
             .sum(2)?
             .eq((p * p) as f64)?; // u8 [nr, gh, gw]
         let hidden = self.vision.forward(&pv, &patch_mask)?;
-        let feats = self.connector.forward(&hidden, &patch_mask.reshape((nr, gh * gw))?)?;
+        let feats = self
+            .connector
+            .forward(&hidden, &patch_mask.reshape((nr, gh * gw))?)?;
         let (_, nl, d) = feats.dims3()?;
         Ok(feats.reshape((nr * nl, d))?)
     }
 
     /// Embeds `input_ids` `[b, s]` and replaces the `<image>` token rows, in order,
     /// with the rows of `image_features` `[k, hidden]`.
-    pub fn merge_embeddings(&self, input_ids: &Tensor, image_features: Option<&Tensor>) -> Result<Tensor> {
+    pub fn merge_embeddings(
+        &self,
+        input_ids: &Tensor,
+        image_features: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let embeds = self.text.embed(input_ids)?;
         let Some(feats) = image_features else {
             return Ok(embeds);
@@ -167,7 +213,13 @@ impl Idefics2 {
                 feats.dim(0)?
             )));
         }
-        let all = Tensor::cat(&[&embeds.reshape((total, d))?, &feats.to_dtype(embeds.dtype())?], 0)?;
+        let all = Tensor::cat(
+            &[
+                &embeds.reshape((total, d))?,
+                &feats.to_dtype(embeds.dtype())?,
+            ],
+            0,
+        )?;
         let index = Tensor::from_vec(index, total, all.device())?;
         Ok(all.index_select(&index, 0)?.reshape((b, s, d))?)
     }
@@ -220,7 +272,10 @@ impl Idefics2 {
 }
 
 impl LinearVisitor for Idefics2 {
-    fn visit_linears(&mut self, f: &mut dyn FnMut(&mut SeamLinear) -> candle_core::Result<()>) -> candle_core::Result<()> {
+    fn visit_linears(
+        &mut self,
+        f: &mut dyn FnMut(&mut SeamLinear) -> candle_core::Result<()>,
+    ) -> candle_core::Result<()> {
         for l in self.vision.linears() {
             f(l)?;
         }

@@ -71,7 +71,9 @@ pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
         "gelu" => gelu_erf(x),
         "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => gelu_tanh(x),
         "relu" => x.relu(),
-        other => Err(candle_core::Error::Msg(format!("unsupported activation `{other}`"))),
+        other => Err(candle_core::Error::Msg(format!(
+            "unsupported activation `{other}`"
+        ))),
     }
 }
 

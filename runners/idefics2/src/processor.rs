@@ -29,7 +29,11 @@ impl RgbImage {
                 data.len()
             )));
         }
-        Ok(Self { width, height, data })
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
     }
 
     /// Decodes a PNG or JPEG file and converts it to RGB (alpha dropped, grey replicated,
@@ -37,7 +41,10 @@ impl RgbImage {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::decode(&bytes).map_err(|e| match e {
-            Error::Image { message, .. } => Error::Image { path: path.display().to_string(), message },
+            Error::Image { message, .. } => Error::Image {
+                path: path.display().to_string(),
+                message,
+            },
             other => other,
         })
     }
@@ -61,7 +68,11 @@ impl RgbImage {
             let row = (y * self.width + x0) * 3;
             data.extend_from_slice(&self.data[row..row + w * 3]);
         }
-        Self { width: w, height: h, data }
+        Self {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     /// Bilinear resize exactly as Pillow's `Image.resize(size, BILINEAR)` on an RGB image
@@ -86,7 +97,8 @@ impl RgbImage {
             let rows = last - first;
             let mut out = vec![0u8; rows * width * 3];
             for y in 0..rows {
-                let src = &self.data[(y + first) * self.width * 3..(y + first + 1) * self.width * 3];
+                let src =
+                    &self.data[(y + first) * self.width * 3..(y + first + 1) * self.width * 3];
                 for x in 0..width {
                     let (xmin, xmax) = (bh[2 * x], bh[2 * x + 1]);
                     let k = &kh[x * ksh..x * ksh + xmax];
@@ -99,7 +111,11 @@ impl RgbImage {
                     }
                 }
             }
-            cur = Self { width, height: rows, data: out };
+            cur = Self {
+                width,
+                height: rows,
+                data: out,
+            };
         }
         if need_v {
             let mut out = vec![0u8; height * width * 3];
@@ -110,13 +126,19 @@ impl RgbImage {
                     for c in 0..3 {
                         let mut ss: i32 = 1 << (PRECISION_BITS - 1);
                         for (i, &kk) in k.iter().enumerate() {
-                            ss = ss.wrapping_add(cur.data[((ymin + i) * width + x) * 3 + c] as i32 * kk);
+                            ss = ss.wrapping_add(
+                                cur.data[((ymin + i) * width + x) * 3 + c] as i32 * kk,
+                            );
                         }
                         out[(y * width + x) * 3 + c] = clip8(ss);
                     }
                 }
             }
-            cur = Self { width, height, data: out };
+            cur = Self {
+                width,
+                height,
+                data: out,
+            };
         }
         cur
     }
@@ -145,7 +167,12 @@ fn bilinear_filter(x: f64) -> f64 {
 
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter:
 /// returns `(bounds [xmin, count] per output pixel, fixed-point kernels, kernel size)`.
-fn precompute_coeffs(in_size: usize, in0: f64, in1: f64, out_size: usize) -> (Vec<usize>, Vec<i32>, usize) {
+fn precompute_coeffs(
+    in_size: usize,
+    in0: f64,
+    in1: f64,
+    out_size: usize,
+) -> (Vec<usize>, Vec<i32>, usize) {
     let support_base = 1.0;
     let scale = (in1 - in0) / out_size as f64;
     let filterscale = scale.max(1.0);
@@ -177,7 +204,11 @@ fn precompute_coeffs(in_size: usize, in0: f64, in1: f64, out_size: usize) -> (Ve
                 0.0
             };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 { (-0.5 + f).trunc() as i32 } else { (0.5 + f).trunc() as i32 };
+            kk[xx * ksize + x] = if v < 0.0 {
+                (-0.5 + f).trunc() as i32
+            } else {
+                (0.5 + f).trunc() as i32
+            };
         }
         bounds[2 * xx] = xmin;
         bounds[2 * xx + 1] = n;
@@ -249,13 +280,23 @@ fn half3() -> Vec<f32> {
     vec![0.5; 3]
 }
 fn default_size() -> SizeConfig {
-    SizeConfig { shortest_edge: Some(378), longest_edge: Some(980), height: None, width: None }
+    SizeConfig {
+        shortest_edge: Some(378),
+        longest_edge: Some(980),
+        height: None,
+        width: None,
+    }
 }
 
 impl ImageProcessorConfig {
     /// Output `(height, width)` of the resize (transformers' `get_resize_output_image_size`).
     pub fn output_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
-        match (&self.size.shortest_edge, &self.size.longest_edge, &self.size.height, &self.size.width) {
+        match (
+            &self.size.shortest_edge,
+            &self.size.longest_edge,
+            &self.size.height,
+            &self.size.width,
+        ) {
             (Some(min_len), Some(max_len), _, _) => {
                 let (mut h, mut w) = (height, width);
                 let aspect = w as f64 / h as f64;
@@ -269,7 +310,9 @@ impl ImageProcessorConfig {
                 Ok((h.max(*min_len), w.max(*min_len)))
             }
             (_, _, Some(h), Some(w)) => Ok((*h, *w)),
-            _ => Err(Error::Config("preprocessor size needs shortest_edge+longest_edge or height+width".into())),
+            _ => Err(Error::Config(
+                "preprocessor size needs shortest_edge+longest_edge or height+width".into(),
+            )),
         }
     }
 }
@@ -284,12 +327,21 @@ pub struct PixelBatch {
 }
 
 /// Preprocesses `images` (per sample, a list of images) into padded pixel tensors.
-pub fn preprocess_images(cfg: &ImageProcessorConfig, images: &[Vec<RgbImage>], device: &Device) -> Result<PixelBatch> {
+pub fn preprocess_images(
+    cfg: &ImageProcessorConfig,
+    images: &[Vec<RgbImage>],
+    device: &Device,
+) -> Result<PixelBatch> {
     if cfg.resample != 2 {
-        return Err(Error::Config(format!("only bilinear resampling (2) is supported, got {}", cfg.resample)));
+        return Err(Error::Config(format!(
+            "only bilinear resampling (2) is supported, got {}",
+            cfg.resample
+        )));
     }
     if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 {
-        return Err(Error::Config("image_mean and image_std need 3 values".into()));
+        return Err(Error::Config(
+            "image_mean and image_std need 3 values".into(),
+        ));
     }
     // Split, resize, rescale, normalise: each image becomes (h, w, CHW f32).
     let mut samples: Vec<Vec<(usize, usize, Vec<f32>)>> = Vec::new();
@@ -324,7 +376,11 @@ pub fn preprocess_images(cfg: &ImageProcessorConfig, images: &[Vec<RgbImage>], d
                     for x in 0..w {
                         for c in 0..3 {
                             let v = p.data[(y * w + x) * 3 + c];
-                            let mut f = if cfg.do_rescale { (v as f64 * cfg.rescale_factor) as f32 } else { v as f32 };
+                            let mut f = if cfg.do_rescale {
+                                (v as f64 * cfg.rescale_factor) as f32
+                            } else {
+                                v as f32
+                            };
                             if cfg.do_normalize {
                                 f = (f - cfg.image_mean[c]) / cfg.image_std[c];
                             }
@@ -400,7 +456,11 @@ pub fn apply_chat_template(messages: &[ChatMessage], add_generation_prompt: bool
             role = f.to_uppercase() + &role[1..];
         }
         s.push_str(&role);
-        s.push_str(if matches!(m.content.first(), Some(ContentPart::Image)) { ":" } else { ": " });
+        s.push_str(if matches!(m.content.first(), Some(ContentPart::Image)) {
+            ":"
+        } else {
+            ": "
+        });
         for p in &m.content {
             match p {
                 ContentPart::Image => s.push_str(IMAGE_TOKEN),
@@ -428,10 +488,16 @@ pub const END_OF_UTTERANCE: &str = "<end_of_utterance>";
 /// token that is followed by a character other than whitespace or `<`, as transformers'
 /// Idefics2Processor does.
 pub fn expand_image_tokens(text: &str, image_seq_len: usize, splitting: bool) -> String {
-    let one = format!("{FAKE_IMAGE_TOKEN}{}{FAKE_IMAGE_TOKEN}", IMAGE_TOKEN.repeat(image_seq_len));
+    let one = format!(
+        "{FAKE_IMAGE_TOKEN}{}{FAKE_IMAGE_TOKEN}",
+        IMAGE_TOKEN.repeat(image_seq_len)
+    );
     let image_str = if splitting { one.repeat(5) } else { one };
     let s = text.replace(IMAGE_TOKEN, &image_str);
-    let s = s.replace(&format!("{FAKE_IMAGE_TOKEN}{FAKE_IMAGE_TOKEN}"), FAKE_IMAGE_TOKEN);
+    let s = s.replace(
+        &format!("{FAKE_IMAGE_TOKEN}{FAKE_IMAGE_TOKEN}"),
+        FAKE_IMAGE_TOKEN,
+    );
     let mut out = String::with_capacity(s.len() + 8);
     let mut rest = s.as_str();
     while let Some(i) = rest.find(FAKE_IMAGE_TOKEN) {
@@ -468,7 +534,9 @@ struct TokenizerConfigFile {
 fn token_content(v: &Option<serde_json::Value>) -> Option<String> {
     match v {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        Some(serde_json::Value::Object(o)) => {
+            o.get("content").and_then(|c| c.as_str()).map(String::from)
+        }
         _ => None,
     }
 }
@@ -516,33 +584,57 @@ impl Processor {
         let read = |name: &str| -> Result<Option<String>> {
             let p = dir.join(name);
             if p.exists() {
-                std::fs::read_to_string(&p).map(Some).map_err(|e| Error::io(&p, e))
+                std::fs::read_to_string(&p)
+                    .map(Some)
+                    .map_err(|e| Error::io(&p, e))
             } else {
                 Ok(None)
             }
         };
         let json = |name: &str, text: &str| -> Result<serde_json::Value> {
-            serde_json::from_str(text).map_err(|source| Error::Json { path: dir.join(name), source })
+            serde_json::from_str(text).map_err(|source| Error::Json {
+                path: dir.join(name),
+                source,
+            })
         };
-        let pre = read("preprocessor_config.json")?
-            .ok_or_else(|| Error::Config(format!("no preprocessor_config.json in {}", dir.display())))?;
-        let image: ImageProcessorConfig = serde_json::from_value(json("preprocessor_config.json", &pre)?)
-            .map_err(|source| Error::Json { path: dir.join("preprocessor_config.json"), source })?;
+        let pre = read("preprocessor_config.json")?.ok_or_else(|| {
+            Error::Config(format!("no preprocessor_config.json in {}", dir.display()))
+        })?;
+        let image: ImageProcessorConfig =
+            serde_json::from_value(json("preprocessor_config.json", &pre)?).map_err(|source| {
+                Error::Json {
+                    path: dir.join("preprocessor_config.json"),
+                    source,
+                }
+            })?;
         let image_seq_len = match read("processor_config.json")? {
             Some(t) => {
                 serde_json::from_value::<ProcessorFile>(json("processor_config.json", &t)?)
-                    .map_err(|source| Error::Json { path: dir.join("processor_config.json"), source })?
+                    .map_err(|source| Error::Json {
+                        path: dir.join("processor_config.json"),
+                        source,
+                    })?
                     .image_seq_len
             }
             None => default_seq_len(),
         };
         let tok_cfg: TokenizerConfigFile = match read("tokenizer_config.json")? {
-            Some(t) => serde_json::from_value(json("tokenizer_config.json", &t)?).unwrap_or_default(),
+            Some(t) => {
+                serde_json::from_value(json("tokenizer_config.json", &t)?).unwrap_or_default()
+            }
             None => TokenizerConfigFile::default(),
         };
-        let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
-        Self::new(image, image_seq_len, tokenizer, token_content(&tok_cfg.pad_token), token_content(&tok_cfg.eos_token))
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
+                Error::Tokenizer(format!("{}: {e}", dir.join("tokenizer.json").display()))
+            })?;
+        Self::new(
+            image,
+            image_seq_len,
+            tokenizer,
+            token_content(&tok_cfg.pad_token),
+            token_content(&tok_cfg.eos_token),
+        )
     }
 
     /// Builds a processor from its parts.
@@ -558,9 +650,17 @@ impl Processor {
                 return Err(Error::Tokenizer(format!("tokenizer has no `{t}` token")));
             }
         }
-        let pad_id = pad_token.and_then(|p| tokenizer.token_to_id(&p)).unwrap_or(0);
+        let pad_id = pad_token
+            .and_then(|p| tokenizer.token_to_id(&p))
+            .unwrap_or(0);
         let eos_id = eos_token.and_then(|e| tokenizer.token_to_id(&e));
-        Ok(Self { image, image_seq_len, tokenizer, pad_id, eos_id })
+        Ok(Self {
+            image,
+            image_seq_len,
+            tokenizer,
+            pad_id,
+            eos_id,
+        })
     }
 
     /// Id of a token that the constructor checked exists.
@@ -591,10 +691,19 @@ impl Processor {
     }
 
     /// Processes prompts (each containing `<image>` placeholders) and their images.
-    pub fn encode(&self, texts: &[String], images: &[Vec<RgbImage>], device: &Device) -> Result<Encoding> {
+    pub fn encode(
+        &self,
+        texts: &[String],
+        images: &[Vec<RgbImage>],
+        device: &Device,
+    ) -> Result<Encoding> {
         if !images.is_empty() {
             if images.len() != texts.len() {
-                return Err(Error::Input(format!("{} prompts but {} image lists", texts.len(), images.len())));
+                return Err(Error::Input(format!(
+                    "{} prompts but {} image lists",
+                    texts.len(),
+                    images.len()
+                )));
             }
             for (i, (t, im)) in texts.iter().zip(images).enumerate() {
                 let n = t.matches(IMAGE_TOKEN).count();
@@ -612,7 +721,10 @@ impl Processor {
             .collect();
         let mut ids = Vec::new();
         for p in &prompts {
-            let enc = self.tokenizer.encode(p.as_str(), true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let enc = self
+                .tokenizer
+                .encode(p.as_str(), true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
             ids.push(enc.get_ids().to_vec());
         }
         let len = ids.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -627,11 +739,18 @@ impl Processor {
         } else {
             None
         };
-        Ok(Encoding { input_ids: ids, attention_mask: mask, pixels, prompts })
+        Ok(Encoding {
+            input_ids: ids,
+            attention_mask: mask,
+            pixels,
+            prompts,
+        })
     }
 
     /// Decodes token ids to text.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }

@@ -18,7 +18,9 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self {
+            layers: vec![None; n_layers],
+        }
     }
 
     /// Number of positions already cached.
@@ -69,7 +71,13 @@ impl Rotary {
     }
 
     /// `(cos, sin)`, each `[seq, head_dim / 2]`, for positions `offset..offset + seq`.
-    fn tables(&self, offset: usize, seq: usize, dtype: DType, device: &Device) -> CResult<(Tensor, Tensor)> {
+    fn tables(
+        &self,
+        offset: usize,
+        seq: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> CResult<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut freqs = Vec::with_capacity(seq * half);
         for p in offset..offset + seq {
@@ -147,8 +155,20 @@ impl TextModel {
                     kv_heads: kv,
                     head_dim: hd,
                 },
-                post_attention_layernorm: RmsNorm::load(w, &format!("{lp}.post_attention_layernorm"), h, eps)?,
-                mlp: GatedMlp::load(w, &format!("{lp}.mlp"), h, cfg.intermediate_size, h, &cfg.hidden_act)?,
+                post_attention_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{lp}.post_attention_layernorm"),
+                    h,
+                    eps,
+                )?,
+                mlp: GatedMlp::load(
+                    w,
+                    &format!("{lp}.mlp"),
+                    h,
+                    cfg.intermediate_size,
+                    h,
+                    &cfg.hidden_act,
+                )?,
             });
         }
         let norm = RmsNorm::load(w, &format!("{p}.norm"), h, eps)?;
@@ -172,7 +192,11 @@ impl TextModel {
 
     /// Runs the decoder on `embeds` `[b, s, hidden]`, appending to `cache` when given.
     /// Positions start at the cache length. Returns the final-normed hidden states.
-    pub fn forward_embeds(&self, embeds: &Tensor, mut cache: Option<&mut KvCache>) -> CResult<Tensor> {
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> CResult<Tensor> {
         let (_b, s, _) = embeds.dims3()?;
         let offset = cache.as_ref().map(|c| c.seq_len()).unwrap_or(0);
         let dtype = embeds.dtype();
@@ -184,9 +208,21 @@ impl TextModel {
             let a = &l.self_attn;
             let hn = l.input_layernorm.forward(&x)?;
             let (b, s, _) = hn.dims3()?;
-            let q = a.q_proj.forward(&hn)?.reshape((b, s, a.heads, a.head_dim))?.transpose(1, 2)?;
-            let k = a.k_proj.forward(&hn)?.reshape((b, s, a.kv_heads, a.head_dim))?.transpose(1, 2)?;
-            let v = a.v_proj.forward(&hn)?.reshape((b, s, a.kv_heads, a.head_dim))?.transpose(1, 2)?;
+            let q = a
+                .q_proj
+                .forward(&hn)?
+                .reshape((b, s, a.heads, a.head_dim))?
+                .transpose(1, 2)?;
+            let k = a
+                .k_proj
+                .forward(&hn)?
+                .reshape((b, s, a.kv_heads, a.head_dim))?
+                .transpose(1, 2)?;
+            let v = a
+                .v_proj
+                .forward(&hn)?
+                .reshape((b, s, a.kv_heads, a.head_dim))?
+                .transpose(1, 2)?;
             let q = ops::rope(&q, &cos, &sin)?;
             let k = ops::rope(&k, &cos, &sin)?;
             let (k, v) = match cache.as_mut() {
@@ -238,5 +274,7 @@ fn causal_mask(
     if !any {
         return Ok(None);
     }
-    Ok(Some(Tensor::from_vec(m, (1, 1, s, total), device)?.to_dtype(dtype)?))
+    Ok(Some(
+        Tensor::from_vec(m, (1, 1, s, total), device)?.to_dtype(dtype)?,
+    ))
 }

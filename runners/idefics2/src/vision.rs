@@ -69,10 +69,18 @@ impl VisionEmbeddings {
         Ok(Self {
             patch_weight: w.get(
                 &format!("{p}.patch_embedding.weight"),
-                &[cfg.hidden_size, cfg.num_channels, cfg.patch_size, cfg.patch_size],
+                &[
+                    cfg.hidden_size,
+                    cfg.num_channels,
+                    cfg.patch_size,
+                    cfg.patch_size,
+                ],
             )?,
             patch_bias: w.get(&format!("{p}.patch_embedding.bias"), &[cfg.hidden_size])?,
-            position_embedding: w.get(&format!("{p}.position_embedding.weight"), &[n * n, cfg.hidden_size])?,
+            position_embedding: w.get(
+                &format!("{p}.position_embedding.weight"),
+                &[n * n, cfg.hidden_size],
+            )?,
             patch_size: cfg.patch_size,
             num_patches_per_side: n,
         })
@@ -100,10 +108,18 @@ impl VisionEmbeddings {
         let mut ids = Vec::with_capacity(n * gh * gw);
         for m in mask {
             let flat: Vec<bool> = m.into_iter().flatten().map(|v| v != 0).collect();
-            ids.extend(bucketed_position_ids(&flat, gh, gw, self.num_patches_per_side));
+            ids.extend(bucketed_position_ids(
+                &flat,
+                gh,
+                gw,
+                self.num_patches_per_side,
+            ));
         }
         let ids = Tensor::from_vec(ids, n * gh * gw, x.device())?;
-        let pos = self.position_embedding.index_select(&ids, 0)?.reshape((n, gh * gw, hidden))?;
+        let pos = self
+            .position_embedding
+            .index_select(&ids, 0)?
+            .reshape((n, gh * gw, hidden))?;
         x.broadcast_add(&pos)
     }
 }
@@ -126,7 +142,10 @@ pub struct VisionAttention {
 impl VisionAttention {
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
         let (b, s, _) = x.dims3()?;
-        let shape = |t: Tensor| t.reshape((b, s, self.heads, self.head_dim))?.transpose(1, 2);
+        let shape = |t: Tensor| {
+            t.reshape((b, s, self.heads, self.head_dim))?
+                .transpose(1, 2)
+        };
         let q = shape(self.q_proj.forward(x)?)?;
         let k = shape(self.k_proj.forward(x)?)?;
         let v = shape(self.v_proj.forward(x)?)?;
@@ -174,7 +193,9 @@ impl VisionLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
-        let h = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?;
+        let h = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?;
         let x = (x + h)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&ops::activation(&self.act, &h)?)?;
@@ -215,7 +236,11 @@ impl VisionTransformer {
         let (n, gh, gw) = patch_mask.dims3()?;
         let flat = patch_mask.reshape((n, gh * gw))?;
         let all = flat.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize == n * gh * gw;
-        let mask = if all { None } else { Some(key_padding_mask(&flat, x.dtype())?) };
+        let mask = if all {
+            None
+        } else {
+            Some(key_padding_mask(&flat, x.dtype())?)
+        };
         for l in &self.layers {
             x = l.forward(&x, mask.as_ref())?;
         }

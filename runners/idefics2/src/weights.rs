@@ -77,7 +77,12 @@ pub fn parse_dtype(name: &str) -> Option<DType> {
 impl Weights {
     /// Opens `files`; tensors are converted to `dtype` on load. When `file_dtype` is
     /// given, every tensor in the files must have that dtype.
-    pub fn open(files: &[PathBuf], dtype: DType, file_dtype: Option<DType>, device: &Device) -> Result<Self> {
+    pub fn open(
+        files: &[PathBuf],
+        dtype: DType,
+        file_dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Self> {
         // SAFETY: the files are memory-mapped read-only; as everywhere with mmap, they
         // must not be truncated while the model is being loaded.
         let st = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::Safetensors {
@@ -115,7 +120,10 @@ impl Weights {
         if !self.names.contains(name) {
             return Err(Error::MissingTensor(name.to_string()));
         }
-        let view = self.st.get(name).map_err(|_| Error::MissingTensor(name.to_string()))?;
+        let view = self
+            .st
+            .get(name)
+            .map_err(|_| Error::MissingTensor(name.to_string()))?;
         if view.shape() != shape {
             return Err(Error::ShapeMismatch {
                 name: name.to_string(),
@@ -149,15 +157,21 @@ impl Weights {
     /// Names present in the files that no `get` has asked for.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
-        self.names.iter().filter(|n| !used.contains(*n)).cloned().collect()
+        self.names
+            .iter()
+            .filter(|n| !used.contains(*n))
+            .cloned()
+            .collect()
     }
 }
 
 /// Writes `tensors` to a safetensors file with `{"format": "pt"}` metadata (as PyTorch does).
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(tensors.iter(), Some(meta), path).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    safetensors::serialize_to_file(tensors.iter(), Some(meta), path).map_err(|e| {
+        Error::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
     })
 }

@@ -11,7 +11,11 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn golden(config: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(config).join("golden.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        fixtures().join(config).join("golden.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 pub fn golden_json(config: &str) -> serde_json::Value {

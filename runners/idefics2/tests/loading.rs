@@ -30,19 +30,27 @@ fn tensors() -> HashMap<String, Tensor> {
 fn reference_logits(model: &Idefics2) -> Tensor {
     let g = golden("tiny");
     model
-        .forward(&ids_u32(&g["gen0.input_ids"]), Some(&g["gen0.pixel_values"]), Some(&g["gen0.pixel_attention_mask"]))
+        .forward(
+            &ids_u32(&g["gen0.input_ids"]),
+            Some(&g["gen0.pixel_values"]),
+            Some(&g["gen0.pixel_attention_mask"]),
+        )
         .unwrap()
         .squeeze(0)
         .unwrap()
 }
 
-fn write_model(map: &HashMap<String, Tensor>, config_patch: Option<(&str, serde_json::Value)>) -> tempfile::TempDir {
+fn write_model(
+    map: &HashMap<String, Tensor>,
+    config_patch: Option<(&str, serde_json::Value)>,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixtures().join("tiny"), dir.path(), true);
     candle_core::safetensors::save(map, dir.path().join("model.safetensors")).unwrap();
     if let Some((k, v)) = config_patch {
         let p = dir.path().join("config.json");
-        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         cfg[k] = v;
         std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     }
@@ -58,18 +66,31 @@ fn sharded_checkpoint_loads_identically() {
     names.sort();
     let (a, b) = names.split_at(names.len() / 2);
     let mut index = serde_json::Map::new();
-    for (shard, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
-        let sub: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), map[*n].clone())).collect();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let sub: HashMap<String, Tensor> = part
+            .iter()
+            .map(|n| ((*n).clone(), map[*n].clone()))
+            .collect();
         candle_core::safetensors::save(&sub, dir.path().join(shard)).unwrap();
         for n in part {
             index.insert((*n).clone(), shard.into());
         }
     }
     let idx = serde_json::json!({"metadata": {}, "weight_map": index});
-    std::fs::write(dir.path().join("model.safetensors.index.json"), idx.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        idx.to_string(),
+    )
+    .unwrap();
     let sharded = Idefics2::load_dir(dir.path(), DType::F32, &Device::Cpu).unwrap();
     let single = Idefics2::load_dir(&fixtures().join("tiny"), DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(max_abs_diff(&reference_logits(&sharded), &reference_logits(&single)), 0.0);
+    assert_eq!(
+        max_abs_diff(&reference_logits(&sharded), &reference_logits(&single)),
+        0.0
+    );
 }
 
 #[test]
@@ -78,7 +99,10 @@ fn missing_tensor_is_named() {
     map.remove("model.text_model.layers.1.mlp.up_proj.weight");
     let dir = write_model(&map, None);
     let err = Idefics2::load_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::MissingTensor(n) if n == "model.text_model.layers.1.mlp.up_proj.weight"), "{err}");
+    assert!(
+        matches!(&err, Error::MissingTensor(n) if n == "model.text_model.layers.1.mlp.up_proj.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,13 +128,19 @@ fn wrong_dtype_is_named() {
     map.insert(name.into(), map[name].to_dtype(DType::F16).unwrap());
     let dir = write_model(&map, None);
     let err = Idefics2::load_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
-    assert!(matches!(&err, Error::DtypeMismatch { name: n, .. } if n == name), "{err}");
+    assert!(
+        matches!(&err, Error::DtypeMismatch { name: n, .. } if n == name),
+        "{err}"
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_an_error() {
     let mut map = tensors();
-    map.insert("model.text_model.layers.9.mlp.up_proj.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    map.insert(
+        "model.text_model.layers.9.mlp.up_proj.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
     let dir = write_model(&map, None);
     let err = Idefics2::load_dir(dir.path(), DType::F32, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("layers.9"), "{err}");
@@ -118,8 +148,10 @@ fn unexpected_tensor_is_an_error() {
 
 #[test]
 fn bf16_checkpoint_loads_and_f32_file_under_bf16_config_fails() {
-    let map: HashMap<String, Tensor> =
-        tensors().into_iter().map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap())).collect();
+    let map: HashMap<String, Tensor> = tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap()))
+        .collect();
     let dir = write_model(&map, Some(("dtype", "bfloat16".into())));
     let m = Idefics2::load_dir(dir.path(), DType::BF16, &Device::Cpu).unwrap();
     let l = reference_logits(&m);
@@ -146,7 +178,10 @@ fn fake_hub_cache(root: &Path, sha: &str) {
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs/main"), sha).unwrap();
-    for (i, e) in std::fs::read_dir(fixtures().join("tiny")).unwrap().enumerate() {
+    for (i, e) in std::fs::read_dir(fixtures().join("tiny"))
+        .unwrap()
+        .enumerate()
+    {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with("golden") {
@@ -155,7 +190,8 @@ fn fake_hub_cache(root: &Path, sha: &str) {
         let blob = blobs.join(format!("{:064x}", i + 1));
         std::fs::copy(e.path(), &blob).unwrap();
         #[cfg(unix)]
-        std::os::unix::fs::symlink(format!("../../blobs/{:064x}", i + 1), snap.join(&name)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{:064x}", i + 1), snap.join(&name))
+            .unwrap();
         #[cfg(not(unix))]
         std::fs::copy(&blob, snap.join(&name)).unwrap();
     }
@@ -174,7 +210,11 @@ fn hub_cache_resolves_offline_at_a_pinned_revision() {
             offline: true,
         };
         let dir = resolve(&src).unwrap();
-        assert!(dir.ends_with(format!("snapshots/{sha}")), "{}", dir.display());
+        assert!(
+            dir.ends_with(format!("snapshots/{sha}")),
+            "{}",
+            dir.display()
+        );
         let m = Idefics2::load_dir(&dir, DType::F32, &Device::Cpu).unwrap();
         let d = max_abs_diff(&reference_logits(&m), &golden("tiny")["gen0.prompt_logits"]);
         assert!(d < 1e-4);

@@ -33,7 +33,10 @@ fn check_batch_logits(config: &str) {
         let w = want.get(b).unwrap().narrow(0, 0, n).unwrap();
         worst = worst.max(max_abs_diff(&a, &w));
     }
-    println!("{config}: batch logits max abs diff {worst:e} over {:?}", logits.dims());
+    println!(
+        "{config}: batch logits max abs diff {worst:e} over {:?}",
+        logits.dims()
+    );
     assert!(worst < TOL, "{config}: logits differ by {worst}");
 }
 
@@ -46,7 +49,11 @@ fn check_generation(config: &str) {
         let ids = ids_u32(&g[&format!("gen{i}.input_ids")]);
         let pv = &g[&format!("gen{i}.pixel_values")];
         let pm = &g[&format!("gen{i}.pixel_attention_mask")];
-        let logits = model.forward(&ids, Some(pv), Some(pm)).unwrap().squeeze(0).unwrap();
+        let logits = model
+            .forward(&ids, Some(pv), Some(pm))
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
         let d = max_abs_diff(&logits, &g[&format!("gen{i}.prompt_logits")]);
         println!("{config}: gen{i} prompt logits max abs diff {d:e}");
         assert!(d < TOL);
@@ -95,7 +102,15 @@ fn bf16_runs_close_to_f32() {
     let b = m16.forward(&ids, Some(pv), Some(pm)).unwrap();
     assert_eq!(b.dtype(), DType::BF16);
     let d = max_abs_diff(&a, &b);
-    let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = a
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     println!("bf16 vs f32: max abs diff {d} (max |logit| {scale})");
     assert!(d < 0.1 * scale.max(1.0), "bf16 too far from f32: {d}");
 }
@@ -104,7 +119,11 @@ fn bf16_runs_close_to_f32() {
 fn sampled_generation_is_seeded() {
     let model = load("tiny");
     let g = golden("tiny");
-    let ids: Vec<u32> = ids_u32(&g["gen0.input_ids"]).squeeze(0).unwrap().to_vec1().unwrap();
+    let ids: Vec<u32> = ids_u32(&g["gen0.input_ids"])
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let pv = &g["gen0.pixel_values"];
     let pm = &g["gen0.pixel_attention_mask"];
     let cfg = GenerationConfig {
@@ -119,15 +138,39 @@ fn sampled_generation_is_seeded() {
     assert_eq!(a, b);
     assert_eq!(a.len(), 8);
     let c = model
-        .generate(&ids, Some(pv), Some(pm), &GenerationConfig { seed: 7, ..cfg.clone() })
+        .generate(
+            &ids,
+            Some(pv),
+            Some(pm),
+            &GenerationConfig {
+                seed: 7,
+                ..cfg.clone()
+            },
+        )
         .unwrap();
     println!("seed 42: {a:?}, seed 7: {c:?}");
     // A tiny top_p keeps only the most likely token: sampling degenerates to greedy.
     let greedy = model
-        .generate(&ids, Some(pv), Some(pm), &GenerationConfig { max_new_tokens: 8, ..Default::default() })
+        .generate(
+            &ids,
+            Some(pv),
+            Some(pm),
+            &GenerationConfig {
+                max_new_tokens: 8,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let nucleus = model
-        .generate(&ids, Some(pv), Some(pm), &GenerationConfig { top_p: Some(1e-9), ..cfg })
+        .generate(
+            &ids,
+            Some(pv),
+            Some(pm),
+            &GenerationConfig {
+                top_p: Some(1e-9),
+                ..cfg
+            },
+        )
         .unwrap();
     assert_eq!(greedy, nucleus);
 }
@@ -146,7 +189,11 @@ fn image_token_count_mismatch_is_an_error() {
     let g = golden("tiny");
     let ids = Tensor::new(&[[1u32, 4, 4, 10]], &Device::Cpu).unwrap();
     let err = model
-        .forward(&ids, Some(&g["gen0.pixel_values"]), Some(&g["gen0.pixel_attention_mask"]))
+        .forward(
+            &ids,
+            Some(&g["gen0.pixel_values"]),
+            Some(&g["gen0.pixel_attention_mask"]),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("do not match"), "{err}");
 }

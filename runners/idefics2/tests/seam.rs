@@ -7,8 +7,7 @@ use common::*;
 use foundry_idefics2::linear::{BaseWeight, FrozenWeight, LinearVisitor, LoraAdapter};
 use foundry_idefics2::Idefics2;
 
-const PEFT_TARGETS: &str =
-    r".*(text_model|modality_projection|perceiver_resampler).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$";
+const PEFT_TARGETS: &str = r".*(text_model|modality_projection|perceiver_resampler).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$";
 
 fn load() -> Idefics2 {
     Idefics2::load_dir(&fixtures().join("tiny"), DType::F32, &Device::Cpu).unwrap()
@@ -33,9 +32,14 @@ fn every_linear_has_its_transformers_name() {
         assert!(names.iter().any(|x| x == n), "missing {n}");
     }
     // Each name is a real weight in the checkpoint.
-    let st = candle_core::safetensors::load(fixtures().join("tiny/model.safetensors"), &Device::Cpu).unwrap();
+    let st =
+        candle_core::safetensors::load(fixtures().join("tiny/model.safetensors"), &Device::Cpu)
+            .unwrap();
     for n in &names {
-        assert!(st.contains_key(&format!("{n}.weight")), "{n}.weight not in checkpoint");
+        assert!(
+            st.contains_key(&format!("{n}.weight")),
+            "{n}.weight not in checkpoint"
+        );
     }
     // The tutorial's PEFT regex selects connector + text linears (not vision, not lm_head).
     let hit = m.for_each_matching(PEFT_TARGETS, &mut |_| Ok(())).unwrap();
@@ -87,11 +91,24 @@ fn every_lora_var_gets_a_nonzero_gradient() {
     let mut vars = Vec::new();
     attach(&mut m, 0.1, &mut vars);
     let logits = m.forward(&ids, Some(pv), Some(pm)).unwrap();
-    let loss = Idefics2::log_softmax(&logits).unwrap().mean_all().unwrap().neg().unwrap();
+    let loss = Idefics2::log_softmax(&logits)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .neg()
+        .unwrap();
     let grads = loss.backward().unwrap();
     for (i, v) in vars.iter().enumerate() {
-        let gr = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("var {i} has no gradient"));
-        let norm = gr.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let gr = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("var {i} has no gradient"));
+        let norm = gr
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(norm > 0.0, "var {i} has a zero gradient");
     }
 }
