@@ -10,6 +10,8 @@
 //! * [`hub`]: resolving a model from a local directory or the Hugging Face hub cache.
 //! * [`generate`]: greedy and sampled generation.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod connector;
 pub mod error;
