@@ -354,3 +354,10 @@ impl ViewRead for ViewStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+impl ViewStore {
+    pub(crate) fn meta_for_tests(&self) -> &sled::Tree {
+        &self.meta
+    }
+}
