@@ -44,6 +44,14 @@ enum Command {
     /// Measure the ledger's throughput.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// List runs, filtered by status or recipe (--at/--until: as of then).
+    Runs(cmd::runs::RunsArgs),
+    /// Show a run, checkpoint, adapter, dataset, recipe or channel (--at/--until: as of then).
+    Show(cmd::show::ShowArgs),
+    /// Draw where an adapter, checkpoint or run came from (--at/--until: as of then).
+    Lineage(cmd::lineage::LineageArgs),
+    /// Rebuild every view from seq 0 and print each view's digest.
+    Replay,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,10 @@ fn main() -> ExitCode {
         Command::Import(a) => cmd::transfer::import(&ctx, a),
         Command::Stats => cmd::stats::run(&ctx),
         Command::Bench(b) => cmd::bench::run(&ctx, b),
+        Command::Runs(a) => cmd::runs::run(&ctx, a),
+        Command::Show(a) => cmd::show::run(&ctx, a),
+        Command::Lineage(a) => cmd::lineage::run(&ctx, a),
+        Command::Replay => cmd::replay::run(&ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

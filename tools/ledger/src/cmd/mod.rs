@@ -2,7 +2,12 @@
 
 pub mod bench;
 pub mod init;
+pub mod lineage;
 pub mod log;
+pub mod replay;
+pub mod runs;
+pub mod show;
 pub mod stats;
 pub mod transfer;
+pub mod travel;
 pub mod verify;
