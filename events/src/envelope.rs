@@ -137,21 +137,100 @@ impl RecordedEvent {
     }
 }
 
+/// A borrowed view of the fields of a stored record that chain checks need;
+/// decoding it allocates nothing.
+#[derive(Debug, Deserialize)]
+pub struct RecordView<'a> {
+    /// Global position.
+    pub seq: u64,
+    /// Stream id.
+    #[serde(borrow)]
+    pub stream: &'a str,
+    /// Position within the stream.
+    pub stream_version: u64,
+    #[serde(rename = "event_id")]
+    _event_id: serde::de::IgnoredAny,
+    /// Catalog type name.
+    #[serde(borrow)]
+    pub event_type: &'a str,
+    /// Payload schema version.
+    pub schema_version: u16,
+    #[serde(rename = "recorded_at")]
+    _recorded_at: serde::de::IgnoredAny,
+    #[serde(rename = "actor")]
+    _actor: serde::de::IgnoredAny,
+    #[serde(rename = "causation_id")]
+    _causation_id: serde::de::IgnoredAny,
+    #[serde(rename = "correlation_id")]
+    _correlation_id: serde::de::IgnoredAny,
+    #[serde(rename = "idempotency_key")]
+    _idempotency_key: serde::de::IgnoredAny,
+    /// Payload bytes.
+    #[serde(borrow, with = "serde_bytes")]
+    pub payload: &'a [u8],
+    /// Previous hash.
+    pub prev_hash: Sha256Digest,
+    /// Stored hash.
+    pub hash: Sha256Digest,
+}
+
+impl<'a> RecordView<'a> {
+    /// Decodes the view from stored record bytes (no trailing bytes allowed).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, EventError> {
+        if bytes.first() != Some(&RECORD_HEADER) {
+            return Err(EventError::Record(
+                "not a 14-field envelope array".to_string(),
+            ));
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+        let view =
+            RecordView::deserialize(&mut de).map_err(|e| EventError::Record(e.to_string()))?;
+        // Every field is fixed-size or length-prefixed, so the record's
+        // extent is known: the hash's 32 bytes end it.
+        if stored_hash(bytes) != Some(view.hash) {
+            return Err(EventError::Record(
+                "trailing bytes after the envelope".into(),
+            ));
+        }
+        Ok(view)
+    }
+
+    /// Decodes the typed payload (unknown types, newer schemas are errors).
+    pub fn decode_event(&self) -> Result<Event, EventError> {
+        if self.schema_version > SCHEMA_VERSION {
+            return Err(EventError::NewerSchema {
+                event_type: self.event_type.to_string(),
+                found: self.schema_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let ty = EventType::parse(self.event_type)
+            .ok_or_else(|| EventError::UnknownType(self.event_type.to_string()))?;
+        Event::decode_payload(ty, self.payload)
+    }
+}
+
 /// Hashes stored record bytes per the chain rule, without re-encoding.
 /// Fails if the bytes are not a 14-element array ending in a 32-byte binary.
 pub fn hash_record_bytes(bytes: &[u8]) -> Result<Sha256Digest, EventError> {
     let n = bytes.len();
     if n < 1 + HASH_TAIL + 34 || bytes[0] != RECORD_HEADER {
-        return Err(EventError::Record("record too short or not an envelope".into()));
+        return Err(EventError::Record(
+            "record too short or not an envelope".into(),
+        ));
     }
     let tail = &bytes[n - HASH_TAIL..];
     if tail[0] != 0xc4 || tail[1] != 32 {
-        return Err(EventError::Record("record does not end in a 32-byte hash".into()));
+        return Err(EventError::Record(
+            "record does not end in a 32-byte hash".into(),
+        ));
     }
     // prev_hash is the 13th element: the 34 bytes before the hash.
     let prev = &bytes[n - 2 * HASH_TAIL..n - HASH_TAIL];
     if prev[0] != 0xc4 || prev[1] != 32 {
-        return Err(EventError::Record("record's prev_hash is not 32 bytes".into()));
+        return Err(EventError::Record(
+            "record's prev_hash is not 32 bytes".into(),
+        ));
     }
     let mut h = Sha256::new();
     h.update(&prev[2..]);

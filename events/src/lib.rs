@@ -15,7 +15,7 @@ mod arbitrary;
 
 pub use catalog::*;
 pub use digest::{ParseDigestError, Sha256Digest};
-pub use envelope::{hash_record_bytes, stored_hash, Envelope, EventId, RecordedEvent};
+pub use envelope::{hash_record_bytes, stored_hash, Envelope, EventId, RecordView, RecordedEvent};
 pub use timestamp::{ParseTimestampError, Timestamp};
 
 /// The schema version this build writes and the newest it can read.

@@ -132,7 +132,9 @@ fn newer_schema_is_a_clear_error() {
 fn garbage_is_undecodable_not_a_panic() {
     assert!(RecordedEvent::decode(&[]).is_err());
     assert!(RecordedEvent::decode(&[0x9e]).is_err());
-    let mut bytes = record_for(&sample(), 1, Sha256Digest::ZERO).encode().unwrap();
+    let mut bytes = record_for(&sample(), 1, Sha256Digest::ZERO)
+        .encode()
+        .unwrap();
     bytes.push(0);
     assert!(matches!(
         RecordedEvent::decode(&bytes),
@@ -147,7 +149,10 @@ fn payload_of_wrong_shape_is_a_payload_error() {
     rec.payload = vec![0x01];
     assert!(matches!(
         rec.decode_event(),
-        Err(EventError::Payload { event_type: "RunCancelled", .. })
+        Err(EventError::Payload {
+            event_type: "RunCancelled",
+            ..
+        })
     ));
 }
 

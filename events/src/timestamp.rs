@@ -84,7 +84,9 @@ impl proptest::arbitrary::Arbitrary for Timestamp {
     type Strategy = proptest::strategy::BoxedStrategy<Self>;
     fn arbitrary_with(_: ()) -> Self::Strategy {
         use proptest::strategy::Strategy;
-        (0i64..4_000_000_000_000_000_000).prop_map(Timestamp).boxed()
+        (0i64..4_000_000_000_000_000_000)
+            .prop_map(Timestamp)
+            .boxed()
     }
 }
 

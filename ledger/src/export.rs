@@ -227,9 +227,11 @@ impl<R: Read> ExportReader<R> {
 
     fn read_exact_hashed(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
         let seq = self.checker.next_seq();
-        self.input
-            .read_exact(buf)
-            .map_err(|_| refused(format!("seq {seq}: file ends inside the {what} (truncated)")))?;
+        self.input.read_exact(buf).map_err(|_| {
+            refused(format!(
+                "seq {seq}: file ends inside the {what} (truncated)"
+            ))
+        })?;
         self.hasher.update(&*buf);
         Ok(())
     }
@@ -255,13 +257,15 @@ impl<R: Read> ExportReader<R> {
             )));
         }
         if len > MAX_FRAME {
-            return Err(refused(format!("seq {seq}: frame length {len} is implausible")));
+            return Err(refused(format!(
+                "seq {seq}: frame length {len} is implausible"
+            )));
         }
         let mut bytes = vec![0u8; len as usize];
         self.read_exact_hashed(&mut bytes, "record")?;
         let rec = self
             .checker
-            .check(seq, &bytes)
+            .check_full(seq, &bytes)
             .map_err(|v| refused(v.to_string()))?;
         Ok(Some((rec, bytes)))
     }
@@ -286,10 +290,17 @@ impl<R: Read> ExportReader<R> {
             .read_exact(&mut trailer)
             .map_err(|_| refused("file digest missing (truncated after the last event)"))?;
         if trailer != expected {
-            return Err(refused("file digest mismatch (bytes outside the events were altered)"));
+            return Err(refused(
+                "file digest mismatch (bytes outside the events were altered)",
+            ));
         }
         let mut extra = [0u8; 1];
-        if self.input.read(&mut extra).map_err(|e| refused(e.to_string()))? != 0 {
+        if self
+            .input
+            .read(&mut extra)
+            .map_err(|e| refused(e.to_string()))?
+            != 0
+        {
             return Err(refused("trailing bytes after the file digest"));
         }
         self.finished = true;

@@ -173,7 +173,10 @@ impl Ledger {
         let tree = db
             .open_tree("ledger")
             .map_err(|e| LedgerError::storage(dir, e))?;
-        let head = match tree.get(keys::HEAD).map_err(|e| LedgerError::storage(dir, e))? {
+        let head = match tree
+            .get(keys::HEAD)
+            .map_err(|e| LedgerError::storage(dir, e))?
+        {
             Some(v) => Head::decode(&v).ok_or_else(|| LedgerError::Corrupt {
                 seq: 0,
                 reason: "the head record is damaged".into(),
@@ -231,7 +234,9 @@ impl Ledger {
     /// [`LedgerError::Conflict`] and nothing is written.
     pub fn append(&self, req: AppendRequest) -> Result<AppendOutcome> {
         if req.events.is_empty() {
-            return Err(LedgerError::InvalidAppend("a batch needs at least one event".into()));
+            return Err(LedgerError::InvalidAppend(
+                "a batch needs at least one event".into(),
+            ));
         }
         let mut head = self
             .inner
@@ -367,7 +372,10 @@ impl Ledger {
                 .or_default()
                 .extend_from_slice(&rec.seq.to_be_bytes());
             if let Some(k) = &rec.idempotency_key {
-                spans.entry(k).and_modify(|s| s.1 += 1).or_insert((rec.seq, 1));
+                spans
+                    .entry(k)
+                    .and_modify(|s| s.1 += 1)
+                    .or_insert((rec.seq, 1));
             }
             new_head = Head {
                 seq: rec.seq,
@@ -450,6 +458,23 @@ impl Ledger {
             Some(v) => Ok(Some(decode_at(seq, &v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Iterates the stored chunks (first seq, bytes) in order.
+    pub(crate) fn raw_chunks(&self) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
+        let lo = [keys::EVENT];
+        let hi = [keys::EVENT + 1];
+        self.inner
+            .tree
+            .range(lo.as_slice()..hi.as_slice())
+            .map(move |r| {
+                let (k, v) = r.map_err(|e| self.err(e))?;
+                let first = keys::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
+                    seq: 0,
+                    reason: "malformed chunk key".into(),
+                })?;
+                Ok((first, v))
+            })
     }
 
     /// Iterates stored records (position seq, bytes) from `from` upwards,

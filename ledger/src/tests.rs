@@ -52,7 +52,10 @@ fn append_assigns_seq_versions_and_chains() {
     let out = l
         .append(AppendRequest::new(
             "alice",
-            vec![NewEvent::new(requested("a")), NewEvent::new(metrics("a", 1))],
+            vec![
+                NewEvent::new(requested("a")),
+                NewEvent::new(metrics("a", 1)),
+            ],
         ))
         .unwrap();
     assert!(!out.duplicate);
@@ -64,7 +67,10 @@ fn append_assigns_seq_versions_and_chains() {
     assert_eq!(l.head().seq, 2);
     assert_eq!(l.stream_version("run/a").unwrap(), 2);
     assert_eq!(l.read_stream("run/a", 2).unwrap()[0].seq, 2);
-    assert_eq!(l.seqs_of_type(EventType::MetricsLogged, 0).unwrap(), vec![2]);
+    assert_eq!(
+        l.seqs_of_type(EventType::MetricsLogged, 0).unwrap(),
+        vec![2]
+    );
     assert_eq!(l.read_from(2, 10).unwrap().len(), 1);
     assert!(l.verify().unwrap().is_ok());
 }
@@ -87,8 +93,14 @@ fn state_survives_reopen() {
 #[test]
 fn idempotent_append_returns_the_originals() {
     let (_d, l) = fresh();
-    let req = AppendRequest::new("a", vec![NewEvent::new(requested("x")), NewEvent::new(metrics("x", 0))])
-        .idempotent("req-1");
+    let req = AppendRequest::new(
+        "a",
+        vec![
+            NewEvent::new(requested("x")),
+            NewEvent::new(metrics("x", 0)),
+        ],
+    )
+    .idempotent("req-1");
     let first = l.append(req.clone()).unwrap();
     let again = l.append(req).unwrap();
     assert!(again.duplicate);
@@ -126,8 +138,11 @@ fn expected_version_conflict_is_typed_and_writes_nothing() {
 #[test]
 fn two_writers_racing_exactly_one_wins_each_round() {
     let (_d, l) = fresh();
-    l.append(AppendRequest::new("a", vec![NewEvent::new(requested("race"))]))
-        .unwrap();
+    l.append(AppendRequest::new(
+        "a",
+        vec![NewEvent::new(requested("race"))],
+    ))
+    .unwrap();
     let rounds = 200u64;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
     let handles: Vec<_> = (0..2)
@@ -160,7 +175,11 @@ fn two_writers_racing_exactly_one_wins_each_round() {
     let wins: Vec<Vec<u64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let mut all: Vec<u64> = wins.concat();
     all.sort();
-    assert_eq!(all, (0..rounds).collect::<Vec<_>>(), "exactly one winner per round");
+    assert_eq!(
+        all,
+        (0..rounds).collect::<Vec<_>>(),
+        "exactly one winner per round"
+    );
     assert_eq!(l.stream_version("run/race").unwrap(), rounds + 1);
     assert_eq!(l.head().seq, rounds + 1);
     assert!(l.verify().unwrap().is_ok());
@@ -202,7 +221,10 @@ fn untouched_ledger_of_100k_events_verifies() {
 }
 
 fn violation(l: &Ledger) -> Violation {
-    l.verify().unwrap().violation.expect("tampering must be detected")
+    l.verify()
+        .unwrap()
+        .violation
+        .expect("tampering must be detected")
 }
 
 /// The records of the chunk holding `seq`: (first seq, records).
@@ -236,7 +258,12 @@ fn flipping_any_byte_of_a_stored_record_is_caught_at_its_seq() {
             }
         }
         // Damaged frame lengths are caught at the record they frame.
-        let raw = l.raw_tree().get(keys::event(first)).unwrap().unwrap().to_vec();
+        let raw = l
+            .raw_tree()
+            .get(keys::event(first))
+            .unwrap()
+            .unwrap()
+            .to_vec();
         let mut off = 0;
         for _ in 0..i {
             off += 4 + u32::from_le_bytes(raw[off..off + 4].try_into().unwrap()) as usize;
@@ -265,7 +292,10 @@ fn deleting_swapping_and_truncating_are_caught() {
     bad.remove(2);
     put_chunk(&l, first, &bad);
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (8, &ViolationKind::Reordered { claims: 9 }));
+    assert_eq!(
+        (v.seq, &v.kind),
+        (8, &ViolationKind::Reordered { claims: 9 })
+    );
     assert!(v.to_string().contains("missing"), "{v}");
     put_chunk(&l, first, &recs);
 
@@ -273,7 +303,10 @@ fn deleting_swapping_and_truncating_are_caught() {
     let saved = tree.get(keys::event(6)).unwrap().unwrap();
     tree.remove(keys::event(6)).unwrap();
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (6, &ViolationKind::Gap { next_present: 11 }));
+    assert_eq!(
+        (v.seq, &v.kind),
+        (6, &ViolationKind::Gap { next_present: 11 })
+    );
     tree.insert(keys::event(6), saved).unwrap();
 
     // Swap two neighbours.
@@ -282,7 +315,10 @@ fn deleting_swapping_and_truncating_are_caught() {
     bad.swap(2, 3);
     put_chunk(&l, first, &bad);
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (13, &ViolationKind::Reordered { claims: 14 }));
+    assert_eq!(
+        (v.seq, &v.kind),
+        (13, &ViolationKind::Reordered { claims: 14 })
+    );
     put_chunk(&l, first, &recs);
 
     // Move an event back: seq 3 stored again at position 4.
@@ -291,7 +327,10 @@ fn deleting_swapping_and_truncating_are_caught() {
     bad[3] = bad[2].clone();
     put_chunk(&l, first, &bad);
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (4, &ViolationKind::Reordered { claims: 3 }));
+    assert_eq!(
+        (v.seq, &v.kind),
+        (4, &ViolationKind::Reordered { claims: 3 })
+    );
     assert!(v.to_string().contains("reordered"), "{v}");
     put_chunk(&l, first, &recs);
 
@@ -299,11 +338,17 @@ fn deleting_swapping_and_truncating_are_caught() {
     let (first, recs) = chunk_records(&l, 20);
     put_chunk(&l, first, &recs[..3]);
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (19, &ViolationKind::Truncated { last_present: 18 }));
+    assert_eq!(
+        (v.seq, &v.kind),
+        (19, &ViolationKind::Truncated { last_present: 18 })
+    );
     // And the whole last chunk.
     tree.remove(keys::event(16)).unwrap();
     let v = violation(&l);
-    assert_eq!((v.seq, &v.kind), (16, &ViolationKind::Truncated { last_present: 15 }));
+    assert_eq!(
+        (v.seq, &v.kind),
+        (16, &ViolationKind::Truncated { last_present: 15 })
+    );
     put_chunk(&l, first, &recs);
     assert!(l.verify().unwrap().is_ok());
 }
@@ -316,7 +361,10 @@ fn reads_by_stream_and_type_cross_chunks() {
     assert_eq!(s.first().unwrap().stream_version, 4);
     assert_eq!(s.len(), 7);
     assert!(s.iter().all(|r| r.stream == "run/r3"));
-    assert_eq!(l.seqs_of_type(EventType::MetricsLogged, 60).unwrap().len(), 11);
+    assert_eq!(
+        l.seqs_of_type(EventType::MetricsLogged, 60).unwrap().len(),
+        11
+    );
     assert_eq!(l.read_from(44, 100).unwrap().first().unwrap().seq, 44);
     assert_eq!(l.get(70).unwrap().unwrap().seq, 70);
     assert!(l.get(71).unwrap().is_none());
@@ -361,7 +409,10 @@ fn export_import_round_trip() {
     assert_eq!(dst.outbox_pending(1000).unwrap().len(), 50);
     assert_eq!(dst.read_stream("run/r1", 1).unwrap().len(), 7);
     // A second import into a non-empty ledger is refused.
-    assert!(matches!(dst.import(&path), Err(LedgerError::ImportRefused(_))));
+    assert!(matches!(
+        dst.import(&path),
+        Err(LedgerError::ImportRefused(_))
+    ));
 }
 
 #[test]
@@ -438,9 +489,15 @@ fn a_refused_import_leaves_the_ledger_empty() {
 fn opening_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let missing = Home::at(dir.path().join("nope"));
-    assert!(matches!(missing.open_ledger(), Err(LedgerError::HomeMissing(_))));
+    assert!(matches!(
+        missing.open_ledger(),
+        Err(LedgerError::HomeMissing(_))
+    ));
     let empty = Home::at(dir.path());
-    assert!(matches!(empty.open_ledger(), Err(LedgerError::NotInitialized(_))));
+    assert!(matches!(
+        empty.open_ledger(),
+        Err(LedgerError::NotInitialized(_))
+    ));
     let _l = empty.init().unwrap();
     let err = Ledger::open(&empty.ledger_dir()).err().unwrap();
     assert!(matches!(err, LedgerError::Locked(_)), "{err}");

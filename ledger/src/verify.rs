@@ -1,8 +1,9 @@
 //! Chain verification, shared by `ledger verify` and `ledger import`.
 
+use crate::chunk;
 use crate::keys::Head;
 use crate::{Ledger, LedgerError, Result};
-use foundry_events::{hash_record_bytes, RecordedEvent, Sha256Digest};
+use foundry_events::{hash_record_bytes, RecordView, RecordedEvent, Sha256Digest};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -135,8 +136,9 @@ impl ChainVerifier {
         self.prev
     }
 
-    /// Checks the record stored at position `at`.
-    pub fn check(&mut self, at: u64, bytes: &[u8]) -> Result<RecordedEvent, Violation> {
+    /// Checks the record stored at position `at`, decoding only what the
+    /// chain rule needs (and the payload, when asked to).
+    pub fn check(&mut self, at: u64, bytes: &[u8]) -> Result<(), Violation> {
         let v = |kind| Violation { seq: at, kind };
         if at != self.next_seq {
             return Err(Violation {
@@ -144,8 +146,8 @@ impl ChainVerifier {
                 kind: ViolationKind::Gap { next_present: at },
             });
         }
-        let rec = RecordedEvent::decode(bytes)
-            .map_err(|e| v(ViolationKind::Undecodable(e.to_string())))?;
+        let rec =
+            RecordView::decode(bytes).map_err(|e| v(ViolationKind::Undecodable(e.to_string())))?;
         if rec.seq != at {
             return Err(v(ViolationKind::Reordered { claims: rec.seq }));
         }
@@ -160,10 +162,11 @@ impl ChainVerifier {
         if rec.prev_hash != self.prev {
             return Err(v(ViolationKind::ChainBroken));
         }
-        let expected = self.versions.get(&rec.stream).copied().unwrap_or(0) + 1;
+        let current = self.versions.get_mut(rec.stream);
+        let expected = current.as_ref().map_or(0, |c| **c) + 1;
         if rec.stream_version != expected {
             return Err(v(ViolationKind::StreamOrder {
-                stream: rec.stream.clone(),
+                stream: rec.stream.to_string(),
                 claims: rec.stream_version,
                 expected,
             }));
@@ -172,10 +175,24 @@ impl ChainVerifier {
             rec.decode_event()
                 .map_err(|e| v(ViolationKind::Undecodable(e.to_string())))?;
         }
-        self.versions.insert(rec.stream.clone(), expected);
+        match current {
+            Some(c) => *c = expected,
+            None => {
+                self.versions.insert(rec.stream.to_string(), expected);
+            }
+        }
         self.prev = rec.hash;
         self.next_seq += 1;
-        Ok(rec)
+        Ok(())
+    }
+
+    /// Checks a record and returns it fully decoded (used by import).
+    pub fn check_full(&mut self, at: u64, bytes: &[u8]) -> Result<RecordedEvent, Violation> {
+        self.check(at, bytes)?;
+        RecordedEvent::decode(bytes).map_err(|e| Violation {
+            seq: at,
+            kind: ViolationKind::Undecodable(e.to_string()),
+        })
     }
 }
 
@@ -205,30 +222,33 @@ impl Ledger {
         let mut checker = ChainVerifier::new(true);
         let mut last_present = 0;
         let mut violation = None;
-        for item in self.scan_raw(1) {
-            let (seq, bytes) = match item {
-                Ok(x) => x,
-                Err(LedgerError::Corrupt { seq, reason }) => {
+        'chunks: for item in self.raw_chunks() {
+            let (first, chunk_bytes) = item?;
+            for frame in chunk::Frames::new(first, &chunk_bytes) {
+                let (seq, bytes) = match frame {
+                    Ok(x) => x,
+                    Err(LedgerError::Corrupt { seq, reason }) => {
+                        violation = Some(Violation {
+                            seq,
+                            kind: ViolationKind::Undecodable(reason),
+                        });
+                        break 'chunks;
+                    }
+                    Err(e) => return Err(e),
+                };
+                if seq > head.seq {
                     violation = Some(Violation {
                         seq,
-                        kind: ViolationKind::Undecodable(reason),
+                        kind: ViolationKind::BeyondHead,
                     });
-                    break;
+                    break 'chunks;
                 }
-                Err(e) => return Err(e),
-            };
-            if seq > head.seq {
-                violation = Some(Violation {
-                    seq,
-                    kind: ViolationKind::BeyondHead,
-                });
-                break;
+                if let Err(v) = checker.check(seq, bytes) {
+                    violation = Some(v);
+                    break 'chunks;
+                }
+                last_present = seq;
             }
-            if let Err(v) = checker.check(seq, &bytes) {
-                violation = Some(v);
-                break;
-            }
-            last_present = seq;
         }
         if violation.is_none() && last_present < head.seq {
             violation = Some(Violation {
