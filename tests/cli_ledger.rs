@@ -11,12 +11,29 @@ fn init_append_log_verify_stats() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("h");
     assert!(ok(&home, &["init"]).contains("initialized empty ledger"));
-    let out = ok(&home, &["bench", "append", "--events", "250", "--batch", "50", "--in-home"]);
+    let out = ok(
+        &home,
+        &[
+            "bench",
+            "append",
+            "--events",
+            "250",
+            "--batch",
+            "50",
+            "--in-home",
+        ],
+    );
     assert!(out.trim_end().lines().last().unwrap().ends_with("events/s"));
     let log = ok(&home, &["log", "--from", "10", "--limit", "3"]);
-    assert!(log.contains("MetricsLogged") && log.contains("│ 10 "), "{log}");
+    assert!(
+        log.contains("MetricsLogged") && log.contains("│ 10 "),
+        "{log}"
+    );
     assert!(!log.contains("│ 13 "), "{log}");
-    let json = ok(&home, &["log", "--type", "MetricsLogged", "--limit", "2", "--json"]);
+    let json = ok(
+        &home,
+        &["log", "--type", "MetricsLogged", "--limit", "2", "--json"],
+    );
     let lines: Vec<serde_json::Value> = json
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -28,8 +45,7 @@ fn init_append_log_verify_stats() {
     let stream = ok(&home, &["log", "--stream", "run/bench-3", "--json"]);
     assert_eq!(stream.lines().count(), 16);
     assert!(ok(&home, &["verify"]).starts_with("ok: 250 events verified"));
-    let stats: serde_json::Value =
-        serde_json::from_str(&ok(&home, &["stats", "--json"])).unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&ok(&home, &["stats", "--json"])).unwrap();
     assert_eq!(stats["events"], 250);
     assert_eq!(stats["events_by_type"]["MetricsLogged"], 250);
     assert_eq!(stats["streams"], 16);
@@ -53,7 +69,18 @@ fn export_import_round_trip_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     ok(&a, &["init"]);
-    ok(&a, &["bench", "append", "--events", "120", "--batch", "7", "--in-home"]);
+    ok(
+        &a,
+        &[
+            "bench",
+            "append",
+            "--events",
+            "120",
+            "--batch",
+            "7",
+            "--in-home",
+        ],
+    );
     let file = dir.path().join("ledger.export");
     let file_s = file.to_str().unwrap();
     assert!(ok(&a, &["export", file_s]).starts_with("exported 120 events"));
@@ -103,7 +130,16 @@ fn a_second_process_on_the_same_ledger_is_refused() {
     let mut holder = Command::new(common::bin())
         .arg("--home")
         .arg(&home)
-        .args(["bench", "append", "--events", "100000000", "--batch", "1", "--in-home", "--print-acks"])
+        .args([
+            "bench",
+            "append",
+            "--events",
+            "100000000",
+            "--batch",
+            "1",
+            "--in-home",
+            "--print-acks",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -143,7 +179,10 @@ fn write_export(path: &std::path::Path, records: &[RecordedEvent]) {
 }
 
 fn forged(seq: u64, prev: Sha256Digest, ty: &str, schema: u16) -> RecordedEvent {
-    let e = Event::RunCancelled(RunCancelled { run_id: "r".into(), reason: "x".into() });
+    let e = Event::RunCancelled(RunCancelled {
+        run_id: "r".into(),
+        reason: "x".into(),
+    });
     RecordedEvent {
         seq,
         stream: "run/r".into(),
@@ -170,8 +209,16 @@ fn unknown_type_or_newer_schema_in_an_import_is_refused_naming_the_seq() {
     let file = dir.path().join("x.export");
     let r1 = forged(1, Sha256Digest::ZERO, "RunCancelled", 1);
     for (ty, schema, want) in [
-        ("RunExploded", 1, "seq 2: undecodable record (unknown event type \"RunExploded\""),
-        ("RunCancelled", 2, "seq 2: undecodable record (RunCancelled has schema version 2"),
+        (
+            "RunExploded",
+            1,
+            "seq 2: undecodable record (unknown event type \"RunExploded\"",
+        ),
+        (
+            "RunCancelled",
+            2,
+            "seq 2: undecodable record (RunCancelled has schema version 2",
+        ),
     ] {
         let r2 = forged(2, r1.hash, ty, schema);
         write_export(&file, &[r1.clone(), r2]);
@@ -184,5 +231,8 @@ fn unknown_type_or_newer_schema_in_an_import_is_refused_naming_the_seq() {
     }
     // The well-formed file imports.
     write_export(&file, &[r1]);
-    ok(&dir.path().join("good"), &["import", file.to_str().unwrap()]);
+    ok(
+        &dir.path().join("good"),
+        &["import", file.to_str().unwrap()],
+    );
 }

@@ -21,7 +21,16 @@ fn sigkill_never_loses_an_acknowledged_event() {
         let mut child = Command::new(common::bin())
             .arg("--home")
             .arg(&home)
-            .args(["bench", "append", "--events", "100000000", "--batch", batch, "--in-home", "--print-acks"])
+            .args([
+                "bench",
+                "append",
+                "--events",
+                "100000000",
+                "--batch",
+                batch,
+                "--in-home",
+                "--print-acks",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -31,7 +40,10 @@ fn sigkill_never_loses_an_acknowledged_event() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(seq) = line.strip_prefix("ack ").and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(seq) = line
+                    .strip_prefix("ack ")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     if tx.send(seq).is_err() {
                         break;
                     }
@@ -39,7 +51,9 @@ fn sigkill_never_loses_an_acknowledged_event() {
             }
         });
         // Let it run a random while once it has started appending.
-        let first = rx.recv_timeout(Duration::from_secs(20)).expect("child appends");
+        let first = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("child appends");
         assert!(first > acked_max, "seqs continue after restart");
         let deadline = Instant::now() + Duration::from_millis(rng.gen_range(5..300));
         while Instant::now() < deadline {
@@ -59,7 +73,17 @@ fn sigkill_never_loses_an_acknowledged_event() {
             events >= acked_max,
             "round {round}: acknowledged seq {acked_max} lost (ledger has {events})"
         );
-        let last = ok(&home, &["log", "--from", &acked_max.to_string(), "--limit", "1", "--json"]);
+        let last = ok(
+            &home,
+            &[
+                "log",
+                "--from",
+                &acked_max.to_string(),
+                "--limit",
+                "1",
+                "--json",
+            ],
+        );
         let last: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
         assert_eq!(last["seq"], acked_max);
     }

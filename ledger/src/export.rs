@@ -261,8 +261,19 @@ impl<R: Read> ExportReader<R> {
                 "seq {seq}: frame length {len} is implausible"
             )));
         }
-        let mut bytes = vec![0u8; len as usize];
-        self.read_exact_hashed(&mut bytes, "record")?;
+        // Grow with the data actually present, so a forged length can't
+        // make the reader allocate more than the file holds.
+        let mut bytes = Vec::new();
+        (&mut self.input)
+            .take(u64::from(len))
+            .read_to_end(&mut bytes)
+            .map_err(|e| refused(format!("seq {seq}: {e}")))?;
+        if bytes.len() != len as usize {
+            return Err(refused(format!(
+                "seq {seq}: file ends inside the record (truncated)"
+            )));
+        }
+        self.hasher.update(&bytes);
         let rec = self
             .checker
             .check_full(seq, &bytes)

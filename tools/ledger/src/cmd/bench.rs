@@ -83,7 +83,10 @@ pub fn run(ctx: &Context, b: BenchCommand) -> Result<()> {
             "events": a.events, "batch": a.batch, "seconds": secs, "events_per_s": rate,
         }))?;
     }
-    println!("appended {} events in batches of {} in {secs:.3} s", a.events, a.batch);
+    println!(
+        "appended {} events in batches of {} in {secs:.3} s",
+        a.events, a.batch
+    );
     println!("{rate:.0} events/s");
     Ok(())
 }

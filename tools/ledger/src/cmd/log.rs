@@ -154,7 +154,10 @@ pub fn summarize(e: &Event) -> String {
         ),
         Event::RunRequested(p) => format!("run on {} (recipe {})", p.backend, short(&p.recipe_id)),
         Event::RunClaimed(p) => format!("claimed by {} (attempt {})", p.runner_id, p.attempt),
-        Event::RunStarted(p) => format!("{} steps on {} {}", p.total_steps, p.device.kind, p.device.dtype),
+        Event::RunStarted(p) => format!(
+            "{} steps on {} {}",
+            p.total_steps, p.device.kind, p.device.dtype
+        ),
         Event::RunHeartbeat(p) => format!("step {}", p.step),
         Event::MetricsLogged(p) => match (p.points.first(), p.points.last()) {
             (Some(a), Some(b)) => format!("steps {}..{} loss {:.4}", a.step, b.step, b.loss),
@@ -185,7 +188,9 @@ pub fn summarize(e: &Event) -> String {
             )
         }
         Event::PromotionRequested(p) => format!("{} → {}", short(&p.checkpoint_id), p.channel),
-        Event::AdapterPromoted(p) => format!("{} promoted to {}", short(&p.checkpoint_id), p.channel),
+        Event::AdapterPromoted(p) => {
+            format!("{} promoted to {}", short(&p.checkpoint_id), p.channel)
+        }
         Event::PromotionRejected(p) => format!(
             "{} rejected for {} ({} gates failed)",
             short(&p.checkpoint_id),
@@ -195,7 +200,10 @@ pub fn summarize(e: &Event) -> String {
         Event::ChannelRolledBack(p) => format!(
             "{} rolled back to {}",
             p.channel,
-            p.to_checkpoint_id.as_deref().map(short).unwrap_or("nothing")
+            p.to_checkpoint_id
+                .as_deref()
+                .map(short)
+                .unwrap_or("nothing")
         ),
         Event::ModalJobSubmitted(p) => format!("modal {} on {}", p.function_call_id, p.gpu),
         Event::ModalJobUpdated(p) => format!("modal {} {}", p.function_call_id, p.state),

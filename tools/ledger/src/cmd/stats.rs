@@ -46,7 +46,10 @@ pub fn run(ctx: &Context) -> Result<()> {
         ("first event".into(), first.unwrap_or_else(|| "-".into())),
         ("last event".into(), last.unwrap_or_else(|| "-".into())),
         ("outbox pending".into(), pending.to_string()),
-        ("size on disk".into(), format!("{:.1} MiB", size as f64 / (1 << 20) as f64)),
+        (
+            "size on disk".into(),
+            format!("{:.1} MiB", size as f64 / (1 << 20) as f64),
+        ),
     ];
     for (k, n) in by_kind {
         rows.push((format!("streams: {k}"), n.to_string()));

@@ -39,7 +39,12 @@ pub fn import(ctx: &Context, a: ImportArgs) -> Result<()> {
     report(ctx, "imported", &a.file, &s)
 }
 
-fn report(ctx: &Context, verb: &str, file: &std::path::Path, s: &foundry_ledger::ExportSummary) -> Result<()> {
+fn report(
+    ctx: &Context,
+    verb: &str,
+    file: &std::path::Path,
+    s: &foundry_ledger::ExportSummary,
+) -> Result<()> {
     if ctx.json {
         crate::output::json(&serde_json::json!({
             "file": file,
