@@ -4,7 +4,8 @@
 //!   perceiver resampler) and Mistral decoder with a KV cache.
 //! * [`linear`]: the one linear seam (dense or frozen base weight, optional LoRA),
 //!   with full module names and a visitor for PEFT-style targeting.
-//! * [`ops`]: the numerically delicate, differentiable ops in one place.
+//! * [`ops`]: the numerically delicate, differentiable ops in one place, backed by the
+//!   [`kernels`] (fast CPU custom ops with an analytic backward).
 //! * [`processor`]: the Idefics2 image processor (PIL-exact bilinear resize), the chat
 //!   prompt format and tokenization.
 //! * [`hub`]: resolving a model from a local directory or the Hugging Face hub cache.
@@ -17,6 +18,7 @@ pub mod connector;
 pub mod error;
 pub mod generate;
 pub mod hub;
+pub mod kernels;
 pub mod layers;
 pub mod linear;
 pub mod model;

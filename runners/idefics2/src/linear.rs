@@ -54,13 +54,44 @@ pub struct LoraAdapter {
     pub dropout: f32,
     /// Whether dropout is active.
     pub training: bool,
+    /// The random source of the dropout masks while training. `None` uses candle's
+    /// unseeded generator; a shared seeded generator makes training deterministic.
+    pub rng: Option<DropoutRng>,
+}
+
+/// A shared, seedable random generator for LoRA dropout masks (reseeded by the trainer at every
+/// micro-step so that a run, and a resumed run, draw identical masks).
+pub type DropoutRng = Arc<std::sync::Mutex<rand::rngs::StdRng>>;
+
+/// Inverted dropout with a mask drawn from `rng`: keeps each value with probability `1 - p` and
+/// scales it by `1 / (1 - p)`.
+pub fn seeded_dropout(x: &Tensor, p: f32, rng: &DropoutRng) -> Result<Tensor> {
+    use rand::Rng;
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability has to be in [0, 1), got {p}");
+    }
+    let scale = 1.0 / (1.0 - p);
+    let n = x.elem_count();
+    let mask: Vec<f32> = {
+        let mut g = rng
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+        (0..n)
+            .map(|_| if g.gen::<f32>() >= p { scale } else { 0.0 })
+            .collect()
+    };
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
 }
 
 impl LoraAdapter {
     /// The delta `scale * B(A(dropout(x)))` for a 2-D input `[n, in]`.
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let x = if self.training && self.dropout > 0.0 {
-            candle_nn::ops::dropout(x, self.dropout)?
+            match &self.rng {
+                Some(rng) => seeded_dropout(x, self.dropout, rng)?,
+                None => candle_nn::ops::dropout(x, self.dropout)?,
+            }
         } else {
             x.clone()
         };
@@ -170,8 +201,11 @@ impl Module for SeamLinear {
         let inp = dims.last().copied().unwrap_or(0);
         let rows = x.elem_count() / inp.max(1);
         let x2 = x.reshape((rows, inp))?;
-        let w = self.dense_weight(x.dtype(), x.device())?;
-        let mut y = crate::ops::matmul(&x2, &w.t()?)?;
+        let src = match &self.base {
+            BaseWeight::Dense(w) => crate::kernels::FrozenSource::Dense(w.clone()),
+            BaseWeight::Frozen(f) => crate::kernels::FrozenSource::Frozen(f.clone()),
+        };
+        let mut y = crate::ops::frozen_linear(&x2, src)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -1,10 +1,9 @@
 //! The numerically delicate operations, routed through one module.
 //!
-//! Every op here is written with candle's *differentiable* building blocks
-//! (candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rope`
-//! kernels have no backward and silently drop gradients). The QLoRA work
-//! replaces these bodies with fast custom ops that carry a backward; the model
-//! code calls only this module.
+//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and `rope` kernels have no
+//! backward and silently drop gradients. On the CPU in f32 these ops run the custom kernels of
+//! [`crate::kernels`] (row-parallel loops with an analytic backward); elsewhere they fall back to
+//! candle's composed differentiable ops. The model code calls only this module.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -13,6 +12,9 @@ use candle_core::{DType, Result, Tensor, D};
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
+    if fast(&x) {
+        return crate::kernels::softmax_last_dim(&x)?.to_dtype(dtype);
+    }
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
@@ -24,8 +26,12 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
-    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let y = if fast(&xf) {
+        crate::kernels::rms_normalize(&xf, eps)?
+    } else {
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        xf.broadcast_div(&(var + eps)?.sqrt()?)?
+    };
     y.to_dtype(dtype)?.broadcast_mul(weight)
 }
 
@@ -33,10 +39,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
-    let mean = xf.mean_keepdim(D::Minus1)?;
-    let xc = xf.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    let y = if fast(&xf) {
+        crate::kernels::layer_normalize(&xf, eps)?
+    } else {
+        let mean = xf.mean_keepdim(D::Minus1)?;
+        let xc = xf.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        xc.broadcast_div(&(var + eps)?.sqrt()?)?
+    };
     y.to_dtype(dtype)?
         .broadcast_mul(weight)?
         .broadcast_add(bias)
@@ -46,7 +56,35 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 ///
 /// `x` is `[batch, heads, seq, head_dim]`, `cos`/`sin` are `[seq, head_dim / 2]`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fast(x) {
+        return crate::kernels::rope(x, cos, sin);
+    }
     candle_nn::rotary_emb::rope_slow(&x.contiguous()?, cos, sin)
+}
+
+/// Whether the fast CPU kernels apply (f32 on the CPU).
+fn fast(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && x.device().is_cpu()
+}
+
+/// `x · wᵀ` for `x` `[n, in]` and a base weight `w` `[out, in]` that is not trained. On the CPU
+/// the backward computes only the input gradient; a weight that tracks gradients (a `Var`) goes
+/// through the ordinary differentiable matmul instead.
+pub fn frozen_linear(x: &Tensor, w: crate::kernels::FrozenSource) -> Result<Tensor> {
+    use crate::kernels::FrozenSource;
+    if let FrozenSource::Dense(t) = &w {
+        if t.track_op() || !x.device().is_cpu() {
+            return matmul(x, &t.to_dtype(x.dtype())?.t()?);
+        }
+    }
+    if !x.device().is_cpu() {
+        if let FrozenSource::Frozen(f) = &w {
+            let t = f.dequantize(x.dtype(), x.device())?.detach();
+            return matmul(x, &t.t()?);
+        }
+    }
+    let dtype = x.dtype();
+    crate::kernels::frozen_linear(&x.to_dtype(DType::F32)?, w)?.to_dtype(dtype)
 }
 
 /// SiLU activation.

@@ -57,6 +57,7 @@ fn attach(m: &mut Idefics2, b_scale: f64, vars: &mut Vec<Var>) {
             scale: 2.0,
             dropout: 0.0,
             training: false,
+            rng: None,
         })?;
         vars.push(a);
         vars.push(b);
