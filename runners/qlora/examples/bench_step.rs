@@ -1,0 +1,111 @@
+//! Per-step time and peak RSS of a QLoRA step on a model directory, shaped like the PyTorch peer
+//! (`../shared/peers/pytorch_idefics2.py`): batch 8, one image per example, 64 image tokens + 64
+//! text tokens, loss on every position, LoRA r=8 alpha=16 on the connector and text linears,
+//! every linear but lm_head in NF4 with double quantization. Prints one JSON line.
+//!
+//! `cargo run --release -p foundry-qlora --example bench_step -- DIR [steps] [warmup]`
+
+use candle_core::{DType, Device, Tensor};
+use foundry_idefics2::Idefics2;
+use foundry_qlora::data::Example;
+use foundry_qlora::lora::{LoraConfig, LoraInit};
+use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
+
+fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = std::path::PathBuf::from(
+        args.get(1)
+            .ok_or("usage: bench_step DIR [steps] [warmup]")?,
+    );
+    let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let warmup: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let mut model = Idefics2::load_dir(&dir, DType::F32, &Device::Cpu)?;
+    let (nq, nparams, bytes) = foundry_qlora::quantize_model(&mut model, r"model\..*")?;
+    let cfg = &model.config;
+    let image = cfg.vision_config.image_size;
+    let n_lat = cfg.perceiver_config.resampler_n_latents;
+    let vocab = cfg.text_config.vocab_size as u32;
+    let image_token = cfg.image_token_id;
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    let examples: Vec<Example> = (0..8)
+        .map(|_| {
+            let mut ids: Vec<u32> = (0..n_lat + 64)
+                .map(|_| 10 + next() % (vocab - 10))
+                .collect();
+            ids[..n_lat].iter_mut().for_each(|v| *v = image_token);
+            let labels = ids.iter().map(|&v| v as i64).collect();
+            let pv = Tensor::randn(0f32, 1.0, (1, 3, image, image), &Device::Cpu)?;
+            let pm = Tensor::ones((1, image, image), DType::U8, &Device::Cpu)?;
+            Ok(Example {
+                input_ids: ids,
+                labels,
+                pixel_values: Some(pv),
+                pixel_attention_mask: Some(pm),
+            })
+        })
+        .collect::<candle_core::Result<_>>()?;
+    let tc = TrainConfig {
+        seed: 0,
+        lr: 1e-4,
+        weight_decay: 0.0,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        max_grad_norm: None,
+        warmup_steps: 0,
+        schedule: Schedule::Constant,
+        total_steps: (steps + warmup) as u64,
+        batch_size: 8,
+        grad_accum: 1,
+        save_every: 0,
+        keep_last: 1,
+        lora: LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            target_modules: r".*(text_model|modality_projection|perceiver_resampler).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$".into(),
+            init: LoraInit::Gaussian,
+            use_rslora: false,
+            base_model_name_or_path: None,
+            revision: None,
+        },
+    };
+    let mut t = Trainer::new(model, tc)?;
+    let mut times = Vec::new();
+    for i in 0..steps + warmup {
+        let t0 = std::time::Instant::now();
+        let m = t.train_step(&examples)?;
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("step {} loss {:.4} {:.3} s", m.step, m.loss, dt);
+        if i >= warmup {
+            times.push(dt);
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{{\"method\": \"qlora\", \"median_step_s\": {:.4}, \"peak_rss_mib\": {}, \"nf4_linears\": {nq}, \"nf4_bits_per_param\": {:.4}, \"threads\": \"{}\"}}",
+        times[times.len() / 2],
+        peak_rss_mib(),
+        8.0 * bytes as f64 / nparams as f64,
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_default()
+    );
+    Ok(())
+}
