@@ -150,68 +150,117 @@ struct Script {
 
 fn seed(home: &Path) -> Script {
     let ledger = Home::at(home).init().unwrap();
-    append(&ledger, "alice", RecipeDeclared {
-        recipe_id: RECIPE.into(),
-        name: "cord-v2-r8".into(),
-        source: "recipes/cord.toml".into(),
-        resolved_config: serde_json::json!({"lora": {"r": 8}}),
-        env_overrides: BTreeMap::new(),
-    });
-    append(&ledger, "alice", DatasetPinned {
-        dataset_id: DATASET.into(),
-        source: "hf://naver-clova-ix/cord-v2".into(),
-        resolved_revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
-        shards: vec![ShardPin {
-            split: "train".into(),
-            path: "train-00000.jsonl".into(),
-            sha256: Sha256Digest([8; 32]),
-            bytes: 100,
-            rows: 800,
-        }],
-        splits: BTreeMap::new(),
-    });
-    append(&ledger, "alice", BaseModelPinned {
-        model_id: MODEL.into(),
-        source: "hf://HuggingFaceM4/idefics2-8b".into(),
-        resolved_revision: Some("fedcba9876543210fedcba9876543210fedcba98".into()),
-        architecture: "Idefics2ForConditionalGeneration".into(),
-        files: vec![],
-        parameters: None,
-        quantization: "bnb-nf4".into(),
-    });
+    append(
+        &ledger,
+        "alice",
+        RecipeDeclared {
+            recipe_id: RECIPE.into(),
+            name: "cord-v2-r8".into(),
+            source: "recipes/cord.toml".into(),
+            resolved_config: serde_json::json!({"lora": {"r": 8}}),
+            env_overrides: BTreeMap::new(),
+        },
+    );
+    append(
+        &ledger,
+        "alice",
+        DatasetPinned {
+            dataset_id: DATASET.into(),
+            source: "hf://naver-clova-ix/cord-v2".into(),
+            resolved_revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            shards: vec![ShardPin {
+                split: "train".into(),
+                path: "train-00000.jsonl".into(),
+                sha256: Sha256Digest([8; 32]),
+                bytes: 100,
+                rows: 800,
+            }],
+            splits: BTreeMap::new(),
+        },
+    );
+    append(
+        &ledger,
+        "alice",
+        BaseModelPinned {
+            model_id: MODEL.into(),
+            source: "hf://HuggingFaceM4/idefics2-8b".into(),
+            resolved_revision: Some("fedcba9876543210fedcba9876543210fedcba98".into()),
+            architecture: "Idefics2ForConditionalGeneration".into(),
+            files: vec![],
+            parameters: None,
+            quantization: "bnb-nf4".into(),
+        },
+    );
     for run in ["run-alpha", "run-beta", "run-bravo"] {
         append(&ledger, "alice", requested(run));
     }
     append(&ledger, "runner-7", started("run-alpha"));
-    append(&ledger, "runner-7", metrics("run-alpha", 1, &[2.5, 1.9, 1.2]));
-    append(&ledger, "runner-7", checkpoint("run-alpha", CP_A, 100, 0xa1));
+    append(
+        &ledger,
+        "runner-7",
+        metrics("run-alpha", 1, &[2.5, 1.9, 1.2]),
+    );
+    append(
+        &ledger,
+        "runner-7",
+        checkpoint("run-alpha", CP_A, 100, 0xa1),
+    );
     append(&ledger, "runner-7", metrics("run-alpha", 4, &[0.9, 1.1]));
-    append(&ledger, "runner-7", checkpoint("run-alpha", CP_B, 200, 0xb2));
-    append(&ledger, "runner-7", RunCompleted {
-        run_id: "run-alpha".into(),
-        final_checkpoint_id: Some(CP_B.into()),
-        steps: 200,
-        final_loss: Some(1.1),
-        duration_ms: 61_000,
-    });
-    append(&ledger, "runner-7", RunFailed {
-        run_id: "run-beta".into(),
-        reason: "CUDA out of memory in text_model.layers.3".into(),
-        step: None,
-        retryable: false,
-    });
+    append(
+        &ledger,
+        "runner-7",
+        checkpoint("run-alpha", CP_B, 200, 0xb2),
+    );
+    append(
+        &ledger,
+        "runner-7",
+        RunCompleted {
+            run_id: "run-alpha".into(),
+            final_checkpoint_id: Some(CP_B.into()),
+            steps: 200,
+            final_loss: Some(1.1),
+            duration_ms: 61_000,
+        },
+    );
+    append(
+        &ledger,
+        "runner-7",
+        RunFailed {
+            run_id: "run-beta".into(),
+            reason: "CUDA out of memory in text_model.layers.3".into(),
+            step: None,
+            retryable: false,
+        },
+    );
     append(&ledger, "runner-7", started("run-bravo"));
     let e1 = append(&ledger, "evaluator", scored("eval-one", CP_A, 0.93));
-    let p1 = append(&ledger, "bob", promoted(CP_A, &[&e1], "first adapter to beat the base model"));
+    let p1 = append(
+        &ledger,
+        "bob",
+        promoted(CP_A, &[&e1], "first adapter to beat the base model"),
+    );
     let e2 = append(&ledger, "evaluator", scored("eval-two", CP_B, 0.96));
-    let p2 = append(&ledger, "bob", promoted(CP_B, &[&e2], "better field accuracy"));
-    let rollback = append(&ledger, "carol", ChannelRolledBack {
-        channel: "production".into(),
-        from_checkpoint_id: Some(CP_B.into()),
-        to_checkpoint_id: Some(CP_A.into()),
-        reason: "invoices regressed in production".into(),
-    });
-    Script { e1, p1, p2, rollback }
+    let p2 = append(
+        &ledger,
+        "bob",
+        promoted(CP_B, &[&e2], "better field accuracy"),
+    );
+    let rollback = append(
+        &ledger,
+        "carol",
+        ChannelRolledBack {
+            channel: "production".into(),
+            from_checkpoint_id: Some(CP_B.into()),
+            to_checkpoint_id: Some(CP_A.into()),
+            reason: "invoices regressed in production".into(),
+        },
+    );
+    Script {
+        e1,
+        p1,
+        p2,
+        rollback,
+    }
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, Script) {
@@ -225,22 +274,51 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, Script) {
 fn runs_lists_and_filters() {
     let (_d, home, _s) = setup();
     let out = ok(&home, &["runs"]);
-    for needle in ["run-alpha", "completed", "run-beta", "failed", "run-bravo", "running", "cord-v2-r8", "0.9000", "1.1000"] {
+    for needle in [
+        "run-alpha",
+        "completed",
+        "run-beta",
+        "failed",
+        "run-bravo",
+        "running",
+        "cord-v2-r8",
+        "0.9000",
+        "1.1000",
+    ] {
         assert!(out.contains(needle), "{needle} missing in\n{out}");
     }
-    assert!(out.trim_end().ends_with("3 runs, as of seq 19 (head)"), "{out}");
+    assert!(
+        out.trim_end().ends_with("3 runs, as of seq 19 (head)"),
+        "{out}"
+    );
     let failed = ok(&home, &["runs", "--status", "failed"]);
-    assert!(failed.contains("run-beta") && !failed.contains("run-alpha"), "{failed}");
+    assert!(
+        failed.contains("run-beta") && !failed.contains("run-alpha"),
+        "{failed}"
+    );
     let by_prefix = ok(&home, &["runs", "--recipe", "9ab3"]);
     assert!(by_prefix.contains("3 runs"), "{by_prefix}");
-    let by_name = ok(&home, &["runs", "--recipe", "cord-v2-r8", "--status", "running", "--json"]);
+    let by_name = ok(
+        &home,
+        &[
+            "runs",
+            "--recipe",
+            "cord-v2-r8",
+            "--status",
+            "running",
+            "--json",
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&by_name).unwrap();
     assert_eq!(v["runs"].as_array().unwrap().len(), 1);
     assert_eq!(v["runs"][0]["run_id"], "run-bravo");
     assert!(fails(&home, &["runs", "--status", "sleeping"]).contains("unknown status"));
     // As of seq 6 no run had started.
     let past = ok(&home, &["runs", "--until", "6"]);
-    assert!(past.contains("requested") && !past.contains("completed"), "{past}");
+    assert!(
+        past.contains("requested") && !past.contains("completed"),
+        "{past}"
+    );
 }
 
 #[test]
@@ -274,28 +352,39 @@ fn show_run_is_the_centrepiece() {
     ] {
         assert!(out.contains(needle), "{needle:?} missing in\n{out}");
     }
-    let json: serde_json::Value = serde_json::from_str(&ok(&home, &["show", "run", "run-al", "--json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["show", "run", "run-al", "--json"])).unwrap();
     assert_eq!(json["run"]["status"], "completed");
     assert_eq!(json["run"]["metrics"]["best_loss"]["value"], 0.9);
     assert_eq!(json["run"]["event_count"], 7);
     assert_eq!(json["checkpoints"][1]["step"], 200);
     assert_eq!(json["checkpoints"][0]["channels"][0], "production");
     let failed = ok(&home, &["show", "run", "run-be"]);
-    assert!(failed.contains("CUDA out of memory in text_model.layers.3 (step -, not retryable"), "{failed}");
+    assert!(
+        failed.contains("CUDA out of memory in text_model.layers.3 (step -, not retryable"),
+        "{failed}"
+    );
 }
 
 #[test]
 fn prefixes_are_resolved_like_git() {
     let (_d, home, _s) = setup();
     let amb = fails(&home, &["show", "run", "run-b"]);
-    assert_eq!(amb, "error: run prefix \"run-b\" is ambiguous; candidates: run-beta, run-bravo");
+    assert_eq!(
+        amb,
+        "error: run prefix \"run-b\" is ambiguous; candidates: run-beta, run-bravo"
+    );
     let unk = fails(&home, &["show", "run", "nope"]);
-    assert_eq!(unk, "error: no run matches \"nope\" (3 known: run-alpha, run-beta, run-bravo)");
+    assert_eq!(
+        unk,
+        "error: no run matches \"nope\" (3 known: run-alpha, run-beta, run-bravo)"
+    );
     assert!(ok(&home, &["show", "checkpoint", "bbbb"]).contains(&format!("checkpoint {CP_B}")));
     assert!(ok(&home, &["show", "adapter", "aaaa"]).contains("│ serving   │ production"));
     assert!(ok(&home, &["show", "dataset", "77e"]).contains("train-00000.jsonl"));
     assert!(ok(&home, &["show", "recipe", "9a"]).contains("│ run-alpha │ completed"));
-    assert!(fails(&home, &["show", "channel", "canary"]).contains("no channel matches \"canary\" (1 known: production)"));
+    assert!(fails(&home, &["show", "channel", "canary"])
+        .contains("no channel matches \"canary\" (1 known: production)"));
 }
 
 #[test]
@@ -315,14 +404,27 @@ fn which_adapter_was_in_production_and_why() {
         assert!(out.contains(needle), "{needle:?} missing in\n{out}");
     }
     let id = s.e1.event_id.to_string();
-    let line = out.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("no evidence line in\n{out}"));
-    assert!(line.starts_with(&format!("│ {} ", s.e1.seq)) && line.contains("│ EvalScored "), "{line}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("no evidence line in\n{out}"));
+    assert!(
+        line.starts_with(&format!("│ {} ", s.e1.seq)) && line.contains("│ EvalScored "),
+        "{line}"
+    );
     // By seq: right after the second promotion.
-    let out = ok(&home, &["show", "channel", "prod", "--until", &s.p2.seq.to_string()]);
-    assert!(out.contains(&format!("│ current adapter │ {CP_B}")), "{out}");
+    let out = ok(
+        &home,
+        &["show", "channel", "prod", "--until", &s.p2.seq.to_string()],
+    );
+    assert!(
+        out.contains(&format!("│ current adapter │ {CP_B}")),
+        "{out}"
+    );
     assert!(out.contains("better field accuracy"), "{out}");
     // Now: rolled back to A, by carol, and why.
-    let json: serde_json::Value = serde_json::from_str(&ok(&home, &["show", "channel", "production", "--json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["show", "channel", "production", "--json"])).unwrap();
     assert_eq!(json["channel"]["current_checkpoint_id"], CP_A);
     assert_eq!(json["current"]["action"], "rolled_back");
     assert_eq!(json["current"]["event"]["actor"], "carol");
@@ -330,8 +432,15 @@ fn which_adapter_was_in_production_and_why() {
     assert_eq!(json["channel"]["history"].as_array().unwrap().len(), 3);
     // Before anything was promoted the channel did not exist.
     let before = Timestamp(s.p1.recorded_at.0 - 1).to_rfc3339();
-    assert!(fails(&home, &["show", "channel", "production", "--at", &before]).contains("there are none"));
-    assert!(fails(&home, &["show", "channel", "production", "--at", "last tuesday"]).contains("RFC 3339"));
+    assert!(
+        fails(&home, &["show", "channel", "production", "--at", &before])
+            .contains("there are none")
+    );
+    assert!(fails(
+        &home,
+        &["show", "channel", "production", "--at", "last tuesday"]
+    )
+    .contains("RFC 3339"));
 }
 
 #[test]
@@ -355,13 +464,23 @@ fn lineage_draws_a_tree() {
     for l in expected {
         assert!(out.contains(l), "{l:?} missing in\n{out}");
     }
-    assert!(out.lines().next().unwrap().ends_with("[serving production]"), "{out}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .ends_with("[serving production]"),
+        "{out}"
+    );
     let run = ok(&home, &["lineage", "run-al"]);
     assert!(run.starts_with("run run-alpha [completed]"), "{run}");
     assert_eq!(run.matches("checkpoint ").count(), 2, "{run}");
     let amb = fails(&home, &["lineage", "run-b"]);
-    assert!(amb.contains("candidates: run run-beta, run run-bravo"), "{amb}");
-    let json: serde_json::Value = serde_json::from_str(&ok(&home, &["lineage", "bbbb", "--json"])).unwrap();
+    assert!(
+        amb.contains("candidates: run run-beta, run run-bravo"),
+        "{amb}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["lineage", "bbbb", "--json"])).unwrap();
     assert_eq!(json["tree"]["kind"], "adapter");
     assert_eq!(json["tree"]["children"][0]["kind"], "run");
 }
@@ -374,15 +493,32 @@ fn replay_prints_digests_and_matches_incremental_views() {
     {
         let ledger = Home::at(&home).open_ledger().unwrap();
         append(&ledger, "runner-7", metrics("run-bravo", 1, &[3.0, 2.0]));
-        append(&ledger, "runner-7", RunCancelled {
-            run_id: "run-bravo".into(),
-            reason: "superseded".into(),
-        });
+        append(
+            &ledger,
+            "runner-7",
+            RunCancelled {
+                run_id: "run-bravo".into(),
+                reason: "superseded".into(),
+            },
+        );
     }
     assert!(ok(&home, &["runs", "--status", "cancelled"]).contains("run-bravo"));
     let out = ok(&home, &["replay"]);
-    for view in ["recipes", "datasets", "models", "runs", "checkpoints", "evals", "channels", "lineage", "evidence"] {
-        assert!(out.contains(&format!("│ {view} ")), "{view} missing in\n{out}");
+    for view in [
+        "recipes",
+        "datasets",
+        "models",
+        "runs",
+        "checkpoints",
+        "evals",
+        "channels",
+        "lineage",
+        "evidence",
+    ] {
+        assert!(
+            out.contains(&format!("│ {view} ")),
+            "{view} missing in\n{out}"
+        );
     }
     assert_eq!(out.matches(" same ").count(), 9, "{out}");
     assert!(out.contains("replayed 21 events into"), "{out}");

@@ -17,7 +17,11 @@ pub fn encode_entry<T: Serialize>(kind: ViewKind, key: &str, v: &T) -> Result<Ve
 }
 
 /// Decodes one stored view entry.
-pub(crate) fn decode_entry<T: DeserializeOwned>(kind: ViewKind, key: &str, bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode_entry<T: DeserializeOwned>(
+    kind: ViewKind,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(|e| ProjectionError::Decode {
         view: kind.as_str(),
         key: key.to_string(),

@@ -96,22 +96,41 @@ fn run_node(views: &dyn ViewRead, run_id: &str) -> Result<TreeNode> {
         let id = e.node.id.as_str();
         let child = match e.node.kind.as_str() {
             "recipe" => match views.recipe(id)? {
-                Some(r) => TreeNode::new("recipe", id, format!("recipe {} \"{}\" ({})", short(id), r.name, r.source)),
+                Some(r) => TreeNode::new(
+                    "recipe",
+                    id,
+                    format!("recipe {} \"{}\" ({})", short(id), r.name, r.source),
+                ),
                 None => TreeNode::new("recipe", id, format!("recipe {} (not declared)", short(id))),
             },
             "dataset" => match views.dataset(id)? {
                 Some(d) => {
-                    let rev = d.resolved_revision.as_deref().map(|r| format!(" @ {}", short(r))).unwrap_or_default();
+                    let rev = d
+                        .resolved_revision
+                        .as_deref()
+                        .map(|r| format!(" @ {}", short(r)))
+                        .unwrap_or_default();
                     let mut n = TreeNode::new(
                         "dataset",
                         id,
-                        format!("dataset {} {}{rev}, {} shards", short(id), d.source, d.shards.len()),
+                        format!(
+                            "dataset {} {}{rev}, {} shards",
+                            short(id),
+                            d.source,
+                            d.shards.len()
+                        ),
                     );
                     for s in &d.shards {
                         n.children.push(TreeNode::new(
                             "shard",
                             &s.sha256.to_hex(),
-                            format!("shard {}/{} sha256 {} ({} rows)", s.split, s.path, s.sha256.short(), s.rows),
+                            format!(
+                                "shard {}/{} sha256 {} ({} rows)",
+                                s.split,
+                                s.path,
+                                s.sha256.short(),
+                                s.rows
+                            ),
                         ));
                     }
                     n
@@ -120,14 +139,28 @@ fn run_node(views: &dyn ViewRead, run_id: &str) -> Result<TreeNode> {
             },
             "model" => match views.model(id)? {
                 Some(m) => {
-                    let rev = m.resolved_revision.as_deref().map(|r| format!(" @ {}", short(r))).unwrap_or_default();
+                    let rev = m
+                        .resolved_revision
+                        .as_deref()
+                        .map(|r| format!(" @ {}", short(r)))
+                        .unwrap_or_default();
                     TreeNode::new(
                         "model",
                         id,
-                        format!("base model {} {}{rev} ({}, {})", short(id), m.source, m.architecture, m.quantization),
+                        format!(
+                            "base model {} {}{rev} ({}, {})",
+                            short(id),
+                            m.source,
+                            m.architecture,
+                            m.quantization
+                        ),
                     )
                 }
-                None => TreeNode::new("model", id, format!("base model {} (not pinned)", short(id))),
+                None => TreeNode::new(
+                    "model",
+                    id,
+                    format!("base model {} (not pinned)", short(id)),
+                ),
             },
             "code" => TreeNode::new("code", id, format!("code {id}")),
             other => TreeNode::new(other, id, format!("{other} {id}")),
@@ -143,7 +176,13 @@ fn checkpoint_children(views: &dyn ViewRead, cp: &CheckpointView) -> Result<Vec<
         out.push(TreeNode::new(
             "eval",
             &e.eval_id,
-            format!("eval {} on {} ({} examples): {}", e.eval_id, e.split, e.examples, format_metrics(&e.metrics)),
+            format!(
+                "eval {} on {} ({} examples): {}",
+                e.eval_id,
+                e.split,
+                e.examples,
+                format_metrics(&e.metrics)
+            ),
         ));
     }
     for p in &cp.promotions {
@@ -163,11 +202,18 @@ fn checkpoint_children(views: &dyn ViewRead, cp: &CheckpointView) -> Result<Vec<
         if let Some(ch) = views.channel(&p.channel)? {
             if let Some(entry) = ch.history.iter().find(|h| h.event.seq == p.event.seq) {
                 for g in &entry.gates {
-                    let actual = g.actual.map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into());
+                    let actual = g
+                        .actual
+                        .map(|a| format!("{a:.4}"))
+                        .unwrap_or_else(|| "-".into());
                     n.children.push(TreeNode::new(
                         "gate",
                         "",
-                        format!("gate {} = {actual}: {}", g.gate, if g.passed { "passed" } else { "FAILED" }),
+                        format!(
+                            "gate {} = {actual}: {}",
+                            g.gate,
+                            if g.passed { "passed" } else { "FAILED" }
+                        ),
                     ));
                 }
                 for ev in &entry.evidence {
@@ -195,7 +241,10 @@ fn checkpoint_label(kind: &str, cp: &CheckpointView) -> String {
     } else {
         format!(" [serving {}]", cp.channels.join(", "))
     };
-    let loss = cp.loss.map(|l| format!(", loss {l:.4}")).unwrap_or_default();
+    let loss = cp
+        .loss
+        .map(|l| format!(", loss {l:.4}"))
+        .unwrap_or_default();
     format!(
         "{kind} {} step {}{loss}, committed {}{serving}",
         cp.checkpoint_id, cp.step, cp.committed.at
@@ -207,7 +256,9 @@ fn checkpoint_label(kind: &str, cp: &CheckpointView) -> String {
 pub fn lineage(views: &dyn ViewRead, kind: ViewKind, id: &str) -> Result<TreeNode> {
     match kind {
         ViewKind::Checkpoints => {
-            let cp = views.checkpoint(id)?.ok_or_else(|| unknown("checkpoint", id))?;
+            let cp = views
+                .checkpoint(id)?
+                .ok_or_else(|| unknown("checkpoint", id))?;
             let mut root = TreeNode::new("adapter", id, checkpoint_label("adapter", &cp));
             root.children.push(run_node(views, &cp.run_id)?);
             root.children.extend(checkpoint_children(views, &cp)?);

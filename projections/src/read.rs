@@ -107,8 +107,16 @@ pub fn resolve(views: &dyn ViewRead, kind: ViewKind, prefix: &str) -> Result<Str
 
 /// Resolves an id or unique prefix across several views (e.g. `lineage`
 /// accepts a checkpoint or a run). Returns the view it was found in.
-pub fn resolve_any(views: &dyn ViewRead, kinds: &[ViewKind], prefix: &str) -> Result<(ViewKind, String)> {
-    let noun = kinds.iter().map(|k| k.noun()).collect::<Vec<_>>().join(" or ");
+pub fn resolve_any(
+    views: &dyn ViewRead,
+    kinds: &[ViewKind],
+    prefix: &str,
+) -> Result<(ViewKind, String)> {
+    let noun = kinds
+        .iter()
+        .map(|k| k.noun())
+        .collect::<Vec<_>>()
+        .join(" or ");
     if prefix.is_empty() {
         return Err(ProjectionError::Unknown {
             kind: noun,

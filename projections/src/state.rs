@@ -128,11 +128,7 @@ impl State {
         let ck = child.key();
         let pk = parent.key();
         let c = self.lineage.entry(ck.clone()).or_default();
-        if c
-            .inputs
-            .iter()
-            .any(|e| e.rel == rel_in && e.node == parent)
-        {
+        if c.inputs.iter().any(|e| e.rel == rel_in && e.node == parent) {
             return;
         }
         c.inputs.push(Edge {
@@ -140,17 +136,28 @@ impl State {
             node: parent,
             seq,
         });
-        self.lineage.entry(pk.clone()).or_default().outputs.push(Edge {
-            rel: rel_out.to_string(),
-            node: child,
-            seq,
-        });
+        self.lineage
+            .entry(pk.clone())
+            .or_default()
+            .outputs
+            .push(Edge {
+                rel: rel_out.to_string(),
+                node: child,
+                seq,
+            });
         self.mark(ViewKind::Lineage, &ck);
         self.mark(ViewKind::Lineage, &pk);
     }
 
     /// Records a promotion step on the checkpoint and on its run.
-    fn promotion(&mut self, checkpoint_id: &str, channel: &str, outcome: &str, reason: &str, ev: &EventRef) {
+    fn promotion(
+        &mut self,
+        checkpoint_id: &str,
+        channel: &str,
+        outcome: &str,
+        reason: &str,
+        ev: &EventRef,
+    ) {
         let p = PromotionRef {
             checkpoint_id: checkpoint_id.to_string(),
             channel: channel.to_string(),
@@ -293,6 +300,9 @@ impl State {
             Event::RunRequested(p) => {
                 let ev = event_ref(env);
                 let r = self.run_event(&p.run_id, seq);
+                // The run's lists of inputs grow by one per new run, without
+                // a scan (a repeated request changes nothing there).
+                let first = r.requested.is_none();
                 r.status = "requested".into();
                 r.recipe_id = Some(p.recipe_id.clone());
                 r.dataset_id = Some(p.dataset_id.clone());
@@ -300,22 +310,42 @@ impl State {
                 r.backend = Some(p.backend.clone());
                 r.overrides = p.overrides.clone();
                 r.requested = Some(ev);
-                if let Some(x) = self.recipes.get_mut(&p.recipe_id) {
-                    push_unique(&mut x.runs, &p.run_id);
-                    self.mark(ViewKind::Recipes, &p.recipe_id);
-                }
-                if let Some(x) = self.datasets.get_mut(&p.dataset_id) {
-                    push_unique(&mut x.runs, &p.run_id);
-                    self.mark(ViewKind::Datasets, &p.dataset_id);
-                }
-                if let Some(x) = self.models.get_mut(&p.model_id) {
-                    push_unique(&mut x.runs, &p.run_id);
-                    self.mark(ViewKind::Models, &p.model_id);
+                if first {
+                    if let Some(x) = self.recipes.get_mut(&p.recipe_id) {
+                        x.runs.push(p.run_id.clone());
+                        self.mark(ViewKind::Recipes, &p.recipe_id);
+                    }
+                    if let Some(x) = self.datasets.get_mut(&p.dataset_id) {
+                        x.runs.push(p.run_id.clone());
+                        self.mark(ViewKind::Datasets, &p.dataset_id);
+                    }
+                    if let Some(x) = self.models.get_mut(&p.model_id) {
+                        x.runs.push(p.run_id.clone());
+                        self.mark(ViewKind::Models, &p.model_id);
+                    }
                 }
                 let run = NodeRef::new("run", &p.run_id);
-                self.edge(run.clone(), "recipe", NodeRef::new("recipe", &p.recipe_id), "run", seq);
-                self.edge(run.clone(), "dataset", NodeRef::new("dataset", &p.dataset_id), "run", seq);
-                self.edge(run, "base_model", NodeRef::new("model", &p.model_id), "run", seq);
+                self.edge(
+                    run.clone(),
+                    "recipe",
+                    NodeRef::new("recipe", &p.recipe_id),
+                    "run",
+                    seq,
+                );
+                self.edge(
+                    run.clone(),
+                    "dataset",
+                    NodeRef::new("dataset", &p.dataset_id),
+                    "run",
+                    seq,
+                );
+                self.edge(
+                    run,
+                    "base_model",
+                    NodeRef::new("model", &p.model_id),
+                    "run",
+                    seq,
+                );
             }
             Event::RunClaimed(p) => {
                 let r = self.run_event(&p.run_id, seq);
@@ -344,7 +374,13 @@ impl State {
                     Some(c) => format!("{}@{}", p.code.version, c),
                     None => p.code.version.clone(),
                 };
-                self.edge(NodeRef::new("run", &p.run_id), "code", NodeRef::new("code", &code), "run", seq);
+                self.edge(
+                    NodeRef::new("run", &p.run_id),
+                    "code",
+                    NodeRef::new("code", &code),
+                    "run",
+                    seq,
+                );
             }
             Event::RunHeartbeat(p) => {
                 let r = self.run_event(&p.run_id, seq);
@@ -477,45 +513,52 @@ impl State {
             Event::EvalRequested(p) => {
                 self.mark(ViewKind::Evals, &p.eval_id);
                 let ev = event_ref(env);
-                let e = self.evals.entry(p.eval_id.clone()).or_insert_with(|| EvalView {
-                    eval_id: p.eval_id.clone(),
-                    status: "requested".into(),
-                    checkpoint_id: p.checkpoint_id.clone(),
-                    run_id: p.run_id.clone(),
-                    model_id: p.model_id.clone(),
-                    dataset_id: p.dataset_id.clone(),
-                    split: p.split.clone(),
-                    limit: p.limit,
-                    requested: None,
-                    scored: None,
-                    examples: None,
-                    metrics: BTreeMap::new(),
-                    split_sha256: None,
-                    eval_spec_sha256: None,
-                    latency_ms_mean: None,
-                });
+                let e = self
+                    .evals
+                    .entry(p.eval_id.clone())
+                    .or_insert_with(|| EvalView {
+                        eval_id: p.eval_id.clone(),
+                        status: "requested".into(),
+                        checkpoint_id: p.checkpoint_id.clone(),
+                        run_id: p.run_id.clone(),
+                        model_id: p.model_id.clone(),
+                        dataset_id: p.dataset_id.clone(),
+                        split: p.split.clone(),
+                        limit: p.limit,
+                        requested: None,
+                        scored: None,
+                        examples: None,
+                        metrics: BTreeMap::new(),
+                        split_sha256: None,
+                        eval_spec_sha256: None,
+                        latency_ms_mean: None,
+                    });
                 e.requested.get_or_insert(ev);
             }
             Event::EvalScored(p) => {
                 let ev = event_ref(env);
                 self.mark(ViewKind::Evals, &p.eval_id);
-                let e = self.evals.entry(p.eval_id.clone()).or_insert_with(|| EvalView {
-                    eval_id: p.eval_id.clone(),
-                    status: "scored".into(),
-                    checkpoint_id: p.checkpoint_id.clone(),
-                    run_id: p.run_id.clone(),
-                    model_id: p.model_id.clone(),
-                    dataset_id: p.dataset_id.clone(),
-                    split: p.split.clone(),
-                    limit: None,
-                    requested: None,
-                    scored: None,
-                    examples: None,
-                    metrics: BTreeMap::new(),
-                    split_sha256: None,
-                    eval_spec_sha256: None,
-                    latency_ms_mean: None,
-                });
+                let e = self
+                    .evals
+                    .entry(p.eval_id.clone())
+                    .or_insert_with(|| EvalView {
+                        eval_id: p.eval_id.clone(),
+                        status: "scored".into(),
+                        checkpoint_id: p.checkpoint_id.clone(),
+                        run_id: p.run_id.clone(),
+                        model_id: p.model_id.clone(),
+                        dataset_id: p.dataset_id.clone(),
+                        split: p.split.clone(),
+                        limit: None,
+                        requested: None,
+                        scored: None,
+                        examples: None,
+                        metrics: BTreeMap::new(),
+                        split_sha256: None,
+                        eval_spec_sha256: None,
+                        latency_ms_mean: None,
+                    });
+                let first_score = e.scored.is_none();
                 e.status = "scored".into();
                 e.scored = Some(ev.clone());
                 e.examples = Some(p.examples);
@@ -533,9 +576,11 @@ impl State {
                     format_metrics(&p.metrics)
                 );
                 self.cite(env, summary);
-                if let Some(d) = self.datasets.get_mut(&p.dataset_id) {
-                    push_unique(&mut d.evals, &p.eval_id);
-                    self.mark(ViewKind::Datasets, &p.dataset_id);
+                if first_score {
+                    if let Some(d) = self.datasets.get_mut(&p.dataset_id) {
+                        d.evals.push(p.eval_id.clone());
+                        self.mark(ViewKind::Datasets, &p.dataset_id);
+                    }
                 }
                 if let Some(cid) = &p.checkpoint_id {
                     if let Some(c) = self.checkpoint(cid) {

@@ -11,8 +11,8 @@ use crate::codec::{decode_entry, Digester};
 use crate::travel::fold_into;
 use crate::{
     Bound, ChannelView, CheckpointView, DatasetView, EvalView, EvidenceView, LineageNodeView,
-    ModelView, ProjectionError, RecipeView, Result, RunView, State, ViewDigest, ViewKind,
-    ViewRead, VIEW_FORMAT,
+    ModelView, ProjectionError, RecipeView, Result, RunView, State, ViewDigest, ViewKind, ViewRead,
+    VIEW_FORMAT,
 };
 use foundry_events::Sha256Digest;
 use foundry_ledger::{Home, Ledger};
@@ -165,7 +165,14 @@ impl ViewStore {
 
     fn set_clean(&self, clean: bool) -> Result<()> {
         self.meta
-            .insert(META_CLEAN, if clean { b"1".as_slice() } else { b"0".as_slice() })
+            .insert(
+                META_CLEAN,
+                if clean {
+                    b"1".as_slice()
+                } else {
+                    b"0".as_slice()
+                },
+            )
             .map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(())
@@ -182,31 +189,54 @@ impl ViewStore {
         Ok(())
     }
 
-    /// Replaces every stored view with `state`.
-    pub fn write_all(&self, state: &State) -> Result<u64> {
+    /// Replaces every stored view with `state`. Each view's tree is dropped
+    /// and created anew (much faster than deleting its entries one by one).
+    pub fn write_all(&mut self, state: &State) -> Result<u64> {
         self.set_clean(false)?;
         let mut n = 0u64;
-        for (kind, tree) in &self.trees {
-            tree.clear().map_err(|e| self.err(e))?;
+        for (kind, tree) in self.trees.iter_mut() {
+            self.db
+                .drop_tree(kind.as_str())
+                .map_err(|e| ProjectionError::Storage {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
+            *tree = self
+                .db
+                .open_tree(kind.as_str())
+                .map_err(|e| ProjectionError::Storage {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut b = sled::Batch::default();
             state.for_each_entry(*kind, &mut |k, v| {
                 b.insert(k.as_bytes(), v);
                 n += 1;
                 Ok(())
             })?;
-            tree.apply_batch(b).map_err(|e| self.err(e))?;
+            tree.apply_batch(b).map_err(|e| ProjectionError::Storage {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
         }
         self.finish(state)?;
         Ok(n)
     }
 
     /// Writes the entries of `state` named in `changes` (deleting absent ones).
-    pub fn write_changes(&self, state: &State, changes: &BTreeSet<(ViewKind, String)>) -> Result<u64> {
+    pub fn write_changes(
+        &self,
+        state: &State,
+        changes: &BTreeSet<(ViewKind, String)>,
+    ) -> Result<u64> {
         self.set_clean(false)?;
         let mut n = 0u64;
         for (kind, tree) in &self.trees {
             let mut b = sled::Batch::default();
-            for (_, key) in changes.range((*kind, String::new())..).take_while(|(k, _)| k == kind) {
+            for (_, key) in changes
+                .range((*kind, String::new())..)
+                .take_while(|(k, _)| k == kind)
+            {
                 match state.encoded(*kind, key)? {
                     Some(v) => b.insert(key.as_bytes(), v),
                     None => b.remove(key.as_bytes()),
@@ -220,11 +250,11 @@ impl ViewStore {
     }
 
     /// Rebuilds every view from seq 1 (`ledger replay`).
-    pub fn rebuild(&self, ledger: &Ledger) -> Result<CatchUp> {
+    pub fn rebuild(&mut self, ledger: &Ledger) -> Result<CatchUp> {
         self.rebuild_because(ledger, "replay requested".into())
     }
 
-    fn rebuild_because(&self, ledger: &Ledger, why: String) -> Result<CatchUp> {
+    fn rebuild_because(&mut self, ledger: &Ledger, why: String) -> Result<CatchUp> {
         let t = Instant::now();
         let from_seq = self.last_seq()?;
         let state = crate::fold_until(ledger, Bound::Head)?;
@@ -243,7 +273,7 @@ impl ViewStore {
     /// after the last applied seq and writes only the entries they changed.
     /// Rebuilds from zero if the store is new, unclean, of another format,
     /// or built from a different ledger.
-    pub fn catch_up(&self, ledger: &Ledger) -> Result<CatchUp> {
+    pub fn catch_up(&mut self, ledger: &Ledger) -> Result<CatchUp> {
         if let Some(why) = self.stale_reason(ledger)? {
             return self.rebuild_because(ledger, why);
         }
@@ -290,7 +320,11 @@ impl ViewStore {
     }
 
     fn get<T: DeserializeOwned>(&self, kind: ViewKind, id: &str) -> Result<Option<T>> {
-        match self.tree(kind).get(id.as_bytes()).map_err(|e| self.err(e))? {
+        match self
+            .tree(kind)
+            .get(id.as_bytes())
+            .map_err(|e| self.err(e))?
+        {
             Some(v) => Ok(Some(decode_entry(kind, id, &v)?)),
             None => Ok(None),
         }

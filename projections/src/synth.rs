@@ -139,7 +139,10 @@ impl Synth {
             let id = hex_id(&mut self.rng);
             out.push(Event::BaseModelPinned(BaseModelPinned {
                 model_id: id.clone(),
-                source: format!("hf://HuggingFaceM4/idefics2-{}", if i == 0 { "8b" } else { "tiny" }),
+                source: format!(
+                    "hf://HuggingFaceM4/idefics2-{}",
+                    if i == 0 { "8b" } else { "tiny" }
+                ),
                 resolved_revision: Some(hex_id(&mut self.rng)[..40].to_string()),
                 architecture: "Idefics2ForConditionalGeneration".into(),
                 files: vec![FileDigest {
@@ -169,7 +172,9 @@ impl Synth {
                 }
                 Event::PromotionRequested(p) => {
                     if let Some(d) = self.decisions.iter_mut().find(|d| {
-                        d.checkpoint_id == p.checkpoint_id && d.channel == p.channel && d.request_id.is_none()
+                        d.checkpoint_id == p.checkpoint_id
+                            && d.channel == p.channel
+                            && d.request_id.is_none()
                     }) {
                         d.request_id = Some(r.event_id.to_string());
                     }
@@ -322,7 +327,10 @@ impl Synth {
                         lease_ms: 30_000,
                     });
                 }
-                if run.step > 0 && run.step % 100 == 0 && run.checkpoints.len() < (run.step / 100) as usize {
+                if run.step > 0
+                    && run.step % 100 == 0
+                    && run.checkpoints.len() < (run.step / 100) as usize
+                {
                     let cid = hex_id(rng);
                     run.checkpoints.push(cid.clone());
                     let ev = Event::CheckpointCommitted(CheckpointCommitted {
@@ -377,7 +385,8 @@ impl Synth {
         let model_id = self.models[0].clone();
         if !self.eval_events.contains_key(&eval_id) && self.rng.gen_bool(0.5) {
             self.eval_events.insert(eval_id.clone(), String::new());
-            self.evals_pending.push_back((eval_id.clone(), cid.clone(), run_id.clone()));
+            self.evals_pending
+                .push_back((eval_id.clone(), cid.clone(), run_id.clone()));
             return Some(Event::EvalRequested(EvalRequested {
                 eval_id,
                 checkpoint_id: Some(cid),
@@ -406,7 +415,11 @@ impl Synth {
                 ci_high: None,
             },
         );
-        let channel = if self.rng.gen_bool(0.5) { "staging" } else { "production" };
+        let channel = if self.rng.gen_bool(0.5) {
+            "staging"
+        } else {
+            "production"
+        };
         if score > 0.85 && self.rng.gen_bool(0.5) {
             self.decisions.push(PendingDecision {
                 checkpoint_id: cid.clone(),
@@ -442,7 +455,12 @@ impl Synth {
 
     fn decision_event(&mut self) -> Option<Event> {
         let i = self.decisions.iter().position(|d| {
-            !d.requested || (d.request_id.is_some() && self.eval_events.get(&d.eval_id).is_some_and(|e| !e.is_empty()))
+            !d.requested
+                || (d.request_id.is_some()
+                    && self
+                        .eval_events
+                        .get(&d.eval_id)
+                        .is_some_and(|e| !e.is_empty()))
         })?;
         if !self.decisions[i].requested {
             let d = &mut self.decisions[i];
@@ -462,7 +480,10 @@ impl Synth {
             detail: format!("eval {}", d.eval_id),
         }];
         let evidence = vec![
-            self.eval_events.get(&d.eval_id).cloned().unwrap_or_default(),
+            self.eval_events
+                .get(&d.eval_id)
+                .cloned()
+                .unwrap_or_default(),
             d.request_id.clone().unwrap_or_default(),
         ];
         let hist = self.channel_history.entry(d.channel.clone()).or_default();
@@ -489,7 +510,10 @@ impl Synth {
     }
 
     fn rollback_event(&mut self) -> Option<Event> {
-        let (channel, hist) = self.channel_history.iter_mut().find(|(_, h)| h.len() >= 2)?;
+        let (channel, hist) = self
+            .channel_history
+            .iter_mut()
+            .find(|(_, h)| h.len() >= 2)?;
         let from = hist.pop();
         let to = hist.last().cloned();
         Some(Event::ChannelRolledBack(ChannelRolledBack {

@@ -251,17 +251,29 @@ fn fold_run_lifecycle() {
     let r = &s.runs["r1"];
     assert_eq!(r.status, "completed");
     assert_eq!(r.runner_id.as_deref(), Some("runner-2"));
-    assert_eq!(r.code.as_ref().and_then(|c| c.git_commit.as_deref()), Some("abc"));
+    assert_eq!(
+        r.code.as_ref().and_then(|c| c.git_commit.as_deref()),
+        Some("abc")
+    );
     assert_eq!(r.metrics.points, 3);
     assert_eq!(r.metrics.first_loss.map(|v| v.value), Some(2.0));
-    assert_eq!(r.metrics.last_loss.map(|v| (v.step, v.value)), Some((3, 1.7)));
-    assert_eq!(r.metrics.best_loss.map(|v| (v.step, v.value)), Some((2, 1.5)));
+    assert_eq!(
+        r.metrics.last_loss.map(|v| (v.step, v.value)),
+        Some((3, 1.7))
+    );
+    assert_eq!(
+        r.metrics.best_loss.map(|v| (v.step, v.value)),
+        Some((2, 1.5))
+    );
     assert_eq!(r.metrics.mean_tokens_per_s, Some(200.0));
     assert_eq!(r.metrics.max_tokens_per_s, Some(300.0));
     assert_eq!(r.metrics.tokens, 300);
     assert_eq!(r.checkpoints, vec!["cp1"]);
     assert_eq!(r.resumes.len(), 1);
-    assert_eq!(r.failure.as_ref().map(|f| f.reason.as_str()), Some("preempted"));
+    assert_eq!(
+        r.failure.as_ref().map(|f| f.reason.as_str()),
+        Some("preempted")
+    );
     assert_eq!(r.duration_ms, Some(1234));
     assert_eq!((r.event_count, r.first_seq, r.last_seq), (9, 1, 9));
     assert_eq!(r.started_at, Some(env(3, recipe("x")).recorded_at));
@@ -289,7 +301,10 @@ fn fold_cancel_and_unknown_run_events() {
     ]);
     assert_eq!(s.runs["ghost"].status, "unknown");
     assert_eq!(s.runs["ghost"].metrics.points, 1);
-    assert_eq!(s.runs["r1"].status, "cancelled", "a late claim does not revive a cancelled run");
+    assert_eq!(
+        s.runs["r1"].status, "cancelled",
+        "a late claim does not revive a cancelled run"
+    );
     assert_eq!(s.runs["r1"].cancel_reason.as_deref(), Some("wrong dataset"));
 }
 
@@ -304,7 +319,11 @@ fn fold_checkpoints_evals_promotions() {
             channel: "production".into(),
             reason: "good".into(),
         }),
-        promoted("cp1", "production", vec![uuid_for(3).to_string(), uuid_for(4).to_string()]),
+        promoted(
+            "cp1",
+            "production",
+            vec![uuid_for(3).to_string(), uuid_for(4).to_string()],
+        ),
         Event::PromotionRejected(PromotionRejected {
             checkpoint_id: "cp1".into(),
             channel: "edge".into(),
@@ -324,7 +343,10 @@ fn fold_checkpoints_evals_promotions() {
     assert_eq!(s.runs["r1"].promotions.len(), 3);
     assert_eq!(s.runs["r1"].evals, vec!["e1"]);
     assert_eq!(s.evals["e1"].status, "scored");
-    assert_eq!(s.evidence[&uuid_for(3).to_string()].event_type, "EvalScored");
+    assert_eq!(
+        s.evidence[&uuid_for(3).to_string()].event_type,
+        "EvalScored"
+    );
 }
 
 #[test]
@@ -336,7 +358,11 @@ fn fold_channels_history_and_evidence() {
         scored("e1", "a", "r1", 0.91),
         promoted("a", "production", vec![uuid_for(4).to_string()]),
         scored("e2", "b", "r1", 0.97),
-        promoted("b", "production", vec![uuid_for(6).to_string(), "no-such-event".into()]),
+        promoted(
+            "b",
+            "production",
+            vec![uuid_for(6).to_string(), "no-such-event".into()],
+        ),
         Event::ChannelRolledBack(ChannelRolledBack {
             channel: "production".into(),
             from_checkpoint_id: Some("b".into()),
@@ -352,11 +378,19 @@ fn fold_channels_history_and_evidence() {
     assert_eq!(ch.history[1].previous_checkpoint_id.as_deref(), Some("a"));
     let ev = &ch.history[1].evidence;
     assert_eq!(ev[0].seq, Some(6));
-    assert!(ev[0].summary.contains("field_exact_match=0.9700"), "{}", ev[0].summary);
+    assert!(
+        ev[0].summary.contains("field_exact_match=0.9700"),
+        "{}",
+        ev[0].summary
+    );
     assert_eq!(ev[1].event_type, "unknown");
     assert_eq!(s.checkpoints["a"].channels, vec!["production"]);
     assert!(s.checkpoints["b"].channels.is_empty());
-    let outcomes: Vec<_> = s.checkpoints["b"].promotions.iter().map(|p| p.outcome.as_str()).collect();
+    let outcomes: Vec<_> = s.checkpoints["b"]
+        .promotions
+        .iter()
+        .map(|p| p.outcome.as_str())
+        .collect();
     assert_eq!(outcomes, vec!["promoted", "rolled_back_from"]);
 }
 
@@ -372,7 +406,11 @@ fn fold_lineage_edges() {
         promoted("cp1", "staging", vec![]),
     ]);
     let run = &s.lineage["run:r1"];
-    let rels: Vec<_> = run.inputs.iter().map(|e| (e.rel.as_str(), e.node.key())).collect();
+    let rels: Vec<_> = run
+        .inputs
+        .iter()
+        .map(|e| (e.rel.as_str(), e.node.key()))
+        .collect();
     assert_eq!(
         rels,
         vec![
@@ -384,7 +422,12 @@ fn fold_lineage_edges() {
     );
     assert_eq!(run.outputs[0].node.key(), "checkpoint:cp1");
     let cp = &s.lineage["checkpoint:cp1"];
-    assert_eq!(cp.outputs.len(), 2, "eval and channel, each once: {:?}", cp.outputs);
+    assert_eq!(
+        cp.outputs.len(),
+        2,
+        "eval and channel, each once: {:?}",
+        cp.outputs
+    );
     assert_eq!(s.lineage["dataset:ds"].outputs[0].node.key(), "run:r1");
 }
 
@@ -422,7 +465,7 @@ fn home() -> (tempfile::TempDir, Home, Ledger) {
 #[test]
 fn replay_equals_incremental_catch_up_on_50k_events() {
     let (dir, home, ledger) = home();
-    let store = ViewStore::open(&home).expect("views");
+    let mut store = ViewStore::open(&home).expect("views");
     // Catch up at irregular points while the history grows.
     let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
     let mut catch_ups = 0;
@@ -443,7 +486,7 @@ fn replay_equals_incremental_catch_up_on_50k_events() {
     assert!(catch_ups > 10, "{catch_ups}");
     let incremental = store.digests().expect("digests");
 
-    let full = ViewStore::open_dir(&dir.path().join("full")).expect("views");
+    let mut full = ViewStore::open_dir(&dir.path().join("full")).expect("views");
     let c = full.rebuild(&ledger).expect("rebuild");
     assert_eq!(c.to_seq, head);
     let rebuilt = full.digests().expect("digests");
@@ -458,7 +501,10 @@ fn replay_equals_incremental_catch_up_on_50k_events() {
         assert!(d.entries > 0, "empty view {}", d.view);
     }
     assert!(mem.runs.len() > 100, "{}", mem.runs.len());
-    assert!(mem.channels.values().any(|c| c.history.iter().any(|h| h.action == "rolled_back")));
+    assert!(mem
+        .channels
+        .values()
+        .any(|c| c.history.iter().any(|h| h.action == "rolled_back")));
     let promoted = mem
         .channels
         .values()
@@ -466,29 +512,48 @@ fn replay_equals_incremental_catch_up_on_50k_events() {
         .filter(|h| h.action == "promoted")
         .collect::<Vec<_>>();
     assert!(!promoted.is_empty());
-    assert!(promoted.iter().all(|h| h.evidence.iter().all(|e| e.seq.is_some())));
+    assert!(promoted
+        .iter()
+        .all(|h| h.evidence.iter().all(|e| e.seq.is_some())));
 }
 
 #[test]
 fn store_recovers_from_interrupted_write_and_foreign_ledger() {
     let (dir, home, ledger) = home();
     append_synthetic(&ledger, 1, 500, 100, |_| Ok(())).expect("append");
-    let store = ViewStore::open(&home).expect("views");
-    assert_eq!(store.catch_up(&ledger).expect("c").rebuilt.as_deref(), Some("new store"));
+    let mut store = ViewStore::open(&home).expect("views");
+    assert_eq!(
+        store.catch_up(&ledger).expect("c").rebuilt.as_deref(),
+        Some("new store")
+    );
     assert!(store.catch_up(&ledger).expect("c").rebuilt.is_none());
     let good = store.digests().expect("d");
     // A crash mid-write leaves the store unclean.
-    store.meta_for_tests().insert("clean", b"0".as_slice()).expect("poke");
+    store
+        .meta_for_tests()
+        .insert("clean", b"0".as_slice())
+        .expect("poke");
     let c = store.catch_up(&ledger).expect("c");
-    assert_eq!(c.rebuilt.as_deref(), Some("an earlier write was interrupted"));
+    assert_eq!(
+        c.rebuilt.as_deref(),
+        Some("an earlier write was interrupted")
+    );
     assert_eq!(store.digests().expect("d"), good);
     // Views built from another ledger are rebuilt.
     let other = Home::at(dir.path().join("other"));
     let other_ledger = other.init().expect("init");
     append_synthetic(&other_ledger, 2, 600, 100, |_| Ok(())).expect("append");
     let c = store.catch_up(&other_ledger).expect("c");
-    assert!(c.rebuilt.as_deref().is_some_and(|r| r.contains("no longer holds")), "{c:?}");
-    assert_eq!(store.digests().expect("d"), digests(&fold_until(&other_ledger, Bound::Head).expect("f")).expect("d"));
+    assert!(
+        c.rebuilt
+            .as_deref()
+            .is_some_and(|r| r.contains("no longer holds")),
+        "{c:?}"
+    );
+    assert_eq!(
+        store.digests().expect("d"),
+        digests(&fold_until(&other_ledger, Bound::Head).expect("f")).expect("d")
+    );
 }
 
 // ---------------------------------------------------------------- time travel
@@ -509,9 +574,15 @@ fn time_travel_on_a_scripted_history() {
     append(&ledger, checkpoint("r1", "aaaa1111", 100));
     append(&ledger, checkpoint("r1", "bbbb2222", 200));
     let e1 = append(&ledger, scored("e1", "aaaa1111", "r1", 0.93));
-    let p1 = append(&ledger, promoted("aaaa1111", "production", vec![e1.event_id.to_string()]));
+    let p1 = append(
+        &ledger,
+        promoted("aaaa1111", "production", vec![e1.event_id.to_string()]),
+    );
     let e2 = append(&ledger, scored("e2", "bbbb2222", "r1", 0.96));
-    let p2 = append(&ledger, promoted("bbbb2222", "production", vec![e2.event_id.to_string()]));
+    let p2 = append(
+        &ledger,
+        promoted("bbbb2222", "production", vec![e2.event_id.to_string()]),
+    );
     let rb = append(
         &ledger,
         Event::ChannelRolledBack(ChannelRolledBack {
@@ -568,16 +639,36 @@ fn prefixes_resolve_like_git() {
         requested("run-b"),
         checkpoint("run-b", "run-c-cp", 1),
     ]);
-    assert_eq!(resolve(&s, ViewKind::Runs, "run-b").expect("exact"), "run-b");
-    assert_eq!(resolve(&s, ViewKind::Runs, "run-aa01").expect("exact"), "run-aa01");
-    let amb = resolve(&s, ViewKind::Runs, "run-a").expect_err("ambiguous").to_string();
-    assert_eq!(amb, "run prefix \"run-a\" is ambiguous; candidates: run-aa01, run-aa02");
-    let unk = resolve(&s, ViewKind::Runs, "zz").expect_err("unknown").to_string();
-    assert_eq!(unk, "no run matches \"zz\" (3 known: run-aa01, run-aa02, run-b)");
+    assert_eq!(
+        resolve(&s, ViewKind::Runs, "run-b").expect("exact"),
+        "run-b"
+    );
+    assert_eq!(
+        resolve(&s, ViewKind::Runs, "run-aa01").expect("exact"),
+        "run-aa01"
+    );
+    let amb = resolve(&s, ViewKind::Runs, "run-a")
+        .expect_err("ambiguous")
+        .to_string();
+    assert_eq!(
+        amb,
+        "run prefix \"run-a\" is ambiguous; candidates: run-aa01, run-aa02"
+    );
+    let unk = resolve(&s, ViewKind::Runs, "zz")
+        .expect_err("unknown")
+        .to_string();
+    assert_eq!(
+        unk,
+        "no run matches \"zz\" (3 known: run-aa01, run-aa02, run-b)"
+    );
     let (k, id) = resolve_any(&s, &[ViewKind::Checkpoints, ViewKind::Runs], "run-c").expect("one");
     assert_eq!((k, id.as_str()), (ViewKind::Checkpoints, "run-c-cp"));
     let amb = resolve_any(&s, &[ViewKind::Checkpoints, ViewKind::Runs], "run-").expect_err("amb");
-    assert!(amb.to_string().contains("checkpoint run-c-cp, run run-aa01"), "{amb}");
+    assert!(
+        amb.to_string()
+            .contains("checkpoint run-c-cp, run run-aa01"),
+        "{amb}"
+    );
 }
 
 #[test]
@@ -610,7 +701,19 @@ fn lineage_tree_of_an_adapter() {
     for l in expected_lines {
         assert!(text.contains(l), "missing {l:?} in\n{text}");
     }
-    assert!(text.lines().next().is_some_and(|l| l.ends_with("[serving production]")), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.ends_with("[serving production]")),
+        "{text}"
+    );
     let run_tree = lineage(&s, ViewKind::Runs, "r1").expect("tree");
-    assert_eq!(run_tree.walk().iter().filter(|n| n.kind == "checkpoint").count(), 1);
+    assert_eq!(
+        run_tree
+            .walk()
+            .iter()
+            .filter(|n| n.kind == "checkpoint")
+            .count(),
+        1
+    );
 }

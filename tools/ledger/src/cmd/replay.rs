@@ -19,7 +19,7 @@ struct Row {
 /// and checks that both give the same digest for every view.
 pub fn run(ctx: &Context) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let store = ViewStore::open(&ctx.home)?;
+    let mut store = ViewStore::open(&ctx.home)?;
     let before = store.catch_up(&ledger)?;
     let incremental = store.digests()?;
     let rebuilt = store.rebuild(&ledger)?;
@@ -44,7 +44,11 @@ pub fn run(ctx: &Context) -> Result<()> {
             view: d.view.clone(),
             entries: d.entries,
             sha256: d.sha256.clone(),
-            matches: if d == i { "same".into() } else { format!("DIFFERS ({})", &i.sha256[..12]) },
+            matches: if d == i {
+                "same".into()
+            } else {
+                format!("DIFFERS ({})", &i.sha256[..12])
+            },
         }));
         println!(
             "replayed {} events into {} entries in {:.3} s",

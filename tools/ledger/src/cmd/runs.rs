@@ -20,7 +20,15 @@ pub struct RunsArgs {
     travel: TravelArgs,
 }
 
-const STATUSES: [&str; 7] = ["requested", "claimed", "running", "completed", "failed", "cancelled", "unknown"];
+const STATUSES: [&str; 7] = [
+    "requested",
+    "claimed",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "unknown",
+];
 
 #[derive(Tabled)]
 struct Row {
@@ -61,12 +69,21 @@ pub fn run(ctx: &Context, a: RunsArgs) -> Result<()> {
                 let by_name: Vec<String> = views
                     .ids(ViewKind::Recipes, "")?
                     .into_iter()
-                    .filter(|id| views.recipe(id).ok().flatten().is_some_and(|x| &x.name == r))
+                    .filter(|id| {
+                        views
+                            .recipe(id)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|x| &x.name == r)
+                    })
                     .collect();
                 match by_name.as_slice() {
                     [one] => Some(one.clone()),
                     [] => return Err(e.into()),
-                    many => bail!("recipe name {r:?} is ambiguous; candidates: {}", many.join(", ")),
+                    many => bail!(
+                        "recipe name {r:?} is ambiguous; candidates: {}",
+                        many.join(", ")
+                    ),
                 }
             }
         },
@@ -87,24 +104,28 @@ pub fn run(ctx: &Context, a: RunsArgs) -> Result<()> {
         .filter_map(|id| views.recipe(&id).ok().flatten().map(|r| (id, r.name)))
         .collect();
     let n = runs.len();
-    output::table(runs.into_iter().map(|r| Row {
-        recipe: r
-            .recipe_id
-            .as_ref()
-            .map(|id| names.get(id).cloned().unwrap_or_else(|| travel::short(id)))
-            .unwrap_or_else(|| "-".into()),
-        backend: travel::or_dash(r.backend.clone()),
-        step: match (r.last_step, r.total_steps) {
-            (Some(s), Some(t)) => format!("{s}/{t}"),
-            (s, _) => travel::or_dash(s),
-        },
-        last_loss: travel::f4(r.metrics.last_loss.map(|v| v.value)),
-        best_loss: travel::f4(r.metrics.best_loss.map(|v| v.value)),
-        ckpts: r.checkpoints.len(),
-        started: travel::opt_time(r.started_at),
-        duration: wall_ms(&r).map(travel::duration_ms).unwrap_or_else(|| "-".into()),
-        status: r.status,
-        run: r.run_id,
+    output::table(runs.into_iter().map(|r| {
+        Row {
+            recipe: r
+                .recipe_id
+                .as_ref()
+                .map(|id| names.get(id).cloned().unwrap_or_else(|| travel::short(id)))
+                .unwrap_or_else(|| "-".into()),
+            backend: travel::or_dash(r.backend.clone()),
+            step: match (r.last_step, r.total_steps) {
+                (Some(s), Some(t)) => format!("{s}/{t}"),
+                (s, _) => travel::or_dash(s),
+            },
+            last_loss: travel::f4(r.metrics.last_loss.map(|v| v.value)),
+            best_loss: travel::f4(r.metrics.best_loss.map(|v| v.value)),
+            ckpts: r.checkpoints.len(),
+            started: travel::opt_time(r.started_at),
+            duration: wall_ms(&r)
+                .map(travel::duration_ms)
+                .unwrap_or_else(|| "-".into()),
+            status: r.status,
+            run: r.run_id,
+        }
     }));
     println!("{n} runs, {}", travel::as_of(views.as_ref(), bound));
     Ok(())

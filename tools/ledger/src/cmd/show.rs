@@ -79,7 +79,9 @@ fn checkpoint_row(c: &CheckpointView) -> CheckpointRow {
         step: c.step,
         time: time(c.committed.at),
         checkpoint: short(&c.checkpoint_id),
-        sha256: adapter.map(|f| f.sha256.short()).unwrap_or_else(|| "-".into()),
+        sha256: adapter
+            .map(|f| f.sha256.short())
+            .unwrap_or_else(|| "-".into()),
         loss: f4(c.loss),
         evals: if c.evals.is_empty() {
             "-".into()
@@ -90,7 +92,11 @@ fn checkpoint_row(c: &CheckpointView) -> CheckpointRow {
                 .collect::<Vec<_>>()
                 .join("; ")
         },
-        serving: if c.channels.is_empty() { "-".into() } else { c.channels.join(", ") },
+        serving: if c.channels.is_empty() {
+            "-".into()
+        } else {
+            c.channels.join(", ")
+        },
     }
 }
 
@@ -135,7 +141,9 @@ fn label(v: &dyn ViewRead, kind: ViewKind, id: &Option<String>) -> Result<String
                 "{} {}{} ({})",
                 short(id),
                 m.source,
-                m.resolved_revision.map(|r| format!(" @ {}", short(&r))).unwrap_or_default(),
+                m.resolved_revision
+                    .map(|r| format!(" @ {}", short(&r)))
+                    .unwrap_or_default(),
                 m.quantization
             ),
             None => format!("{} (not pinned)", short(id)),
@@ -174,7 +182,8 @@ fn show_run(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> Res
     section("metrics");
     let m = &r.metrics;
     let sv = |x: Option<foundry_projections::StepValue>| {
-        x.map(|s| format!("{:.4} (step {})", s.value, s.step)).unwrap_or_else(|| "-".into())
+        x.map(|s| format!("{:.4} (step {})", s.value, s.step))
+            .unwrap_or_else(|| "-".into())
     };
     output::fields([
         ("first loss", sv(m.first_loss)),
@@ -239,7 +248,10 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
                     format!(
                         "{}{}{}",
                         c.version,
-                        c.git_commit.as_ref().map(|g| format!(" @ {g}")).unwrap_or_default(),
+                        c.git_commit
+                            .as_ref()
+                            .map(|g| format!(" @ {g}"))
+                            .unwrap_or_default(),
                         if c.dirty { " (dirty)" } else { "" }
                     )
                 })
@@ -257,11 +269,15 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
         ),
         (
             "wall time",
-            super::runs::wall_ms(r).map(travel::duration_ms).unwrap_or_else(|| "-".into()),
+            super::runs::wall_ms(r)
+                .map(travel::duration_ms)
+                .unwrap_or_else(|| "-".into()),
         ),
         (
             "reported duration",
-            r.duration_ms.map(|d| travel::duration_ms(d as i64)).unwrap_or_else(|| "-".into()),
+            r.duration_ms
+                .map(|d| travel::duration_ms(d as i64))
+                .unwrap_or_else(|| "-".into()),
         ),
         (
             "steps",
@@ -278,7 +294,11 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
                 "{} (step {}, {}, at {})",
                 f.reason,
                 or_dash(f.step),
-                if f.retryable { "retryable" } else { "not retryable" },
+                if f.retryable {
+                    "retryable"
+                } else {
+                    "not retryable"
+                },
                 time(f.at)
             ),
         ));
@@ -286,7 +306,14 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
     for x in &r.resumes {
         rows.push((
             "resumed",
-            format!("from {} at step {} by {} at {}: {}", short(&x.checkpoint_id), x.step, x.runner_id, time(x.at), x.reason),
+            format!(
+                "from {} at step {} by {} at {}: {}",
+                short(&x.checkpoint_id),
+                x.step,
+                x.runner_id,
+                time(x.at),
+                x.reason
+            ),
         ));
     }
     if let Some(c) = &r.cancel_reason {
@@ -295,7 +322,16 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
     if let Some(m) = &r.modal {
         rows.push((
             "modal",
-            format!("{} {} on {}: {}{}", m.app_id, m.function_call_id, m.gpu, m.state, m.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default()),
+            format!(
+                "{} {} on {}: {}{}",
+                m.app_id,
+                m.function_call_id,
+                m.gpu,
+                m.state,
+                m.exit_code
+                    .map(|c| format!(" (exit {c})"))
+                    .unwrap_or_default()
+            ),
         ));
     }
     output::fields(rows);
@@ -319,9 +355,17 @@ struct EvalRow {
     time: String,
 }
 
-fn show_checkpoint(ctx: &Context, v: &dyn ViewRead, prefix: &str, noun: &str, heading: &str) -> Result<()> {
+fn show_checkpoint(
+    ctx: &Context,
+    v: &dyn ViewRead,
+    prefix: &str,
+    noun: &str,
+    heading: &str,
+) -> Result<()> {
     let id = resolve(v, ViewKind::Checkpoints, prefix)?;
-    let c = v.checkpoint(&id)?.ok_or_else(|| anyhow!("{noun} {id} vanished"))?;
+    let c = v
+        .checkpoint(&id)?
+        .ok_or_else(|| anyhow!("{noun} {id} vanished"))?;
     if ctx.json {
         return output::json(&serde_json::json!({ "as_of_seq": v.as_of(), noun: c }));
     }
@@ -331,8 +375,23 @@ fn show_checkpoint(ctx: &Context, v: &dyn ViewRead, prefix: &str, noun: &str, he
         ("step", c.step.to_string()),
         ("loss", f4(c.loss)),
         ("location", c.location.clone()),
-        ("committed", format!("{} by {} (seq {})", time(c.committed.at), c.committed.actor, c.committed.seq)),
-        ("serving", if c.channels.is_empty() { "-".into() } else { c.channels.join(", ") }),
+        (
+            "committed",
+            format!(
+                "{} by {} (seq {})",
+                time(c.committed.at),
+                c.committed.actor,
+                c.committed.seq
+            ),
+        ),
+        (
+            "serving",
+            if c.channels.is_empty() {
+                "-".into()
+            } else {
+                c.channels.join(", ")
+            },
+        ),
     ]);
     section("files");
     output::table(c.files.iter().map(|f| FileRow {
@@ -373,7 +432,9 @@ struct ShardRow {
 
 fn show_dataset(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> Result<()> {
     let id = resolve(v, ViewKind::Datasets, prefix)?;
-    let d = v.dataset(&id)?.ok_or_else(|| anyhow!("dataset {id} vanished"))?;
+    let d = v
+        .dataset(&id)?
+        .ok_or_else(|| anyhow!("dataset {id} vanished"))?;
     if ctx.json {
         return output::json(&serde_json::json!({ "as_of_seq": v.as_of(), "dataset": d }));
     }
@@ -381,7 +442,15 @@ fn show_dataset(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) ->
     output::fields([
         ("source", d.source.clone()),
         ("revision", or_dash(d.resolved_revision.clone())),
-        ("pinned", format!("{} by {} (seq {})", time(d.pinned.at), d.pinned.actor, d.pinned.seq)),
+        (
+            "pinned",
+            format!(
+                "{} by {} (seq {})",
+                time(d.pinned.at),
+                d.pinned.actor,
+                d.pinned.seq
+            ),
+        ),
         ("runs", d.runs.len().to_string()),
         ("evals", d.evals.len().to_string()),
     ]);
@@ -407,7 +476,9 @@ struct RecipeRunRow {
 
 fn show_recipe(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> Result<()> {
     let id = resolve(v, ViewKind::Recipes, prefix)?;
-    let r = v.recipe(&id)?.ok_or_else(|| anyhow!("recipe {id} vanished"))?;
+    let r = v
+        .recipe(&id)?
+        .ok_or_else(|| anyhow!("recipe {id} vanished"))?;
     if ctx.json {
         return output::json(&serde_json::json!({ "as_of_seq": v.as_of(), "recipe": r }));
     }
@@ -415,13 +486,25 @@ fn show_recipe(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> 
     output::fields([
         ("name", r.name.clone()),
         ("source", r.source.clone()),
-        ("declared", format!("{} by {} (seq {})", time(r.declared.at), r.declared.actor, r.declared.seq)),
+        (
+            "declared",
+            format!(
+                "{} by {} (seq {})",
+                time(r.declared.at),
+                r.declared.actor,
+                r.declared.seq
+            ),
+        ),
         ("declarations", r.declarations.to_string()),
     ]);
     section("resolved config");
     let mut cfg = Vec::new();
     travel::flatten("", &r.resolved_config, &mut cfg);
-    cfg.extend(r.env_overrides.iter().map(|(k, v)| (format!("env {k}"), v.clone())));
+    cfg.extend(
+        r.env_overrides
+            .iter()
+            .map(|(k, v)| (format!("env {k}"), v.clone())),
+    );
     output::fields(cfg);
     section(&format!("runs ({})", r.runs.len()));
     let rows: Vec<RecipeRunRow> = r
@@ -466,7 +549,9 @@ struct HistoryRow {
 
 fn show_channel(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> Result<()> {
     let name = resolve(v, ViewKind::Channels, prefix)?;
-    let c = v.channel(&name)?.ok_or_else(|| anyhow!("channel {name} vanished"))?;
+    let c = v
+        .channel(&name)?
+        .ok_or_else(|| anyhow!("channel {name} vanished"))?;
     let why = c.current_entry.and_then(|i| c.history.get(i)).cloned();
     if ctx.json {
         return output::json(&serde_json::json!({
@@ -480,7 +565,10 @@ fn show_channel(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) ->
         Some(w) => {
             output::fields([
                 ("current adapter", or_dash(c.current_checkpoint_id.clone())),
-                ("since", format!("{} (seq {})", time(w.event.at), w.event.seq)),
+                (
+                    "since",
+                    format!("{} (seq {})", time(w.event.at), w.event.seq),
+                ),
                 ("by", w.event.actor.clone()),
                 ("how", w.action.replace('_', " ")),
                 ("why", w.reason.clone()),
@@ -513,14 +601,24 @@ fn show_channel(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) ->
         None => println!("current adapter: - (nothing promoted yet)"),
     }
     section(&format!("history ({})", c.history.len()));
-    output::table(c.history.iter().map(|h| HistoryRow {
-        seq: h.event.seq,
-        time: time(h.event.at),
-        action: h.action.clone(),
-        checkpoint: h.checkpoint_id.as_deref().map(short).unwrap_or_else(|| "-".into()),
-        previous: h.previous_checkpoint_id.as_deref().map(short).unwrap_or_else(|| "-".into()),
-        by: h.event.actor.clone(),
-        reason: h.reason.clone(),
+    output::table(c.history.iter().map(|h| {
+        HistoryRow {
+            seq: h.event.seq,
+            time: time(h.event.at),
+            action: h.action.clone(),
+            checkpoint: h
+                .checkpoint_id
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
+            previous: h
+                .previous_checkpoint_id
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
+            by: h.event.actor.clone(),
+            reason: h.reason.clone(),
+        }
     }));
     Ok(())
 }

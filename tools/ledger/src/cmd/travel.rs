@@ -30,7 +30,7 @@ pub fn open(ctx: &Context, t: &TravelArgs) -> Result<(Box<dyn ViewRead>, Bound)>
     let bound = t.bound()?;
     let ledger = ctx.ledger()?;
     if bound == Bound::Head {
-        let store = ViewStore::open(&ctx.home)?;
+        let mut store = ViewStore::open(&ctx.home)?;
         store.catch_up(&ledger)?;
         Ok((Box::new(store), bound))
     } else {
@@ -97,7 +97,11 @@ pub fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, Strin
     match v {
         serde_json::Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
