@@ -328,7 +328,7 @@ impl Synth {
                     });
                 }
                 if run.step > 0
-                    && run.step % 100 == 0
+                    && run.step.is_multiple_of(100)
                     && run.checkpoints.len() < (run.step / 100) as usize
                 {
                     let cid = hex_id(rng);

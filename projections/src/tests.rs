@@ -473,7 +473,7 @@ fn replay_equals_incremental_catch_up_on_50k_events() {
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
         rng_state ^= rng_state << 17;
-        if rng_state % 9 == 0 {
+        if rng_state.is_multiple_of(9) {
             let c = store.catch_up(&ledger)?;
             assert!(c.rebuilt.is_none() || catch_ups == 0, "{c:?}");
             catch_ups += 1;
