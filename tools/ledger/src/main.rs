@@ -52,6 +52,8 @@ enum Command {
     Lineage(cmd::lineage::LineageArgs),
     /// Rebuild every view from seq 0 and print each view's digest.
     Replay,
+    /// Run an Idefics2 model on an image and a prompt; print the generated text.
+    Infer(cmd::infer::InferArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Show(a) => cmd::show::run(&ctx, a),
         Command::Lineage(a) => cmd::lineage::run(&ctx, a),
         Command::Replay => cmd::replay::run(&ctx),
+        Command::Infer(a) => cmd::infer::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

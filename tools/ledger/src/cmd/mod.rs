@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod bench;
+pub mod infer;
 pub mod init;
 pub mod lineage;
 pub mod log;
