@@ -316,7 +316,7 @@ impl Cx {
         env: Option<&str>,
     ) -> Result<Value, RecipeError> {
         if let Some(raw) = env {
-            return self.from_env(spec, key, raw);
+            return self.env_value(spec, key, raw);
         }
         let Some(v) = toml else {
             return match spec.default {
@@ -382,7 +382,7 @@ impl Cx {
         }
     }
 
-    fn from_env(&self, spec: &KeySpec, key: &str, raw: &str) -> Result<Value, RecipeError> {
+    fn env_value(&self, spec: &KeySpec, key: &str, raw: &str) -> Result<Value, RecipeError> {
         if raw.is_empty() && spec.default == Default::Null {
             return Ok(Value::Null);
         }
