@@ -1,0 +1,386 @@
+//! Content-pinned datasets and base models.
+//!
+//! A dataset is a directory of split shards (`train|validation|test` JSONL
+//! files, each row `{"image", "doc_type", "layout", "target"}`, images beside
+//! them). [`pin_dataset`] hashes every shard (with the images it references),
+//! validates every row and returns a [`DatasetPin`] whose id is the Merkle
+//! root of the shard digests. [`StreamReader`] reads a split shard by shard,
+//! re-verifying each shard's digest, shuffled by seed, resumable.
+//! [`pin_model`] hashes a base model's config, tokenizer, processor and weights.
+
+mod hub;
+mod model;
+mod reader;
+pub mod schema;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use hub::{parse_source, HubOptions, Source};
+pub use model::{pin_model, verify_model, ModelPin};
+pub use reader::{Example, Position, StreamReader};
+
+/// Why pinning or reading failed. One line, with the location.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// A file could not be read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// A row is invalid.
+    #[error("shard {shard}, row {row}: {reason}")]
+    BadRow {
+        /// Shard path relative to the dataset root.
+        shard: String,
+        /// 1-based row (line) number.
+        row: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A shard's content differs from its pin.
+    #[error("shard {shard} changed since it was pinned: sha256 {actual}, pinned {expected}")]
+    Changed {
+        /// Shard path.
+        shard: String,
+        /// Pinned digest.
+        expected: String,
+        /// Digest now.
+        actual: String,
+    },
+    /// Anything else (no shards, bad source, hub error, bad model dir).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, DatasetError>;
+
+pub(crate) fn io(path: &Path, e: std::io::Error) -> DatasetError {
+    DatasetError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The splits a shard may belong to.
+pub const SPLITS: [&str; 3] = ["train", "validation", "test"];
+
+/// One pinned shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    /// `train`, `validation` or `test`.
+    pub split: String,
+    /// Path relative to the dataset root (forward slashes).
+    pub path: String,
+    /// Shard digest (hex): see [`shard_digest`].
+    pub sha256: String,
+    /// Bytes of the shard file plus the images it references.
+    pub bytes: u64,
+    /// Rows.
+    pub rows: u64,
+}
+
+/// Row counts of one split.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitCounts {
+    /// Rows.
+    pub rows: u64,
+    /// Rows per doc type.
+    pub by_doc_type: BTreeMap<String, u64>,
+    /// Rows per layout family.
+    pub by_layout: BTreeMap<String, u64>,
+}
+
+/// A pinned dataset: plain data, convertible to the `DatasetPinned` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetPin {
+    /// Merkle root (hex) of the shard digests.
+    pub dataset_id: String,
+    /// The source as given.
+    pub source: String,
+    /// Commit sha of a hub revision.
+    pub resolved_revision: Option<String>,
+    /// The local directory the shards were read from.
+    pub root: PathBuf,
+    /// Shards sorted by path.
+    pub shards: Vec<Shard>,
+    /// Counts per split.
+    pub splits: BTreeMap<String, SplitCounts>,
+}
+
+fn digest_from_hex(h: &str) -> foundry_events::Sha256Digest {
+    let mut out = [0u8; 32];
+    if let Ok(v) = hex::decode(h) {
+        if v.len() == 32 {
+            out.copy_from_slice(&v);
+        }
+    }
+    foundry_events::Sha256Digest(out)
+}
+
+impl DatasetPin {
+    /// The `DatasetPinned` payload.
+    pub fn to_event(&self) -> foundry_events::DatasetPinned {
+        foundry_events::DatasetPinned {
+            dataset_id: self.dataset_id.clone(),
+            source: self.source.clone(),
+            resolved_revision: self.resolved_revision.clone(),
+            shards: self
+                .shards
+                .iter()
+                .map(|s| foundry_events::ShardPin {
+                    split: s.split.clone(),
+                    path: s.path.clone(),
+                    sha256: digest_from_hex(&s.sha256),
+                    bytes: s.bytes,
+                    rows: s.rows,
+                })
+                .collect(),
+            splits: self
+                .splits
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        k.clone(),
+                        foundry_events::SplitStats {
+                            rows: c.rows,
+                            by_doc_type: c.by_doc_type.clone(),
+                            by_layout: c.by_layout.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The split of a shard file name (`train-00000-of-00002.jsonl` → `train`),
+/// or None when the file is not a shard.
+pub fn shard_split(file_name: &str) -> Option<&'static str> {
+    let stem = file_name.strip_suffix(".jsonl")?;
+    SPLITS
+        .into_iter()
+        .find(|s| stem == *s || stem.strip_prefix(s).is_some_and(|r| r.starts_with('-')))
+}
+
+/// A parsed, validated row.
+pub(crate) struct Row {
+    pub image: String,
+    pub doc_type: String,
+    pub layout: String,
+    pub target: serde_json::Value,
+}
+
+/// Parses and validates one JSONL line (`row` is 1-based). Image decoding is
+/// checked by the caller, which has the bytes.
+pub(crate) fn parse_row(shard: &str, row: u64, line: &str, schema: &schema::Schema) -> Result<Row> {
+    let bad = |reason: String| DatasetError::BadRow {
+        shard: shard.to_string(),
+        row,
+        reason,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let field = |k: &str| -> Result<String> {
+        v.get(k)
+            .and_then(|x| {
+                x.as_str()
+                    .or_else(|| x.get("path").and_then(|p| p.as_str()))
+            })
+            .map(str::to_string)
+            .ok_or_else(|| bad(format!("missing string field {k:?}")))
+    };
+    let image = field("image")?;
+    let doc_type = field("doc_type")?;
+    let layout = field("layout")?;
+    let target = match v.get("target") {
+        Some(serde_json::Value::String(s)) => {
+            serde_json::from_str(s).map_err(|e| bad(format!("target is not valid JSON: {e}")))?
+        }
+        Some(t @ serde_json::Value::Object(_)) => t.clone(),
+        _ => return Err(bad("missing target (a JSON object or a JSON string)".into())),
+    };
+    schema.check(&doc_type, &target).map_err(bad)?;
+    Ok(Row {
+        image,
+        doc_type,
+        layout,
+        target,
+    })
+}
+
+/// Reads a shard and every image it references, validating every row, and
+/// returns (digest hex, total bytes, rows, image bytes per row).
+/// The digest is sha256 over `foundry.jsonl-shard.v1\n`, the hex sha256 of the
+/// JSONL bytes, a newline, then per row `image_path\thex(sha256(image))\n`.
+pub(crate) fn read_shard(
+    root: &Path,
+    rel: &str,
+    schema: &schema::Schema,
+    decode_images: bool,
+) -> Result<(String, u64, Vec<(Row, Vec<u8>)>)> {
+    let path = root.join(rel);
+    let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let mut h = Sha256::new();
+    h.update(b"foundry.jsonl-shard.v1\n");
+    h.update(hex::encode(Sha256::digest(&text)).as_bytes());
+    h.update(b"\n");
+    let mut bytes = text.len() as u64;
+    let text = String::from_utf8(text).map_err(|_| DatasetError::BadRow {
+        shard: rel.into(),
+        row: 0,
+        reason: "shard is not UTF-8".into(),
+    })?;
+    let dir = Path::new(rel).parent().unwrap_or(Path::new(""));
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = parse_row(rel, n, line, schema)?;
+        let img_path = root.join(dir).join(&row.image);
+        let img = std::fs::read(&img_path).map_err(|e| DatasetError::BadRow {
+            shard: rel.into(),
+            row: n,
+            reason: format!("image {}: {e}", row.image),
+        })?;
+        if decode_images {
+            image::load_from_memory(&img).map_err(|e| DatasetError::BadRow {
+                shard: rel.into(),
+                row: n,
+                reason: format!("image {} does not decode: {e}", row.image),
+            })?;
+        }
+        bytes += img.len() as u64;
+        h.update(row.image.as_bytes());
+        h.update(b"\t");
+        h.update(hex::encode(Sha256::digest(&img)).as_bytes());
+        h.update(b"\n");
+        rows.push((row, img));
+    }
+    Ok((hex::encode(h.finalize()), bytes, rows))
+}
+
+/// Merkle root (hex) of shards: leaf = sha256(0x00 ‖ split ‖ 0x00 ‖ path ‖
+/// 0x00 ‖ digest hex), sorted by path; node = sha256(0x01 ‖ left ‖ right); an
+/// odd node is carried up unchanged.
+pub fn merkle_root(shards: &[Shard]) -> String {
+    let mut sorted: Vec<&Shard> = shards.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut level: Vec<[u8; 32]> = sorted
+        .iter()
+        .map(|s| {
+            let mut h = Sha256::new();
+            for part in [&s.split, &s.path, &s.sha256] {
+                h.update([0u8]);
+                h.update(part.as_bytes());
+            }
+            h.finalize().into()
+        })
+        .collect();
+    if level.is_empty() {
+        return hex::encode(Sha256::digest(b""));
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|c| match c {
+                [l, r] => {
+                    let mut h = Sha256::new();
+                    h.update([1u8]);
+                    h.update(l);
+                    h.update(r);
+                    h.finalize().into()
+                }
+                [one] => *one,
+                _ => [0; 32],
+            })
+            .collect();
+    }
+    hex::encode(level[0])
+}
+
+fn find_shards(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let p = entry.path();
+        let meta = std::fs::metadata(&p).map_err(|e| io(&p, e))?;
+        if meta.is_dir() {
+            find_shards(root, &p, out)?;
+        } else if let Some(split) = p.file_name().and_then(|n| n.to_str()).and_then(shard_split) {
+            let rel = p
+                .strip_prefix(root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((split.to_string(), rel));
+        }
+    }
+    Ok(())
+}
+
+/// Pins a local dataset directory (see [`pin_source`] for `hf://`).
+pub fn pin_dir(root: &Path, source: &str, resolved_revision: Option<String>) -> Result<DatasetPin> {
+    let schema = schema::Schema::load(root)?;
+    let mut found = Vec::new();
+    find_shards(root, root, &mut found)?;
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    if found.is_empty() {
+        return Err(DatasetError::Invalid(format!(
+            "{}: no shards (expected files like data/train-00000-of-00001.jsonl)",
+            root.display()
+        )));
+    }
+    let mut shards = Vec::new();
+    let mut splits: BTreeMap<String, SplitCounts> = BTreeMap::new();
+    for (split, rel) in found {
+        let (sha256, bytes, rows) = read_shard(root, &rel, &schema, true)?;
+        let counts = splits.entry(split.clone()).or_default();
+        for (row, _) in &rows {
+            counts.rows += 1;
+            *counts.by_doc_type.entry(row.doc_type.clone()).or_default() += 1;
+            *counts.by_layout.entry(row.layout.clone()).or_default() += 1;
+        }
+        shards.push(Shard {
+            split,
+            path: rel,
+            sha256,
+            bytes,
+            rows: rows.len() as u64,
+        });
+    }
+    if let Some(s) = &schema.file_digest {
+        shards.push(s.clone());
+    }
+    Ok(DatasetPin {
+        dataset_id: merkle_root(&shards),
+        source: source.to_string(),
+        resolved_revision,
+        root: root.to_path_buf(),
+        shards,
+        splits,
+    })
+}
+
+/// Pins `source`: a local directory or `hf://ORG/NAME@REVISION`.
+pub fn pin_source(source: &str, opts: &HubOptions) -> Result<DatasetPin> {
+    match parse_source(source)? {
+        Source::Local(dir) => pin_dir(&dir, source, None),
+        Source::Hub { .. } => {
+            let (dir, sha) = hub::snapshot(source, hub::Kind::Dataset, opts)?;
+            pin_dir(&dir, source, Some(sha))
+        }
+    }
+}
