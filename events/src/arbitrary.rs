@@ -7,8 +7,8 @@ pub fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::Bool),
-        any::<i64>().prop_map(|n| serde_json::Value::from(n)),
-        (-1e9f64..1e9).prop_map(|f| serde_json::Value::from(f)),
+        any::<i64>().prop_map(serde_json::Value::from),
+        (-1e9f64..1e9).prop_map(serde_json::Value::from),
         "[a-z_]{0,12}".prop_map(serde_json::Value::String),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {

@@ -286,8 +286,7 @@ impl Ledger {
         let mut versions: HashMap<String, u64> = HashMap::new();
         let mut records = Vec::with_capacity(req.events.len());
         let mut prev = head.hash;
-        let mut seq = head.seq;
-        for ne in &req.events {
+        for (seq, ne) in (head.seq + 1..).zip(&req.events) {
             let stream = ne
                 .stream
                 .clone()
@@ -302,7 +301,6 @@ impl Ledger {
                 None => self.stream_version(&stream)? + 1,
             };
             versions.insert(stream.clone(), version);
-            seq += 1;
             let rec = RecordedEvent {
                 seq,
                 stream,

@@ -15,7 +15,12 @@ use std::process::ExitCode;
 #[command(name = "ledger", version, about, propagate_version = true)]
 struct Cli {
     /// Foundry home directory (ledger, views, artifacts).
-    #[arg(long, global = true, env = "FOUNDRY_HOME", default_value = "./.foundry")]
+    #[arg(
+        long,
+        global = true,
+        env = "FOUNDRY_HOME",
+        default_value = "./.foundry"
+    )]
     home: PathBuf,
     /// Who is acting; recorded on every event (default: the OS user).
     #[arg(long, global = true, env = "FOUNDRY_ACTOR")]
