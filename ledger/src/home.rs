@@ -119,42 +119,43 @@ impl ArtifactStore {
     /// Copies a file into the store; returns its digest and size.
     pub fn put_file(&self, src: &Path) -> Result<(Sha256Digest, u64)> {
         let (digest, size) = hash_file(src)?;
-        let dst = self.path_of(&digest);
-        if !dst.is_file() {
-            let io = |source| LedgerError::Io {
-                path: dst.clone(),
-                source,
-            };
-            let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
-            std::fs::create_dir_all(&dir).map_err(io)?;
-            let tmp = dir.join(format!(".{}.tmp", digest.to_hex()));
-            std::fs::copy(src, &tmp).map_err(io)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
-            std::fs::rename(&tmp, &dst).map_err(io)?;
-        }
+        self.store(&digest, |tmp| std::fs::copy(src, tmp).map(|_| ()))?;
         Ok((digest, size))
     }
 
     /// Stores bytes; returns their digest.
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Sha256Digest> {
         let digest = Sha256Digest::of(bytes);
-        let dst = self.path_of(&digest);
-        if !dst.is_file() {
-            let io = |source| LedgerError::Io {
-                path: dst.clone(),
-                source,
-            };
-            let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
-            std::fs::create_dir_all(&dir).map_err(io)?;
-            let tmp = dir.join(format!(".{}.tmp", digest.to_hex()));
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            std::fs::rename(&tmp, &dst).map_err(io)?;
-        }
+        self.store(&digest, |tmp| {
+            std::fs::File::create(tmp).and_then(|mut f| f.write_all(bytes))
+        })?;
         Ok(digest)
+    }
+
+    /// Writes a digest's file through `write` into a temporary file, syncs
+    /// it and renames it into place, unless it is already stored.
+    fn store(
+        &self,
+        digest: &Sha256Digest,
+        write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let dst = self.path_of(digest);
+        if dst.is_file() {
+            return Ok(());
+        }
+        let io = |source| LedgerError::Io {
+            path: dst.clone(),
+            source,
+        };
+        let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join(format!(".{}.tmp", digest.to_hex()));
+        write(&tmp).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &dst).map_err(io)?;
+        Ok(())
     }
 
     /// Re-hashes a stored file: `Ok(true)` if present and intact,
