@@ -1,0 +1,82 @@
+//! The ledger as runners see it.
+
+use async_trait::async_trait;
+use foundry_events::{EventType, RecordedEvent};
+use foundry_ledger::{AppendOutcome, AppendRequest, Ledger};
+
+use crate::Result;
+
+/// Append and read: everything a runner does with the ledger. Implemented
+/// in-process by [`LocalLedger`] and over NATS by the `ledger serve` client,
+/// so runners never care which one they got.
+#[async_trait]
+pub trait LedgerClient: Send + Sync {
+    /// Appends a batch atomically (see [`Ledger::append`]).
+    async fn append(&self, req: AppendRequest) -> Result<AppendOutcome>;
+    /// The events of one stream from `from_version` (1-based) on.
+    async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>>;
+    /// Up to `limit` events of one type with seq ≥ `from`.
+    async fn read_type(&self, ty: EventType, from: u64, limit: usize)
+        -> Result<Vec<RecordedEvent>>;
+    /// The event at `seq`.
+    async fn get(&self, seq: u64) -> Result<Option<RecordedEvent>>;
+    /// The current version of a stream (0 when it does not exist).
+    async fn stream_version(&self, stream: &str) -> Result<u64>;
+    /// The latest seq (0 when empty).
+    async fn head(&self) -> Result<u64>;
+}
+
+/// The embedded client: the ledger opened in this process.
+#[derive(Clone)]
+pub struct LocalLedger {
+    ledger: Ledger,
+}
+
+impl LocalLedger {
+    /// Wraps an open ledger.
+    pub fn new(ledger: Ledger) -> Self {
+        LocalLedger { ledger }
+    }
+
+    /// The wrapped ledger (the embedded feed tails it).
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+}
+
+#[async_trait]
+impl LedgerClient for LocalLedger {
+    async fn append(&self, req: AppendRequest) -> Result<AppendOutcome> {
+        let ledger = self.ledger.clone();
+        // Appends fsync; keep them off the async workers.
+        tokio::task::spawn_blocking(move || ledger.append(req))
+            .await
+            .map_err(|e| crate::RunnerError::Transport(format!("append task: {e}")))?
+            .map_err(Into::into)
+    }
+
+    async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>> {
+        Ok(self.ledger.read_stream(stream, from_version)?)
+    }
+
+    async fn read_type(
+        &self,
+        ty: EventType,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>> {
+        Ok(self.ledger.read_type(ty, from, limit)?)
+    }
+
+    async fn get(&self, seq: u64) -> Result<Option<RecordedEvent>> {
+        Ok(self.ledger.get(seq)?)
+    }
+
+    async fn stream_version(&self, stream: &str) -> Result<u64> {
+        Ok(self.ledger.stream_version(stream)?)
+    }
+
+    async fn head(&self) -> Result<u64> {
+        Ok(self.ledger.head().seq)
+    }
+}

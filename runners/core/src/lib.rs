@@ -1,0 +1,78 @@
+//! The runner framework: what turns committed events into work.
+//!
+//! * [`LedgerClient`] is the ledger as a runner sees it (append and read). The
+//!   embedded [`LocalLedger`] wraps an open ledger; a NATS client talking to
+//!   `ledger serve` implements the same trait.
+//! * [`EventFeed`] delivers the events a runner reacts to, durably: an event is
+//!   redelivered until the runner acks it. [`EmbeddedFeed`] tails the local
+//!   ledger and keeps its cursor in a file; a JetStream durable consumer is the
+//!   distributed equivalent.
+//! * [`Runner`] is one reactive worker; [`Host`] drives a set of them, one
+//!   task each, and can wait until all of them are idle at the ledger's head.
+//! * The runners themselves: [`TrainerRunner`] (RunRequested → training
+//!   events, through a [`TrainingEngine`]), [`EvaluatorRunner`]
+//!   (CheckpointCommitted → EvalScored, through an [`EvalEngine`]) and
+//!   [`PromoterRunner`] (PromotionRequested / EvalScored → AdapterPromoted or
+//!   PromotionRejected, following the recipe's gates).
+//!
+//! Every outcome is appended with an idempotency key derived from the event
+//! that caused it, before the trigger is acked, so a redelivery can never
+//! duplicate an outcome.
+
+#![warn(missing_docs)]
+
+mod client;
+mod error;
+mod evaluator;
+mod feed;
+mod host;
+pub mod lookup;
+mod promoter;
+mod trainer;
+
+pub use client::{LedgerClient, LocalLedger};
+pub use error::{Result, RunnerError};
+pub use evaluator::{EvalEngine, EvalJob, EvalOutcome, EvaluatorRunner};
+pub use feed::{Delivery, EmbeddedFeed, EventFeed};
+pub use host::{Host, Runner, RunnerContext};
+pub use promoter::{decide, Decision, PromoterRunner};
+pub use trainer::{
+    checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink, TrainSummary,
+    TrainerRunner, TrainingEngine,
+};
+
+/// The idempotency key of an outcome of `runner` caused by event `trigger`.
+/// Deterministic, so a redelivered trigger maps to the same key.
+pub fn outcome_key(runner: &str, trigger: &foundry_events::EventId, what: &str) -> String {
+    format!("{runner}/{trigger}/{what}")
+}
+
+/// Facts about the machine a runner runs on, for the events it appends.
+pub fn host_info() -> foundry_events::HostInfo {
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    foundry_events::HostInfo {
+        hostname,
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+    }
+}
+
+/// The running code's version, for the events it appends.
+pub fn code_version() -> foundry_events::CodeVersion {
+    foundry_events::CodeVersion {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: option_env!("FOUNDRY_GIT_COMMIT").map(str::to_string),
+        dirty: option_env!("FOUNDRY_GIT_DIRTY") == Some("1"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,728 @@
+//! The trainer runner: RunRequested → RunClaimed, RunStarted (or RunResumed),
+//! RunHeartbeat, MetricsLogged, CheckpointCommitted, then RunCompleted or
+//! RunFailed. The training itself is a [`TrainingEngine`]'s job.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use foundry_events::{
+    BaseModelPinned, CheckpointCommitted, DatasetPinned, DeviceInfo, Event, EventType, FileDigest,
+    MetricPoint, MetricsLogged, RecordedEvent, RunClaimed, RunCompleted, RunFailed, RunHeartbeat,
+    RunRequested, RunResumed, RunStarted,
+};
+use foundry_ledger::{AppendRequest, ExpectedVersion, LedgerError, NewEvent};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::host::{Runner, RunnerContext};
+use crate::{lookup, Delivery, Result, RunnerError};
+
+/// Everything a training engine needs to train one run, resolved from the
+/// ledger: the recipe's resolved config and the pinned inputs.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    /// The run.
+    pub run_id: String,
+    /// 1 for the first claim, 2 after the first reclaim, …
+    pub attempt: u32,
+    /// The declared recipe's id.
+    pub recipe_id: String,
+    /// The recipe's resolved config (every default written out).
+    pub config: serde_json::Value,
+    /// The pinned dataset.
+    pub dataset: DatasetPinned,
+    /// The pinned base model.
+    pub model: BaseModelPinned,
+    /// Where the engine writes its checkpoints.
+    pub out_dir: PathBuf,
+    /// The checkpoint to continue from (its directory, restored from the
+    /// artifact store when needed), if the run was interrupted.
+    pub resume_from: Option<(u64, PathBuf)>,
+}
+
+/// What the engine says before training: the work ahead and where it runs.
+#[derive(Debug, Clone)]
+pub struct TrainPlan {
+    /// Optimizer steps of the whole run.
+    pub total_steps: u64,
+    /// The device and compute dtype.
+    pub device: DeviceInfo,
+}
+
+/// A checkpoint the engine wrote and wants committed.
+#[derive(Debug, Clone)]
+pub struct CheckpointRecord {
+    /// Optimizer step it was taken after.
+    pub step: u64,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Training loss at that step.
+    pub loss: Option<f64>,
+}
+
+/// How a training ended.
+#[derive(Debug, Clone, Default)]
+pub struct TrainSummary {
+    /// Optimizer steps completed in total.
+    pub steps: u64,
+    /// Loss of the last step.
+    pub final_loss: Option<f64>,
+    /// True when the engine stopped early because the sink said so.
+    pub stopped: bool,
+}
+
+/// The engine's answer to "go on?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Keep training.
+    Continue,
+    /// Stop as soon as possible (cancelled, shutting down, commit failed).
+    Stop,
+}
+
+/// Where an engine reports progress while it trains.
+pub trait TrainSink: Send {
+    /// One optimizer step finished.
+    fn on_step(&mut self, point: MetricPoint) -> Control;
+    /// A checkpoint is written; returns once it is committed to the ledger.
+    fn on_checkpoint(&mut self, checkpoint: CheckpointRecord) -> Control;
+}
+
+/// A training engine (the QLoRA trainer implements it). Errors are one-line
+/// reasons that end up in RunFailed.
+pub trait TrainingEngine: Send + Sync {
+    /// Validates the job (recipe against model, dataset schema, device) and
+    /// plans it, failing fast before anything is trained.
+    fn prepare(&self, job: &TrainJob) -> std::result::Result<TrainPlan, String>;
+    /// Trains, reporting to `sink`, resuming from `job.resume_from` if set.
+    fn train(
+        &self,
+        job: &TrainJob,
+        sink: &mut dyn TrainSink,
+    ) -> std::result::Result<TrainSummary, String>;
+}
+
+/// The trainer runner.
+pub struct TrainerRunner {
+    engine: Arc<dyn TrainingEngine>,
+    lease: Duration,
+    metrics_every: usize,
+}
+
+impl TrainerRunner {
+    /// A trainer over `engine` with a 30 s lease and metrics batched by 10.
+    pub fn new(engine: Arc<dyn TrainingEngine>) -> Self {
+        TrainerRunner {
+            engine,
+            lease: Duration::from_secs(30),
+            metrics_every: 10,
+        }
+    }
+
+    /// Sets the lease: without a heartbeat for this long, another runner may
+    /// reclaim the run. Heartbeats go out every third of it.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets how many metric points go into one MetricsLogged.
+    pub fn with_metrics_every(mut self, n: usize) -> Self {
+        self.metrics_every = n.max(1);
+        self
+    }
+}
+
+/// The content id of a checkpoint: sha256 over its sorted file list
+/// (`path sha256 bytes` lines).
+pub fn checkpoint_id(files: &[FileDigest]) -> String {
+    let mut lines: Vec<String> = files
+        .iter()
+        .map(|f| format!("{} {} {}\n", f.path, f.sha256.to_hex(), f.bytes))
+        .collect();
+    lines.sort();
+    let mut h = Sha256::new();
+    for l in lines {
+        h.update(l.as_bytes());
+    }
+    hex_of(&h.finalize())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a run stands, replayed from its stream.
+#[derive(Debug, Default)]
+struct RunState {
+    version: u64,
+    terminal: bool,
+    attempts: u32,
+    holder: Option<String>,
+    lease_until_ns: i64,
+    last_checkpoint: Option<CheckpointCommitted>,
+    started: bool,
+}
+
+fn replay(events: &[(RecordedEvent, Event)]) -> RunState {
+    let mut s = RunState::default();
+    for (r, e) in events {
+        s.version = r.stream_version;
+        let at = r.recorded_at.0;
+        match e {
+            Event::RunClaimed(c) => {
+                s.attempts = s.attempts.max(c.attempt);
+                s.holder = Some(c.runner_id.clone());
+                s.lease_until_ns = at.saturating_add(c.lease_ms as i64 * 1_000_000);
+            }
+            Event::RunHeartbeat(h) if s.holder.as_deref() == Some(h.runner_id.as_str()) => {
+                s.lease_until_ns = at.saturating_add(h.lease_ms as i64 * 1_000_000);
+            }
+            Event::RunStarted(_) => s.started = true,
+            Event::CheckpointCommitted(c) => s.last_checkpoint = Some(c.clone()),
+            Event::RunCompleted(_) | Event::RunFailed(_) | Event::RunCancelled(_) => {
+                s.terminal = true
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+enum Msg {
+    Step(MetricPoint),
+    Checkpoint(CheckpointRecord, oneshot::Sender<Control>),
+    Done(std::result::Result<TrainSummary, String>),
+}
+
+struct ChannelSink {
+    tx: mpsc::UnboundedSender<Msg>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl ChannelSink {
+    fn control(&self) -> Control {
+        if self.cancel.load(Ordering::SeqCst) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+impl TrainSink for ChannelSink {
+    fn on_step(&mut self, point: MetricPoint) -> Control {
+        if self.tx.send(Msg::Step(point)).is_err() {
+            return Control::Stop;
+        }
+        self.control()
+    }
+
+    fn on_checkpoint(&mut self, checkpoint: CheckpointRecord) -> Control {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Checkpoint(checkpoint, tx)).is_err() {
+            return Control::Stop;
+        }
+        match rx.blocking_recv() {
+            Ok(Control::Continue) => self.control(),
+            _ => Control::Stop,
+        }
+    }
+}
+
+/// Hashes the files of a checkpoint directory (recursively, sorted), storing
+/// each in the artifact store so `ledger verify --artifacts` can re-check it.
+fn commit_files(ctx: &RunnerContext, dir: &Path) -> Result<Vec<FileDigest>> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| RunnerError::io(&d, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| RunnerError::io(&d, e))?;
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let (sha256, bytes) = ctx.home.artifacts().put_file(&p)?;
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                files.push(FileDigest {
+                    path: rel,
+                    sha256,
+                    bytes,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Puts a committed checkpoint's files back in `dir` from the artifact store
+/// (verifying each), unless `dir` already holds them intact.
+fn restore_checkpoint(ctx: &RunnerContext, c: &CheckpointCommitted, dir: &Path) -> Result<()> {
+    let store = ctx.home.artifacts();
+    for f in &c.files {
+        let dst = dir.join(&f.path);
+        if dst.is_file() {
+            let (have, _) = foundry_ledger::hash_file(&dst)?;
+            if have == f.sha256 {
+                continue;
+            }
+        }
+        if !store.check(&f.sha256)? {
+            return Err(RunnerError::Missing(format!(
+                "checkpoint {} file {} ({}) is neither in {} nor in the artifact store",
+                c.checkpoint_id,
+                f.path,
+                f.sha256.short(),
+                dir.display()
+            )));
+        }
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| RunnerError::io(parent, e))?;
+        }
+        std::fs::copy(store.path_of(&f.sha256), &dst).map_err(|e| RunnerError::io(&dst, e))?;
+    }
+    Ok(())
+}
+
+/// The directory of a committed checkpoint, with its files restored from the
+/// artifact store if they were pruned or lost.
+pub(crate) fn materialize(ctx: &RunnerContext, c: &CheckpointCommitted) -> Result<PathBuf> {
+    let dir = dir_of_location(ctx, &c.location);
+    restore_checkpoint(ctx, c, &dir)?;
+    Ok(dir)
+}
+
+/// The location string of a checkpoint directory: relative to the home when
+/// inside it.
+fn location_of(ctx: &RunnerContext, dir: &Path) -> String {
+    dir.strip_prefix(ctx.home.root())
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+fn dir_of_location(ctx: &RunnerContext, location: &str) -> PathBuf {
+    let p = PathBuf::from(location);
+    if p.is_absolute() {
+        p
+    } else {
+        ctx.home.root().join(p)
+    }
+}
+
+impl TrainerRunner {
+    async fn append(
+        &self,
+        ctx: &RunnerContext,
+        key: Option<String>,
+        events: Vec<Event>,
+        cause: &RecordedEvent,
+    ) -> Result<()> {
+        let events = events
+            .into_iter()
+            .map(|e| NewEvent::new(e).caused_by(cause.event_id, cause.correlation_id))
+            .collect();
+        let mut req = AppendRequest::new(ctx.actor.clone(), events);
+        if let Some(k) = key {
+            req = req.idempotent(k);
+        }
+        ctx.client.append(req).await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fail(
+        &self,
+        ctx: &RunnerContext,
+        trigger: &RecordedEvent,
+        run_id: &str,
+        attempt: u32,
+        reason: String,
+        step: Option<u64>,
+        retryable: bool,
+    ) -> Result<()> {
+        let ev = Event::RunFailed(RunFailed {
+            run_id: run_id.to_string(),
+            reason,
+            step,
+            retryable,
+        });
+        let key = crate::outcome_key("trainer", &trigger.event_id, &format!("failed/{attempt}"));
+        self.append(ctx, Some(key), vec![ev], trigger).await
+    }
+
+    async fn run(
+        &self,
+        ctx: &RunnerContext,
+        trigger: &RecordedEvent,
+        req: RunRequested,
+    ) -> Result<()> {
+        let stream = format!("run/{}", req.run_id);
+        // Claim the run, or wait for a live holder's lease to lapse.
+        let (state, attempt) = loop {
+            let events = lookup::stream_events(ctx.client.as_ref(), &stream).await?;
+            let state = replay(&events);
+            if state.terminal {
+                return Ok(());
+            }
+            let now = now_ns();
+            if state.holder.is_some() && state.lease_until_ns > now {
+                let wait = Duration::from_nanos((state.lease_until_ns - now) as u64)
+                    .min(self.lease)
+                    + Duration::from_millis(50);
+                let mut stop = ctx.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = crate::host::stopped(&mut stop) => return Err(RunnerError::Stopped),
+                }
+            }
+            let attempt = state.attempts + 1;
+            let claim = Event::RunClaimed(RunClaimed {
+                run_id: req.run_id.clone(),
+                runner_id: ctx.runner_id.clone(),
+                host: crate::host_info(),
+                lease_ms: self.lease.as_millis() as u64,
+                attempt,
+            });
+            let append = AppendRequest::new(
+                ctx.actor.clone(),
+                vec![NewEvent::new(claim).caused_by(trigger.event_id, trigger.correlation_id)],
+            )
+            .expect(stream.clone(), ExpectedVersion::Exact(state.version));
+            match ctx.client.append(append).await {
+                Ok(_) => break (state, attempt),
+                // Somebody else appended to the run meanwhile: look again.
+                Err(RunnerError::Ledger(LedgerError::Conflict { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+
+        let started_at = Instant::now();
+        let inputs = async {
+            let recipe = lookup::recipe(ctx.client.as_ref(), &req.recipe_id).await?;
+            let dataset = lookup::dataset(ctx.client.as_ref(), &req.dataset_id).await?;
+            let model = lookup::model(ctx.client.as_ref(), &req.model_id).await?;
+            Ok::<_, RunnerError>((recipe, dataset, model))
+        }
+        .await;
+        let (recipe, dataset, model) = match inputs {
+            Ok(v) => v,
+            Err(RunnerError::Missing(reason)) => {
+                return self
+                    .fail(ctx, trigger, &req.run_id, attempt, reason, None, false)
+                    .await
+            }
+            Err(e) => return Err(e),
+        };
+        let out_dir = ctx.home.adapters_dir(&req.run_id);
+        let mut resume_from = None;
+        if let Some(c) = &state.last_checkpoint {
+            let dir = dir_of_location(ctx, &c.location);
+            if let Err(e) = restore_checkpoint(ctx, c, &dir) {
+                return self
+                    .fail(
+                        ctx,
+                        trigger,
+                        &req.run_id,
+                        attempt,
+                        e.to_string(),
+                        Some(c.step),
+                        false,
+                    )
+                    .await;
+            }
+            resume_from = Some((c.step, dir));
+        }
+        let job = TrainJob {
+            run_id: req.run_id.clone(),
+            attempt,
+            recipe_id: req.recipe_id.clone(),
+            config: recipe.resolved_config.clone(),
+            dataset,
+            model,
+            out_dir,
+            resume_from,
+        };
+
+        let engine = self.engine.clone();
+        let job_for_plan = job.clone();
+        let plan = tokio::task::spawn_blocking(move || engine.prepare(&job_for_plan))
+            .await
+            .map_err(|e| RunnerError::Engine(format!("prepare task: {e}")))?;
+        let plan = match plan {
+            Ok(p) => p,
+            Err(reason) => {
+                return self
+                    .fail(ctx, trigger, &req.run_id, attempt, reason, None, false)
+                    .await
+            }
+        };
+
+        // run_config.json beside the run's artifacts.
+        let run_dir = ctx.home.run_dir(&req.run_id);
+        std::fs::create_dir_all(&run_dir).map_err(|e| RunnerError::io(&run_dir, e))?;
+        let env = foundry_recipes::foundry_env();
+        let run_config = serde_json::to_string_pretty(&serde_json::json!({
+            "run_id": req.run_id,
+            "recipe_id": req.recipe_id,
+            "dataset_id": req.dataset_id,
+            "model_id": req.model_id,
+            "config": recipe.resolved_config,
+            "recipe_env": recipe.env_overrides,
+            "env": env,
+        }))
+        .map_err(|e| RunnerError::Engine(format!("run_config.json: {e}")))?;
+        let config_path = run_dir.join("run_config.json");
+        std::fs::write(&config_path, &run_config).map_err(|e| RunnerError::io(&config_path, e))?;
+        let config_sha = ctx.home.artifacts().put_bytes(run_config.as_bytes())?;
+
+        let begin = match (&state.last_checkpoint, state.started) {
+            (Some(c), _) => Event::RunResumed(RunResumed {
+                run_id: req.run_id.clone(),
+                runner_id: ctx.runner_id.clone(),
+                checkpoint_id: c.checkpoint_id.clone(),
+                step: c.step,
+                reason: format!(
+                    "attempt {attempt}: the previous runner stopped before the run ended"
+                ),
+            }),
+            _ => Event::RunStarted(RunStarted {
+                run_id: req.run_id.clone(),
+                runner_id: ctx.runner_id.clone(),
+                host: crate::host_info(),
+                device: plan.device.clone(),
+                code: crate::code_version(),
+                resolved_config: recipe.resolved_config.clone(),
+                run_config_sha256: config_sha,
+                env,
+                total_steps: plan.total_steps,
+            }),
+        };
+        let begin_key =
+            crate::outcome_key("trainer", &trigger.event_id, &format!("begin/{attempt}"));
+        self.append(ctx, Some(begin_key), vec![begin], trigger)
+            .await?;
+
+        self.train(ctx, trigger, &req.run_id, job, attempt, started_at)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn train(
+        &self,
+        ctx: &RunnerContext,
+        trigger: &RecordedEvent,
+        run_id: &str,
+        job: TrainJob,
+        attempt: u32,
+        started_at: Instant,
+    ) -> Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let engine = self.engine.clone();
+        let mut sink = ChannelSink {
+            tx: tx.clone(),
+            cancel: cancel.clone(),
+        };
+        let worker = std::thread::Builder::new()
+            .name(format!("train-{run_id}"))
+            .spawn(move || {
+                let r = engine.train(&job, &mut sink);
+                let _ = tx.send(Msg::Done(r));
+            })
+            .map_err(|e| RunnerError::Engine(format!("cannot start the training thread: {e}")))?;
+
+        let stream = format!("run/{run_id}");
+        let mut pending: Vec<MetricPoint> = Vec::new();
+        let mut last_step = 0u64;
+        let mut last_checkpoint: Option<String> = None;
+        let mut beat = tokio::time::interval(self.lease / 3);
+        beat.tick().await;
+        let mut stop = ctx.stop.clone();
+        let mut stopping = false;
+        let mut cancelled = false;
+        let mut commit_error: Option<RunnerError> = None;
+
+        let done = loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Step(p)) => {
+                        last_step = p.step;
+                        pending.push(p);
+                        if pending.len() >= self.metrics_every {
+                            self.flush_metrics(ctx, trigger, run_id, &mut pending).await?;
+                        }
+                    }
+                    Some(Msg::Checkpoint(c, reply)) => {
+                        let r = self.commit_checkpoint(ctx, trigger, run_id, &c, &mut pending).await;
+                        match r {
+                            Ok(id) => { last_checkpoint = Some(id); let _ = reply.send(Control::Continue); }
+                            Err(e) => { commit_error = Some(e); cancel.store(true, Ordering::SeqCst); let _ = reply.send(Control::Stop); }
+                        }
+                    }
+                    Some(Msg::Done(r)) => break r,
+                    None => break Err("the training thread ended without a result".to_string()),
+                },
+                _ = beat.tick() => {
+                    let hb = Event::RunHeartbeat(RunHeartbeat {
+                        run_id: run_id.to_string(),
+                        runner_id: ctx.runner_id.clone(),
+                        step: last_step,
+                        lease_ms: self.lease.as_millis() as u64,
+                    });
+                    // A failed heartbeat is not fatal; the lease may lapse.
+                    let _ = self.append(ctx, None, vec![hb], trigger).await;
+                    if let Ok(events) = lookup::stream_events(ctx.client.as_ref(), &stream).await {
+                        if events.iter().any(|(_, e)| matches!(e, Event::RunCancelled(_))) {
+                            cancelled = true;
+                            cancel.store(true, Ordering::SeqCst);
+                        }
+                    }
+                },
+                _ = crate::host::stopped(&mut stop), if !stopping => {
+                    stopping = true;
+                    cancel.store(true, Ordering::SeqCst);
+                }
+            }
+        };
+        let _ = worker.join();
+        if let Some(e) = commit_error {
+            // The ledger refused a commit: the run cannot be trusted to go on.
+            return self
+                .fail(
+                    ctx,
+                    trigger,
+                    run_id,
+                    attempt,
+                    format!("checkpoint commit failed: {e}"),
+                    Some(last_step),
+                    true,
+                )
+                .await;
+        }
+        if stopping {
+            // Leave the run claimed; it resumes from its last checkpoint.
+            let _ = self.flush_metrics(ctx, trigger, run_id, &mut pending).await;
+            return Err(RunnerError::Stopped);
+        }
+        self.flush_metrics(ctx, trigger, run_id, &mut pending)
+            .await?;
+        match done {
+            Ok(_) if cancelled => Ok(()),
+            Ok(summary) => {
+                let ev = Event::RunCompleted(RunCompleted {
+                    run_id: run_id.to_string(),
+                    final_checkpoint_id: last_checkpoint,
+                    steps: summary.steps,
+                    final_loss: summary.final_loss,
+                    duration_ms: started_at.elapsed().as_millis() as u64,
+                });
+                let key = crate::outcome_key("trainer", &trigger.event_id, "completed");
+                self.append(ctx, Some(key), vec![ev], trigger).await
+            }
+            Err(reason) if cancelled => {
+                tracing::info!(run_id, "cancelled run ended with: {reason}");
+                Ok(())
+            }
+            Err(reason) => {
+                self.fail(
+                    ctx,
+                    trigger,
+                    run_id,
+                    attempt,
+                    reason,
+                    Some(last_step),
+                    false,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn flush_metrics(
+        &self,
+        ctx: &RunnerContext,
+        trigger: &RecordedEvent,
+        run_id: &str,
+        pending: &mut Vec<MetricPoint>,
+    ) -> Result<()> {
+        let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+            return Ok(());
+        };
+        let key = crate::outcome_key(
+            "trainer",
+            &trigger.event_id,
+            &format!("metrics/{}-{}", first.step, last.step),
+        );
+        let ev = Event::MetricsLogged(MetricsLogged {
+            run_id: run_id.to_string(),
+            points: std::mem::take(pending),
+        });
+        self.append(ctx, Some(key), vec![ev], trigger).await
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        ctx: &RunnerContext,
+        trigger: &RecordedEvent,
+        run_id: &str,
+        c: &CheckpointRecord,
+        pending: &mut Vec<MetricPoint>,
+    ) -> Result<String> {
+        self.flush_metrics(ctx, trigger, run_id, pending).await?;
+        let files = commit_files(ctx, &c.dir)?;
+        let id = checkpoint_id(&files);
+        let ev = Event::CheckpointCommitted(CheckpointCommitted {
+            run_id: run_id.to_string(),
+            checkpoint_id: id.clone(),
+            step: c.step,
+            files,
+            loss: c.loss,
+            location: location_of(ctx, &c.dir),
+        });
+        let key = crate::outcome_key(
+            "trainer",
+            &trigger.event_id,
+            &format!("checkpoint/{}", c.step),
+        );
+        self.append(ctx, Some(key), vec![ev], trigger).await?;
+        Ok(id)
+    }
+}
+
+#[async_trait]
+impl Runner for TrainerRunner {
+    fn name(&self) -> &str {
+        "trainer"
+    }
+
+    fn reacts_to(&self) -> Vec<EventType> {
+        vec![EventType::RunRequested]
+    }
+
+    async fn handle(&self, ctx: &RunnerContext, delivery: &Delivery) -> Result<()> {
+        let Event::RunRequested(req) = delivery.event.decode_event()? else {
+            return Ok(());
+        };
+        if req.backend != "local" {
+            return Ok(());
+        }
+        self.run(ctx, &delivery.event, req).await
+    }
+}
