@@ -1,8 +1,9 @@
 //! Content-pinned datasets and base models.
 //!
-//! A dataset is a directory of split shards (`train|validation|test` JSONL
-//! files, each row `{"image", "doc_type", "layout", "target"}`, images beside
-//! them). [`pin_dataset`] hashes every shard (with the images it references),
+//! A dataset is a directory of split shards (`train|validation|test`): JSONL
+//! files, each row `{"image", "doc_type", "layout", "target"}` with images
+//! beside them, or Parquet files with the image bytes inline (`image:
+//! {bytes, path}`, as Hugging Face datasets stores them). [`pin_dataset`] hashes every shard (with the images it references),
 //! validates every row and returns a [`DatasetPin`] whose id is the Merkle
 //! root of the shard digests. [`StreamReader`] reads a split shard by shard,
 //! re-verifying each shard's digest, shuffled by seed, resumable.
@@ -10,6 +11,7 @@
 
 mod hub;
 mod model;
+mod parquet_in;
 mod reader;
 pub mod schema;
 
@@ -167,11 +169,16 @@ impl DatasetPin {
 /// The split of a shard file name (`train-00000-of-00002.jsonl` → `train`),
 /// or None when the file is not a shard.
 pub fn shard_split(file_name: &str) -> Option<&'static str> {
-    let stem = file_name.strip_suffix(".jsonl")?;
+    let stem = file_name
+        .strip_suffix(".jsonl")
+        .or_else(|| file_name.strip_suffix(".parquet"))?;
     SPLITS
         .into_iter()
         .find(|s| stem == *s || stem.strip_prefix(s).is_some_and(|r| r.starts_with('-')))
 }
+
+/// A read shard: (digest hex, total bytes, rows with their image bytes).
+pub(crate) type ShardContents = (String, u64, Vec<(Row, Vec<u8>)>);
 
 /// A parsed, validated row.
 pub(crate) struct Row {
@@ -191,6 +198,22 @@ pub(crate) fn parse_row(shard: &str, row: u64, line: &str, schema: &schema::Sche
     };
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    row_from_value(shard, row, &v, schema)
+}
+
+/// Validates one row given as a JSON object (a JSONL line, or a Parquet row
+/// converted by the caller).
+pub(crate) fn row_from_value(
+    shard: &str,
+    row: u64,
+    v: &serde_json::Value,
+    schema: &schema::Schema,
+) -> Result<Row> {
+    let bad = |reason: String| DatasetError::BadRow {
+        shard: shard.to_string(),
+        row,
+        reason,
+    };
     let field = |k: &str| -> Result<String> {
         v.get(k)
             .and_then(|x| {
@@ -219,16 +242,41 @@ pub(crate) fn parse_row(shard: &str, row: u64, line: &str, schema: &schema::Sche
     })
 }
 
-/// Reads a shard and every image it references, validating every row, and
-/// returns (digest hex, total bytes, rows, image bytes per row).
-/// The digest is sha256 over `foundry.jsonl-shard.v1\n`, the hex sha256 of the
-/// JSONL bytes, a newline, then per row `image_path\thex(sha256(image))\n`.
+/// Reads a shard (JSONL or Parquet, by extension), validating every row, and
+/// returns (digest hex, total bytes, rows with their image bytes).
 pub(crate) fn read_shard(
     root: &Path,
     rel: &str,
     schema: &schema::Schema,
     decode_images: bool,
-) -> Result<(String, u64, Vec<(Row, Vec<u8>)>)> {
+) -> Result<ShardContents> {
+    if rel.ends_with(".parquet") {
+        parquet_in::read(root, rel, schema, decode_images)
+    } else {
+        read_jsonl_shard(root, rel, schema, decode_images)
+    }
+}
+
+/// Checks that `img` decodes as an image.
+pub(crate) fn check_image(shard: &str, row: u64, name: &str, img: &[u8]) -> Result<()> {
+    image::load_from_memory(img).map_err(|e| DatasetError::BadRow {
+        shard: shard.into(),
+        row,
+        reason: format!("image {name} does not decode: {e}"),
+    })?;
+    Ok(())
+}
+
+/// Reads a JSONL shard and every image it references, validating every row,
+/// and returns (digest hex, total bytes, rows, image bytes per row).
+/// The digest is sha256 over `foundry.jsonl-shard.v1\n`, the hex sha256 of the
+/// JSONL bytes, a newline, then per row `image_path\thex(sha256(image))\n`.
+fn read_jsonl_shard(
+    root: &Path,
+    rel: &str,
+    schema: &schema::Schema,
+    decode_images: bool,
+) -> Result<ShardContents> {
     let path = root.join(rel);
     let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
     let mut h = Sha256::new();
@@ -256,11 +304,7 @@ pub(crate) fn read_shard(
             reason: format!("image {}: {e}", row.image),
         })?;
         if decode_images {
-            image::load_from_memory(&img).map_err(|e| DatasetError::BadRow {
-                shard: rel.into(),
-                row: n,
-                reason: format!("image {} does not decode: {e}", row.image),
-            })?;
+            check_image(rel, n, &row.image, &img)?;
         }
         bytes += img.len() as u64;
         h.update(row.image.as_bytes());
@@ -339,7 +383,7 @@ pub fn pin_dir(root: &Path, source: &str, resolved_revision: Option<String>) -> 
     found.sort_by(|a, b| a.1.cmp(&b.1));
     if found.is_empty() {
         return Err(DatasetError::Invalid(format!(
-            "{}: no shards (expected files like data/train-00000-of-00001.jsonl)",
+            "{}: no shards (expected files like data/train-00000-of-00001.jsonl or .parquet)",
             root.display()
         )));
     }
