@@ -10,6 +10,7 @@
 //! [`pin_model`] hashes a base model's config, tokenizer, processor and weights.
 
 mod hub;
+mod locate;
 mod model;
 mod parquet_in;
 mod reader;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use hub::{parse_source, HubOptions, Source};
+pub use locate::locate_model;
 pub use model::{pin_model, verify_model, ModelPin};
 pub use reader::{Example, Position, StreamReader};
 
