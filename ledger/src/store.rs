@@ -676,6 +676,12 @@ impl Chunk {
         self.first_seq
     }
 
+    /// Size of the chunk's stored bytes (records and frames), for sizing
+    /// work handed to other threads.
+    pub fn stored_len(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// The chunk's records at or after the scan's start, in order, as
     /// (position seq, record bytes). A damaged frame is an error naming the
     /// seq at its position and ends the iteration.

@@ -393,6 +393,9 @@ fn chunks_from_shares_stored_records_from_any_seq() {
         let raw: Vec<(u64, Vec<u8>)> = l.scan_raw(from).map(|r| r.unwrap()).collect();
         assert_eq!(records, raw);
         assert_eq!(records.first().unwrap().0, from);
+        let stored: usize = l.chunks_from(1).map(|c| c.unwrap().stored_len()).sum();
+        let framed: usize = l.scan_raw(1).map(|r| 4 + r.unwrap().1.len()).sum();
+        assert_eq!(stored, framed);
         assert_eq!(records.len() as u64, 71 - from);
         for (seq, bytes) in &records {
             assert_eq!(RecordedEvent::decode(bytes).unwrap().seq, *seq);

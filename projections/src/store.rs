@@ -57,6 +57,29 @@ fn u64_of(v: Option<sled::IVec>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Threads writing views in a full rewrite.
+fn writers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// Splits the views into `n` (≥ 1) groups of about equal entry counts
+/// (inserting costs about the same per entry, whatever its size).
+fn split_by_entries(state: &State, n: usize) -> Vec<Vec<ViewKind>> {
+    let mut kinds = ViewKind::ALL.to_vec();
+    kinds.sort_by_key(|k| std::cmp::Reverse(state.entry_count(*k)));
+    let mut groups = vec![(0usize, Vec::new()); n.max(1)];
+    for k in kinds {
+        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+            g.0 += state.entry_count(k);
+            g.1.push(k);
+        }
+    }
+    groups.into_iter().map(|g| g.1).collect()
+}
+
 impl ViewStore {
     /// Opens (creating if needed) the views of a home: `home/views/store`.
     pub fn open(home: &Home) -> Result<ViewStore> {
@@ -73,6 +96,9 @@ impl ViewStore {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // Every write ends with an explicit flush (see `finish`); no
+            // background flusher competing for the CPU while views are written.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| {
                 if e.to_string().contains("could not acquire lock") {
@@ -190,36 +216,51 @@ impl ViewStore {
     }
 
     /// Replaces every stored view with `state`. Each view's tree is dropped
-    /// and created anew (much faster than deleting its entries one by one).
+    /// and created anew (much faster than deleting its entries one by one),
+    /// then filled by plain inserts: the `clean` flag, not a batch, makes the
+    /// whole write atomic, and one sled batch of 100k entries is far slower
+    /// than 100k inserts. The views are split among threads by entry count;
+    /// each thread encodes and inserts its own views.
     pub fn write_all(&mut self, state: &State) -> Result<u64> {
         self.set_clean(false)?;
-        let mut n = 0u64;
         for (kind, tree) in self.trees.iter_mut() {
-            self.db
-                .drop_tree(kind.as_str())
-                .map_err(|e| ProjectionError::Storage {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
-            *tree = self
-                .db
-                .open_tree(kind.as_str())
-                .map_err(|e| ProjectionError::Storage {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
-            let mut b = sled::Batch::default();
-            state.for_each_entry(*kind, &mut |k, v| {
-                b.insert(k.as_bytes(), v);
+            let err = |e: sled::Error| ProjectionError::Storage {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            };
+            self.db.drop_tree(kind.as_str()).map_err(err)?;
+            *tree = self.db.open_tree(kind.as_str()).map_err(err)?;
+        }
+        let groups = split_by_entries(state, writers());
+        let written = std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .iter()
+                .skip(1)
+                .map(|g| s.spawn(|| self.insert_views(state, g)))
+                .collect();
+            let mut n = self.insert_views(state, &groups[0])?;
+            for h in handles {
+                n += h
+                    .join()
+                    .map_err(|_| self.err("a writer thread panicked"))??;
+            }
+            Ok::<u64, ProjectionError>(n)
+        })?;
+        self.finish(state)?;
+        Ok(written)
+    }
+
+    /// Encodes and inserts every entry of `kinds` (into fresh trees).
+    fn insert_views(&self, state: &State, kinds: &[ViewKind]) -> Result<u64> {
+        let mut n = 0u64;
+        for &kind in kinds {
+            let tree = self.tree(kind);
+            state.for_each_entry(kind, &mut |k, v| {
+                tree.insert(k.as_bytes(), v).map_err(|e| self.err(e))?;
                 n += 1;
                 Ok(())
             })?;
-            tree.apply_batch(b).map_err(|e| ProjectionError::Storage {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
         }
-        self.finish(state)?;
         Ok(n)
     }
 
