@@ -30,29 +30,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
     let ledger = home.open_ledger()?;
     let mut store = ViewStore::open(&home)?;
+    let scratch = std::env::temp_dir().join(format!("rebuild_time_{}", std::process::id()));
     for _ in 0..rounds {
         let (t, c) = (Instant::now(), cpu_s());
         let state = fold_until(&ledger, Bound::Head)?;
         let (fold_s, fold_cpu) = (t.elapsed().as_secs_f64(), cpu_s() - c);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let mut empty = ViewStore::open_dir(&scratch)?;
         let (t, c) = (Instant::now(), cpu_s());
-        store.write_all(&state)?;
+        empty.write_all(&state)?;
         let (write_s, write_cpu) = (t.elapsed().as_secs_f64(), cpu_s() - c);
-        drop(state);
+        std::thread::spawn(move || drop(state));
         println!(
-            "phases       fold {fold_s:.2} s (cpu {fold_cpu:.2} s), encode+write {write_s:.2} s (cpu {write_cpu:.2} s)  load {}",
+            "phases       fold {fold_s:.2} s (cpu {fold_cpu:.2} s), encode+write into empty views {write_s:.2} s (cpu {write_cpu:.2} s)  load {}",
             load()
         );
-        let c = cpu_s();
-        let r = store.rebuild(&ledger)?;
-        println!(
-            "rebuild      {} events, {} entries in {:.2} s (cpu {:.2} s)  load {}",
-            r.applied,
-            r.entries_written,
-            r.seconds,
-            cpu_s() - c,
-            load()
-        );
+        drop(empty);
+        let _ = std::fs::remove_dir_all(&scratch);
+        let mut empty = ViewStore::open_dir(&scratch)?;
+        for (what, store) in [("empty", &mut empty), ("existing", &mut store)] {
+            let c = cpu_s();
+            let r = store.rebuild(&ledger)?;
+            println!(
+                "rebuild      into {what} views: {} events, {} entries ({} changed) in {:.2} s (cpu {:.2} s)  load {}",
+                r.applied,
+                r.entries_written,
+                r.entries_changed,
+                r.seconds,
+                cpu_s() - c,
+                load()
+            );
+        }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     for d in store.digests()? {
         println!("{:<12} {:>8} entries  {}", d.view, d.entries, d.sha256);
     }

@@ -131,8 +131,12 @@ pub(crate) fn fold_into(ledger: &Ledger, state: &mut State, bound: Bound) -> Res
         for _ in 0..k {
             let (work_tx, work_rx) = mpsc::sync_channel::<Result<Vec<Chunk>>>(2);
             let (done_tx, done_rx) = mpsc::sync_channel::<Decoded>(2);
+            let (spent_tx, spent_rx) = mpsc::channel::<Vec<Envelope>>();
             s.spawn(move || {
                 for work in work_rx {
+                    // Applied events come back to be freed here, where they
+                    // were allocated, instead of on the folding thread.
+                    drop(spent_rx.try_iter().collect::<Vec<_>>());
                     let d = decode_work(work, bound);
                     let last = d.end.is_some();
                     if done_tx.send(d).is_err() || last {
@@ -141,7 +145,7 @@ pub(crate) fn fold_into(ledger: &Ledger, state: &mut State, bound: Bound) -> Res
                 }
             });
             to_decoders.push(work_tx);
-            from_decoders.push(done_rx);
+            from_decoders.push((done_rx, spent_tx));
         }
         s.spawn(move || {
             let mut next = 0;
@@ -182,7 +186,8 @@ pub(crate) fn fold_into(ledger: &Ledger, state: &mut State, bound: Bound) -> Res
         });
         let mut applied = 0u64;
         for i in 0.. {
-            let Ok(d) = from_decoders[i % k].recv() else {
+            let (done, spent) = &from_decoders[i % k];
+            let Ok(d) = done.recv() else {
                 break;
             };
             for env in &d.events {
@@ -190,6 +195,8 @@ pub(crate) fn fold_into(ledger: &Ledger, state: &mut State, bound: Bound) -> Res
                     applied += 1;
                 }
             }
+            // A decoder that has finished frees nothing more: drop them here.
+            let _ = spent.send(d.events);
             match d.end {
                 None => {}
                 Some(End::PastBound) => break,
