@@ -19,7 +19,7 @@ pub use error::{LedgerError, Result};
 pub use export::{verify_export, ExportHeader, ExportReader, ExportSummary, EXPORT_MAGIC};
 pub use home::{hash_file, ArtifactStore, Home};
 pub use keys::Head;
-pub use store::{AppendOutcome, AppendRequest, ExpectedVersion, Ledger, NewEvent, Tail};
+pub use store::{AppendOutcome, AppendRequest, Chunk, ExpectedVersion, Ledger, NewEvent, Tail};
 pub use verify::{ChainVerifier, VerifyReport, Violation, ViolationKind};
 
 #[cfg(test)]

@@ -475,10 +475,11 @@ impl Ledger {
             })
     }
 
-    /// Iterates stored records (position seq, bytes) from `from` upwards,
-    /// without decoding. The seq is the record's position in the store; a
-    /// damaged frame is an error naming that position.
-    pub fn scan_raw(&self, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> + '_ {
+    /// Iterates the stored chunks holding seqs `from..`, in order, without
+    /// copying or decoding a record: the fast path for whole-ledger folds.
+    /// Each [`Chunk`] shares the stored bytes and yields only records at or
+    /// after `from`.
+    pub fn chunks_from(&self, from: u64) -> impl Iterator<Item = Result<Chunk>> + '_ {
         let start = match self.chunk_of(from) {
             Ok(Some((first, _))) => first,
             _ => from,
@@ -488,21 +489,33 @@ impl Ledger {
         self.inner
             .tree
             .range(lo.as_slice()..hi.as_slice())
-            .flat_map(move |r| -> Vec<Result<(u64, Vec<u8>)>> {
-                let (k, v) = match r {
-                    Ok(kv) => kv,
-                    Err(e) => return vec![Err(self.err(e))],
-                };
-                let Some(first) = keys::tail_u64(&k) else {
-                    return vec![Err(LedgerError::Corrupt {
-                        seq: 0,
-                        reason: "malformed chunk key".into(),
-                    })];
-                };
-                chunk::Frames::new(first, &v)
-                    .filter(|f| f.as_ref().map_or(true, |(s, _)| *s >= from))
-                    .map(|f| f.map(|(s, b)| (s, b.to_vec())))
-                    .collect()
+            .map(move |r| {
+                let (k, bytes) = r.map_err(|e| self.err(e))?;
+                let first_seq = keys::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
+                    seq: 0,
+                    reason: "malformed chunk key".into(),
+                })?;
+                Ok(Chunk {
+                    first_seq,
+                    from,
+                    bytes,
+                })
+            })
+    }
+
+    /// Iterates stored records (position seq, bytes) from `from` upwards,
+    /// without decoding. The seq is the record's position in the store; a
+    /// damaged frame is an error naming that position.
+    pub fn scan_raw(&self, from: u64) -> impl Iterator<Item = Result<(u64, Vec<u8>)>> + '_ {
+        self.chunks_from(from)
+            .flat_map(|c| -> Vec<Result<(u64, Vec<u8>)>> {
+                match c {
+                    Ok(c) => c
+                        .records()
+                        .map(|f| f.map(|(s, b)| (s, b.to_vec())))
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                }
             })
     }
 
@@ -645,6 +658,37 @@ impl Ledger {
     #[doc(hidden)]
     pub fn raw_tree(&self) -> &sled::Tree {
         &self.inner.tree
+    }
+}
+
+/// The records of one append as stored, shared with the store (no copy):
+/// what [`Ledger::chunks_from`] yields.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    first_seq: u64,
+    from: u64,
+    bytes: sled::IVec,
+}
+
+impl Chunk {
+    /// Position (seq) of the chunk's first stored record.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// Size of the chunk's stored bytes (records and frames), for sizing
+    /// work handed to other threads.
+    pub fn stored_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The chunk's records at or after the scan's start, in order, as
+    /// (position seq, record bytes). A damaged frame is an error naming the
+    /// seq at its position and ends the iteration.
+    pub fn records(&self) -> impl Iterator<Item = Result<(u64, &[u8])>> + '_ {
+        let from = self.from;
+        chunk::Frames::new(self.first_seq, &self.bytes)
+            .filter(move |f| f.as_ref().map_or(true, |(s, _)| *s >= from))
     }
 }
 

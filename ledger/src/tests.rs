@@ -1,5 +1,7 @@
 use super::*;
-use foundry_events::{Event, EventType, MetricPoint, MetricsLogged, RunCancelled, RunRequested};
+use foundry_events::{
+    Event, EventType, MetricPoint, MetricsLogged, RecordedEvent, RunCancelled, RunRequested,
+};
 use std::collections::BTreeMap;
 
 fn fresh() -> (tempfile::TempDir, Ledger) {
@@ -368,6 +370,69 @@ fn reads_by_stream_and_type_cross_chunks() {
     assert_eq!(l.read_from(44, 100).unwrap().first().unwrap().seq, 44);
     assert_eq!(l.get(70).unwrap().unwrap().seq, 70);
     assert!(l.get(71).unwrap().is_none());
+}
+
+#[test]
+fn chunks_from_shares_stored_records_from_any_seq() {
+    let (_d, l) = fresh();
+    append_n(&l, 70, 9);
+    for from in [1, 9, 10, 44, 70] {
+        let chunks: Vec<Chunk> = l.chunks_from(from).map(|c| c.unwrap()).collect();
+        // The first chunk holds `from`; each chunk starts where the last ended.
+        assert!(chunks[0].first_seq() <= from && from < chunks[0].first_seq() + 9);
+        for w in chunks.windows(2) {
+            assert_eq!(w[1].first_seq(), w[0].first_seq() + 9);
+        }
+        let records: Vec<(u64, Vec<u8>)> = chunks
+            .iter()
+            .flat_map(|c| {
+                c.records()
+                    .map(|r| r.map(|(s, b)| (s, b.to_vec())).unwrap())
+            })
+            .collect();
+        let raw: Vec<(u64, Vec<u8>)> = l.scan_raw(from).map(|r| r.unwrap()).collect();
+        assert_eq!(records, raw);
+        assert_eq!(records.first().unwrap().0, from);
+        let stored: usize = l.chunks_from(1).map(|c| c.unwrap().stored_len()).sum();
+        let framed: usize = l.scan_raw(1).map(|r| 4 + r.unwrap().1.len()).sum();
+        assert_eq!(stored, framed);
+        assert_eq!(records.len() as u64, 71 - from);
+        for (seq, bytes) in &records {
+            assert_eq!(RecordedEvent::decode(bytes).unwrap().seq, *seq);
+        }
+    }
+    assert_eq!(
+        l.chunks_from(71).count(),
+        1,
+        "the last chunk, with no records left"
+    );
+    let left: usize = l
+        .chunks_from(71)
+        .map(|c| c.unwrap().records().count())
+        .sum();
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_damaged_frame_in_a_chunk_names_its_seq() {
+    let (_d, l) = fresh();
+    append_n(&l, 20, 10);
+    let (first, recs) = chunk_records(&l, 12);
+    let mut bytes = chunk::encode(recs.iter().map(|r| r.as_slice()));
+    // Make the third record's length run past the end of the chunk.
+    let mut pos = 0;
+    for r in &recs[..2] {
+        pos += 4 + r.len();
+    }
+    bytes[pos..pos + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    l.raw_tree().insert(keys::event(first), bytes).unwrap();
+    let out: Vec<_> = l.chunks_from(1).map(|c| c.unwrap()).collect();
+    let second: Vec<_> = out[1].records().collect();
+    assert_eq!(second.len(), 3, "two records, then the error, then nothing");
+    match &second[2] {
+        Err(LedgerError::Corrupt { seq, .. }) => assert_eq!(*seq, 13),
+        other => panic!("expected a corrupt frame at seq 13, got {other:?}"),
+    }
 }
 
 fn exported(n: u64) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {

@@ -46,15 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = ViewStore::open_dir(&dir)?;
     let t = Instant::now();
-    let w = store.write_all(&state)?;
+    let (w, _) = store.write_all(&state)?;
     println!(
         "write fresh  {w} entries {:.2} s",
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let w = store.write_all(&state)?;
+    let (w, changed) = store.write_all(&state)?;
     println!(
-        "write again  {w} entries {:.2} s",
+        "write again  {w} entries ({changed} changed) {:.2} s",
         t.elapsed().as_secs_f64()
     );
     Ok(())

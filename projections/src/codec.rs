@@ -113,6 +113,21 @@ impl State {
         }
     }
 
+    /// Number of entries in one view.
+    pub fn entry_count(&self, kind: ViewKind) -> usize {
+        match kind {
+            ViewKind::Recipes => self.recipes.len(),
+            ViewKind::Datasets => self.datasets.len(),
+            ViewKind::Models => self.models.len(),
+            ViewKind::Runs => self.runs.len(),
+            ViewKind::Checkpoints => self.checkpoints.len(),
+            ViewKind::Evals => self.evals.len(),
+            ViewKind::Channels => self.channels.len(),
+            ViewKind::Lineage => self.lineage.len(),
+            ViewKind::Evidence => self.evidence.len(),
+        }
+    }
+
     /// One entry, encoded, if present.
     pub fn encoded(&self, kind: ViewKind, key: &str) -> Result<Option<Vec<u8>>> {
         match kind {

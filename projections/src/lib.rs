@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod decode;
 mod error;
 pub mod lineage;
 mod read;

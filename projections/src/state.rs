@@ -3,7 +3,7 @@
 //! always give the same state, byte for byte.
 
 use crate::views::*;
-use foundry_events::{Envelope, Event, MetricValue, Sha256Digest};
+use foundry_events::{Envelope, Event, GateResult, MetricValue, Sha256Digest};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every view, in memory, as of `last_seq`.
@@ -44,6 +44,91 @@ fn event_ref(env: &Envelope) -> EventRef {
     }
 }
 
+/// Records that entry `id` of `kind` changed, when changes are tracked.
+fn mark(dirty: &mut Option<BTreeSet<(ViewKind, String)>>, kind: ViewKind, id: &str) {
+    if let Some(d) = dirty {
+        if !d.contains(&(kind, id.to_string())) {
+            d.insert((kind, id.to_string()));
+        }
+    }
+}
+
+/// Inserts entry `id` of a view made by `make` unless it exists (pins: the
+/// first one wins).
+fn insert_first<V>(
+    map: &mut BTreeMap<String, V>,
+    dirty: &mut Option<BTreeSet<(ViewKind, String)>>,
+    kind: ViewKind,
+    id: &str,
+    make: impl FnOnce() -> V,
+) {
+    if !map.contains_key(id) {
+        mark(dirty, kind, id);
+        map.insert(id.to_string(), make());
+    }
+}
+
+/// Appends `run_id` to the run list `runs` picks out of entry `id`, if the
+/// entry exists (recipes, datasets and models list the runs that use them).
+fn add_run<V>(
+    map: &mut BTreeMap<String, V>,
+    dirty: &mut Option<BTreeSet<(ViewKind, String)>>,
+    kind: ViewKind,
+    id: &str,
+    run_id: &str,
+    runs: impl FnOnce(&mut V) -> &mut Vec<String>,
+) {
+    if let Some(x) = map.get_mut(id) {
+        runs(x).push(run_id.to_string());
+        mark(dirty, kind, id);
+    }
+}
+
+/// An eval entry made from the first event naming it, a request or a score
+/// (both carry the eval's target under the same field names).
+macro_rules! new_eval {
+    ($p:expr, $status:expr, $limit:expr) => {
+        EvalView {
+            eval_id: $p.eval_id.clone(),
+            status: $status.into(),
+            checkpoint_id: $p.checkpoint_id.clone(),
+            run_id: $p.run_id.clone(),
+            model_id: $p.model_id.clone(),
+            dataset_id: $p.dataset_id.clone(),
+            split: $p.split.clone(),
+            limit: $limit,
+            requested: None,
+            scored: None,
+            examples: None,
+            metrics: BTreeMap::new(),
+            split_sha256: None,
+            eval_spec_sha256: None,
+            latency_ms_mean: None,
+        }
+    };
+}
+
+/// One step of a channel's history.
+fn channel_entry(
+    action: &str,
+    checkpoint_id: Option<String>,
+    previous_checkpoint_id: Option<String>,
+    reason: &str,
+    gates: Vec<GateResult>,
+    evidence: Vec<EvidenceRef>,
+    event: &EventRef,
+) -> ChannelEntry {
+    ChannelEntry {
+        action: action.to_string(),
+        checkpoint_id,
+        previous_checkpoint_id,
+        reason: reason.to_string(),
+        gates,
+        evidence,
+        event: event.clone(),
+    }
+}
+
 fn push_unique(v: &mut Vec<String>, id: &str) {
     if !v.iter().any(|x| x == id) {
         v.push(id.to_string());
@@ -79,11 +164,7 @@ impl State {
     }
 
     fn mark(&mut self, kind: ViewKind, id: &str) {
-        if let Some(d) = &mut self.dirty {
-            if !d.contains(&(kind, id.to_string())) {
-                d.insert((kind, id.to_string()));
-            }
-        }
+        mark(&mut self.dirty, kind, id);
     }
 
     fn run(&mut self, id: &str) -> &mut RunView {
@@ -260,43 +341,39 @@ impl State {
                     }
                 }
             }
-            Event::DatasetPinned(p) => {
-                if !self.datasets.contains_key(&p.dataset_id) {
-                    self.mark(ViewKind::Datasets, &p.dataset_id);
-                    self.datasets.insert(
-                        p.dataset_id.clone(),
-                        DatasetView {
-                            dataset_id: p.dataset_id.clone(),
-                            source: p.source.clone(),
-                            resolved_revision: p.resolved_revision.clone(),
-                            shards: p.shards.clone(),
-                            splits: p.splits.clone(),
-                            pinned: event_ref(env),
-                            runs: Vec::new(),
-                            evals: Vec::new(),
-                        },
-                    );
-                }
-            }
-            Event::BaseModelPinned(p) => {
-                if !self.models.contains_key(&p.model_id) {
-                    self.mark(ViewKind::Models, &p.model_id);
-                    self.models.insert(
-                        p.model_id.clone(),
-                        ModelView {
-                            model_id: p.model_id.clone(),
-                            source: p.source.clone(),
-                            resolved_revision: p.resolved_revision.clone(),
-                            architecture: p.architecture.clone(),
-                            files: p.files.clone(),
-                            parameters: p.parameters,
-                            quantization: p.quantization.clone(),
-                            pinned: event_ref(env),
-                            runs: Vec::new(),
-                        },
-                    );
-                }
-            }
+            Event::DatasetPinned(p) => insert_first(
+                &mut self.datasets,
+                &mut self.dirty,
+                ViewKind::Datasets,
+                &p.dataset_id,
+                || DatasetView {
+                    dataset_id: p.dataset_id.clone(),
+                    source: p.source.clone(),
+                    resolved_revision: p.resolved_revision.clone(),
+                    shards: p.shards.clone(),
+                    splits: p.splits.clone(),
+                    pinned: event_ref(env),
+                    runs: Vec::new(),
+                    evals: Vec::new(),
+                },
+            ),
+            Event::BaseModelPinned(p) => insert_first(
+                &mut self.models,
+                &mut self.dirty,
+                ViewKind::Models,
+                &p.model_id,
+                || ModelView {
+                    model_id: p.model_id.clone(),
+                    source: p.source.clone(),
+                    resolved_revision: p.resolved_revision.clone(),
+                    architecture: p.architecture.clone(),
+                    files: p.files.clone(),
+                    parameters: p.parameters,
+                    quantization: p.quantization.clone(),
+                    pinned: event_ref(env),
+                    runs: Vec::new(),
+                },
+            ),
             Event::RunRequested(p) => {
                 let ev = event_ref(env);
                 let r = self.run_event(&p.run_id, seq);
@@ -311,18 +388,31 @@ impl State {
                 r.overrides = p.overrides.clone();
                 r.requested = Some(ev);
                 if first {
-                    if let Some(x) = self.recipes.get_mut(&p.recipe_id) {
-                        x.runs.push(p.run_id.clone());
-                        self.mark(ViewKind::Recipes, &p.recipe_id);
-                    }
-                    if let Some(x) = self.datasets.get_mut(&p.dataset_id) {
-                        x.runs.push(p.run_id.clone());
-                        self.mark(ViewKind::Datasets, &p.dataset_id);
-                    }
-                    if let Some(x) = self.models.get_mut(&p.model_id) {
-                        x.runs.push(p.run_id.clone());
-                        self.mark(ViewKind::Models, &p.model_id);
-                    }
+                    let (d, run) = (&mut self.dirty, &p.run_id);
+                    add_run(
+                        &mut self.recipes,
+                        d,
+                        ViewKind::Recipes,
+                        &p.recipe_id,
+                        run,
+                        |x| &mut x.runs,
+                    );
+                    add_run(
+                        &mut self.datasets,
+                        d,
+                        ViewKind::Datasets,
+                        &p.dataset_id,
+                        run,
+                        |x| &mut x.runs,
+                    );
+                    add_run(
+                        &mut self.models,
+                        d,
+                        ViewKind::Models,
+                        &p.model_id,
+                        run,
+                        |x| &mut x.runs,
+                    );
                 }
                 let run = NodeRef::new("run", &p.run_id);
                 self.edge(
@@ -516,23 +606,7 @@ impl State {
                 let e = self
                     .evals
                     .entry(p.eval_id.clone())
-                    .or_insert_with(|| EvalView {
-                        eval_id: p.eval_id.clone(),
-                        status: "requested".into(),
-                        checkpoint_id: p.checkpoint_id.clone(),
-                        run_id: p.run_id.clone(),
-                        model_id: p.model_id.clone(),
-                        dataset_id: p.dataset_id.clone(),
-                        split: p.split.clone(),
-                        limit: p.limit,
-                        requested: None,
-                        scored: None,
-                        examples: None,
-                        metrics: BTreeMap::new(),
-                        split_sha256: None,
-                        eval_spec_sha256: None,
-                        latency_ms_mean: None,
-                    });
+                    .or_insert_with(|| new_eval!(p, "requested", p.limit));
                 e.requested.get_or_insert(ev);
             }
             Event::EvalScored(p) => {
@@ -541,23 +615,7 @@ impl State {
                 let e = self
                     .evals
                     .entry(p.eval_id.clone())
-                    .or_insert_with(|| EvalView {
-                        eval_id: p.eval_id.clone(),
-                        status: "scored".into(),
-                        checkpoint_id: p.checkpoint_id.clone(),
-                        run_id: p.run_id.clone(),
-                        model_id: p.model_id.clone(),
-                        dataset_id: p.dataset_id.clone(),
-                        split: p.split.clone(),
-                        limit: None,
-                        requested: None,
-                        scored: None,
-                        examples: None,
-                        metrics: BTreeMap::new(),
-                        split_sha256: None,
-                        eval_spec_sha256: None,
-                        latency_ms_mean: None,
-                    });
+                    .or_insert_with(|| new_eval!(p, "scored", None));
                 let first_score = e.scored.is_none();
                 e.status = "scored".into();
                 e.scored = Some(ev.clone());
@@ -613,15 +671,15 @@ impl State {
                         p.checkpoint_id, p.channel, p.reason
                     ),
                 );
-                self.channel(&p.channel).history.push(ChannelEntry {
-                    action: "requested".into(),
-                    checkpoint_id: Some(p.checkpoint_id.clone()),
-                    previous_checkpoint_id: None,
-                    reason: p.reason.clone(),
-                    gates: Vec::new(),
-                    evidence: Vec::new(),
-                    event: ev.clone(),
-                });
+                self.channel(&p.channel).history.push(channel_entry(
+                    "requested",
+                    Some(p.checkpoint_id.clone()),
+                    None,
+                    &p.reason,
+                    Vec::new(),
+                    Vec::new(),
+                    &ev,
+                ));
                 self.promotion(&p.checkpoint_id, &p.channel, "requested", &p.reason, &ev);
             }
             Event::AdapterPromoted(p) => {
@@ -629,15 +687,15 @@ impl State {
                 let evidence = self.resolve_evidence(&p.evidence);
                 let previous = self.channel(&p.channel).current_checkpoint_id.clone();
                 let ch = self.channel(&p.channel);
-                ch.history.push(ChannelEntry {
-                    action: "promoted".into(),
-                    checkpoint_id: Some(p.checkpoint_id.clone()),
-                    previous_checkpoint_id: p.previous_checkpoint_id.clone().or(previous),
-                    reason: p.reason.clone(),
-                    gates: p.gates.clone(),
+                ch.history.push(channel_entry(
+                    "promoted",
+                    Some(p.checkpoint_id.clone()),
+                    p.previous_checkpoint_id.clone().or(previous),
+                    &p.reason,
+                    p.gates.clone(),
                     evidence,
-                    event: ev.clone(),
-                });
+                    &ev,
+                ));
                 let entry = ch.history.len() - 1;
                 self.serve(&p.channel, Some(&p.checkpoint_id), entry);
                 self.promotion(&p.checkpoint_id, &p.channel, "promoted", &p.reason, &ev);
@@ -652,30 +710,30 @@ impl State {
             Event::PromotionRejected(p) => {
                 let ev = event_ref(env);
                 let evidence = self.resolve_evidence(&p.evidence);
-                self.channel(&p.channel).history.push(ChannelEntry {
-                    action: "rejected".into(),
-                    checkpoint_id: Some(p.checkpoint_id.clone()),
-                    previous_checkpoint_id: None,
-                    reason: p.reason.clone(),
-                    gates: p.gates.clone(),
+                self.channel(&p.channel).history.push(channel_entry(
+                    "rejected",
+                    Some(p.checkpoint_id.clone()),
+                    None,
+                    &p.reason,
+                    p.gates.clone(),
                     evidence,
-                    event: ev.clone(),
-                });
+                    &ev,
+                ));
                 self.promotion(&p.checkpoint_id, &p.channel, "rejected", &p.reason, &ev);
             }
             Event::ChannelRolledBack(p) => {
                 let ev = event_ref(env);
                 let previous = self.channel(&p.channel).current_checkpoint_id.clone();
                 let ch = self.channel(&p.channel);
-                ch.history.push(ChannelEntry {
-                    action: "rolled_back".into(),
-                    checkpoint_id: p.to_checkpoint_id.clone(),
-                    previous_checkpoint_id: p.from_checkpoint_id.clone().or(previous.clone()),
-                    reason: p.reason.clone(),
-                    gates: Vec::new(),
-                    evidence: Vec::new(),
-                    event: ev.clone(),
-                });
+                ch.history.push(channel_entry(
+                    "rolled_back",
+                    p.to_checkpoint_id.clone(),
+                    p.from_checkpoint_id.clone().or(previous.clone()),
+                    &p.reason,
+                    Vec::new(),
+                    Vec::new(),
+                    &ev,
+                ));
                 let entry = ch.history.len() - 1;
                 self.serve(&p.channel, p.to_checkpoint_id.as_deref(), entry);
                 if let Some(from) = p.from_checkpoint_id.as_deref().or(previous.as_deref()) {

@@ -35,8 +35,12 @@ pub struct CatchUp {
     pub to_seq: u64,
     /// Events applied.
     pub applied: u64,
-    /// Entries written.
+    /// Entries written: by a catch-up, those its events touched; by a
+    /// rebuild, every entry of the views (each written or found equal).
     pub entries_written: u64,
+    /// Entries whose stored bytes changed (inserted, replaced or removed).
+    /// A rebuild over views that were already right changes none.
+    pub entries_changed: u64,
     /// Whether the store was rebuilt from zero, and why.
     pub rebuilt: Option<String>,
     /// Wall time, in seconds.
@@ -57,6 +61,29 @@ fn u64_of(v: Option<sled::IVec>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Threads writing views in a full rewrite.
+fn writers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// Splits the views into `n` (≥ 1) groups of about equal entry counts
+/// (inserting costs about the same per entry, whatever its size).
+fn split_by_entries(state: &State, n: usize) -> Vec<Vec<ViewKind>> {
+    let mut kinds = ViewKind::ALL.to_vec();
+    kinds.sort_by_key(|k| std::cmp::Reverse(state.entry_count(*k)));
+    let mut groups = vec![(0usize, Vec::new()); n.max(1)];
+    for k in kinds {
+        if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+            g.0 += state.entry_count(k);
+            g.1.push(k);
+        }
+    }
+    groups.into_iter().map(|g| g.1).collect()
+}
+
 impl ViewStore {
     /// Opens (creating if needed) the views of a home: `home/views/store`.
     pub fn open(home: &Home) -> Result<ViewStore> {
@@ -73,6 +100,9 @@ impl ViewStore {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // Every write ends with an explicit flush (see `finish`); no
+            // background flusher competing for the CPU while views are written.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| {
                 if e.to_string().contains("could not acquire lock") {
@@ -189,38 +219,95 @@ impl ViewStore {
         Ok(())
     }
 
-    /// Replaces every stored view with `state`. Each view's tree is dropped
-    /// and created anew (much faster than deleting its entries one by one).
-    pub fn write_all(&mut self, state: &State) -> Result<u64> {
+    /// Makes every stored view equal to `state`; returns how many entries
+    /// the views hold and how many of them changed.
+    ///
+    /// An empty tree is filled by plain inserts (the `clean` flag, not a sled
+    /// batch, makes the whole write atomic, and one sled batch of 100k
+    /// entries is far slower than 100k inserts). A populated tree is compared
+    /// with the state entry by entry, both in key order, and only the entries
+    /// that differ are written or removed: a rebuild over views that were
+    /// already right (`ledger replay`) writes nothing. The views are split
+    /// among threads by entry count.
+    pub fn write_all(&mut self, state: &State) -> Result<(u64, u64)> {
         self.set_clean(false)?;
-        let mut n = 0u64;
-        for (kind, tree) in self.trees.iter_mut() {
-            self.db
-                .drop_tree(kind.as_str())
-                .map_err(|e| ProjectionError::Storage {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
+        let groups = split_by_entries(state, writers());
+        let (held, changed) = std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .iter()
+                .skip(1)
+                .map(|g| s.spawn(|| self.sync_views(state, g)))
+                .collect();
+            let (mut held, mut changed) = self.sync_views(state, &groups[0])?;
+            for h in handles {
+                let (a, b) = h
+                    .join()
+                    .map_err(|_| self.err("a writer thread panicked"))??;
+                held += a;
+                changed += b;
+            }
+            Ok::<_, ProjectionError>((held, changed))
+        })?;
+        self.finish(state)?;
+        Ok((held, changed))
+    }
+
+    /// Makes the stored entries of `kinds` equal to `state`'s (see
+    /// [`ViewStore::write_all`]): (entries held, entries changed).
+    fn sync_views(&self, state: &State, kinds: &[ViewKind]) -> Result<(u64, u64)> {
+        let (mut held, mut changed) = (0u64, 0u64);
+        for &kind in kinds {
+            let tree = self.tree(kind);
+            if tree.is_empty() {
+                state.for_each_entry(kind, &mut |k, v| {
+                    tree.insert(k.as_bytes(), v).map_err(|e| self.err(e))?;
+                    held += 1;
+                    changed += 1;
+                    Ok(())
                 })?;
-            *tree = self
-                .db
-                .open_tree(kind.as_str())
-                .map_err(|e| ProjectionError::Storage {
-                    path: self.path.clone(),
-                    reason: e.to_string(),
-                })?;
-            let mut b = sled::Batch::default();
-            state.for_each_entry(*kind, &mut |k, v| {
-                b.insert(k.as_bytes(), v);
-                n += 1;
+                continue;
+            }
+            // Merge the stored entries (sled's byte order) with the state's
+            // (`String` order: the same); write after reading.
+            let mut stored = tree.iter();
+            let mut next = stored.next().transpose().map_err(|e| self.err(e))?;
+            let mut put: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut gone: Vec<sled::IVec> = Vec::new();
+            state.for_each_entry(kind, &mut |k, v| {
+                held += 1;
+                while let Some((sk, sv)) = next.take() {
+                    match sk.as_ref().cmp(k.as_bytes()) {
+                        std::cmp::Ordering::Less => gone.push(sk),
+                        std::cmp::Ordering::Equal => {
+                            if sv.as_ref() != v.as_slice() {
+                                put.push((k.to_string(), v));
+                            }
+                            next = stored.next().transpose().map_err(|e| self.err(e))?;
+                            return Ok(());
+                        }
+                        std::cmp::Ordering::Greater => {
+                            next = Some((sk, sv));
+                            break;
+                        }
+                    }
+                    next = stored.next().transpose().map_err(|e| self.err(e))?;
+                }
+                put.push((k.to_string(), v));
                 Ok(())
             })?;
-            tree.apply_batch(b).map_err(|e| ProjectionError::Storage {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+            while let Some((sk, _)) = next {
+                gone.push(sk);
+                next = stored.next().transpose().map_err(|e| self.err(e))?;
+            }
+            changed += (put.len() + gone.len()) as u64;
+            for (k, v) in put {
+                tree.insert(k.as_bytes(), v).map_err(|e| self.err(e))?;
+            }
+            for k in gone {
+                tree.remove(k).map_err(|e| self.err(e))?;
+            }
         }
-        self.finish(state)?;
-        Ok(n)
+        Ok((held, changed))
     }
 
     /// Writes the entries of `state` named in `changes` (deleting absent ones).
@@ -258,12 +345,17 @@ impl ViewStore {
         let t = Instant::now();
         let from_seq = self.last_seq()?;
         let state = crate::fold_until(ledger, Bound::Head)?;
-        let n = self.write_all(&state)?;
+        let (n, changed) = self.write_all(&state)?;
+        let to_seq = state.last_seq;
+        // Freeing a large state takes about as long as writing it; nobody
+        // waits for that.
+        std::thread::spawn(move || drop(state));
         Ok(CatchUp {
             from_seq,
-            to_seq: state.last_seq,
-            applied: state.last_seq,
+            to_seq,
+            applied: to_seq,
             entries_written: n,
+            entries_changed: changed,
             rebuilt: Some(why),
             seconds: t.elapsed().as_secs_f64(),
         })
@@ -285,6 +377,7 @@ impl ViewStore {
                 to_seq: from_seq,
                 applied: 0,
                 entries_written: 0,
+                entries_changed: 0,
                 rebuilt: None,
                 seconds: t.elapsed().as_secs_f64(),
             });
@@ -299,6 +392,7 @@ impl ViewStore {
             to_seq: state.last_seq,
             applied,
             entries_written: n,
+            entries_changed: n,
             rebuilt: None,
             seconds: t.elapsed().as_secs_f64(),
         })

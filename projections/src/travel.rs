@@ -1,8 +1,9 @@
 //! Folding the ledger: from any seq up to the head, a seq or an instant.
 
+use crate::decode::decode_record;
 use crate::{ProjectionError, Result, State};
-use foundry_events::{Envelope, RecordedEvent, Timestamp};
-use foundry_ledger::Ledger;
+use foundry_events::{Envelope, Timestamp};
+use foundry_ledger::{Chunk, Ledger};
 use std::sync::mpsc;
 
 /// How far to fold: the whole ledger, or the ledger as it was at some point.
@@ -52,63 +53,157 @@ impl Bound {
     }
 }
 
-fn envelope(rec: &RecordedEvent) -> Result<Envelope> {
-    rec.to_envelope().map_err(|source| ProjectionError::Event {
-        seq: rec.seq,
-        source,
-    })
+/// Stored bytes of chunks handed to a decoder at once: big enough to keep
+/// channel traffic negligible, small enough to keep every thread busy.
+const WORK_BYTES: usize = 256 << 10;
+
+/// Decoding threads (the fold itself runs on the calling thread).
+fn decoders() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }
 
-/// Events decoded per message between the reader thread and the folder.
-const BATCH: usize = 512;
+/// The events of one piece of work, decoded in order, and why the piece
+/// ended early if it did: the bound was reached, or a record was damaged.
+struct Decoded {
+    events: Vec<Envelope>,
+    end: Option<End>,
+}
 
-/// Applies to `state` every event after `state.last_seq` that lies within
-/// `bound`. Decoding runs on a second thread while this one folds. Returns
-/// how many events were applied.
-pub(crate) fn fold_into(ledger: &Ledger, state: &mut State, bound: Bound) -> Result<u64> {
-    let from = state.last_seq + 1;
-    let (tx, rx) = mpsc::sync_channel::<Result<Vec<Envelope>>>(8);
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut batch = Vec::with_capacity(BATCH);
-            for r in ledger.iter_from(from) {
-                let env = r.map_err(ProjectionError::from).and_then(|rec| {
-                    if bound.admits(rec.seq, rec.recorded_at) {
-                        envelope(&rec).map(Some)
-                    } else {
-                        Ok(None)
-                    }
-                });
-                match env {
-                    Ok(Some(e)) => {
-                        batch.push(e);
-                        if batch.len() == BATCH {
-                            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                            if tx.send(Ok(full)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
+enum End {
+    PastBound,
+    Failed(ProjectionError),
+}
+
+fn decode_work(work: Result<Vec<Chunk>>, bound: Bound) -> Decoded {
+    let mut events = Vec::new();
+    let chunks = match work {
+        Ok(c) => c,
+        Err(e) => {
+            return Decoded {
+                events,
+                end: Some(End::Failed(e)),
+            }
+        }
+    };
+    let admits = |seq, at| bound.admits(seq, at);
+    for chunk in &chunks {
+        for rec in chunk.records() {
+            let decoded = rec
+                .map_err(ProjectionError::from)
+                .and_then(|(pos, bytes)| decode_record(pos, bytes, admits));
+            match decoded {
+                Ok(Some(env)) => events.push(env),
+                Ok(None) => {
+                    return Decoded {
+                        events,
+                        end: Some(End::PastBound),
                     }
                 }
-            }
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch));
-            }
-        });
-        let mut n = 0u64;
-        for msg in rx {
-            for env in msg? {
-                if state.apply(&env) {
-                    n += 1;
+                Err(e) => {
+                    return Decoded {
+                        events,
+                        end: Some(End::Failed(e)),
+                    }
                 }
             }
         }
-        Ok(n)
+    }
+    Decoded { events, end: None }
+}
+
+/// Applies to `state` every event after `state.last_seq` that lies within
+/// `bound`. Returns how many events were applied.
+///
+/// A reader thread walks the ledger's chunks (no copies) and deals pieces of
+/// about [`WORK_BYTES`] round-robin to the decoding threads; this thread
+/// takes their results round-robin too, so events are applied in seq order.
+/// When the fold ends early (bound reached, error), dropping the receivers
+/// stops the other threads.
+pub(crate) fn fold_into(ledger: &Ledger, state: &mut State, bound: Bound) -> Result<u64> {
+    let from = state.last_seq + 1;
+    let k = decoders();
+    std::thread::scope(|s| {
+        let mut to_decoders = Vec::with_capacity(k);
+        let mut from_decoders = Vec::with_capacity(k);
+        for _ in 0..k {
+            let (work_tx, work_rx) = mpsc::sync_channel::<Result<Vec<Chunk>>>(2);
+            let (done_tx, done_rx) = mpsc::sync_channel::<Decoded>(2);
+            let (spent_tx, spent_rx) = mpsc::channel::<Vec<Envelope>>();
+            s.spawn(move || {
+                for work in work_rx {
+                    // Applied events come back to be freed here, where they
+                    // were allocated, instead of on the folding thread.
+                    drop(spent_rx.try_iter().collect::<Vec<_>>());
+                    let d = decode_work(work, bound);
+                    let last = d.end.is_some();
+                    if done_tx.send(d).is_err() || last {
+                        return;
+                    }
+                }
+            });
+            to_decoders.push(work_tx);
+            from_decoders.push((done_rx, spent_tx));
+        }
+        s.spawn(move || {
+            let mut next = 0;
+            let mut work = Vec::new();
+            let mut bytes = 0;
+            for chunk in ledger.chunks_from(from) {
+                let failed = chunk.is_err();
+                let piece = match chunk {
+                    Ok(c) => {
+                        bytes += c.stored_len();
+                        work.push(c);
+                        if bytes < WORK_BYTES {
+                            continue;
+                        }
+                        bytes = 0;
+                        Ok(std::mem::take(&mut work))
+                    }
+                    Err(e) => {
+                        // What came before the damage is applied first.
+                        if !work.is_empty() {
+                            let before = Ok(std::mem::take(&mut work));
+                            if to_decoders[next % k].send(before).is_err() {
+                                return;
+                            }
+                            next += 1;
+                        }
+                        Err(e.into())
+                    }
+                };
+                if to_decoders[next % k].send(piece).is_err() || failed {
+                    return;
+                }
+                next += 1;
+            }
+            if !work.is_empty() {
+                let _ = to_decoders[next % k].send(Ok(work));
+            }
+        });
+        let mut applied = 0u64;
+        for i in 0.. {
+            let (done, spent) = &from_decoders[i % k];
+            let Ok(d) = done.recv() else {
+                break;
+            };
+            for env in &d.events {
+                if state.apply(env) {
+                    applied += 1;
+                }
+            }
+            // A decoder that has finished frees nothing more: drop them here.
+            let _ = spent.send(d.events);
+            match d.end {
+                None => {}
+                Some(End::PastBound) => break,
+                Some(End::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(applied)
     })
 }
 
