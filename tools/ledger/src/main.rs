@@ -59,6 +59,17 @@ enum Command {
     Replay,
     /// Run an Idefics2 model on an image and a prompt; print the generated text.
     Infer(cmd::infer::InferArgs),
+    /// Start or cancel training runs.
+    #[command(subcommand)]
+    Run(cmd::run::RunCommand),
+    /// Run every runner in this process (the embedded default) until Ctrl-C.
+    Up(cmd::up::UpArgs),
+    /// Ask for a checkpoint to go to a channel; the promoter checks the gates.
+    Promote(cmd::promote::PromoteArgs),
+    /// Score a checkpoint (or the base model) on a pinned split; appends EvalScored.
+    Eval(cmd::eval::EvalArgs),
+    /// Put a channel back to the adapter it held before.
+    Rollback(cmd::promote::RollbackArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +88,11 @@ fn main() -> ExitCode {
         Command::Lineage(a) => cmd::lineage::run(&ctx, a),
         Command::Replay => cmd::replay::run(&ctx),
         Command::Infer(a) => cmd::infer::run(&ctx, a),
+        Command::Run(c) => cmd::run::run(&ctx, c),
+        Command::Up(a) => cmd::up::run(&ctx, a),
+        Command::Promote(a) => cmd::promote::promote(&ctx, a),
+        Command::Rollback(a) => cmd::promote::rollback(&ctx, a),
+        Command::Eval(a) => cmd::eval::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

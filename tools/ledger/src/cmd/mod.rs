@@ -1,14 +1,19 @@
 //! One module per command group.
 
 pub mod bench;
+pub mod embedded;
+pub mod eval;
 pub mod infer;
 pub mod init;
 pub mod lineage;
 pub mod log;
+pub mod promote;
 pub mod replay;
+pub mod run;
 pub mod runs;
 pub mod show;
 pub mod stats;
 pub mod transfer;
 pub mod travel;
+pub mod up;
 pub mod verify;

@@ -1,0 +1,126 @@
+//! The eval engine: an Idefics2 base (quantized as the recipe trained it),
+//! with the checkpoint's adapter, answering a pinned split greedily, scored by
+//! foundry-eval.
+
+use candle_core::DType;
+use foundry_events::{DatasetPinned, Sha256Digest};
+use foundry_eval::{EvalExample, EvalIdentity, EvalSpec, ModelUnderTest};
+use foundry_idefics2::Idefics2;
+use foundry_runner::{EvalEngine, EvalJob, EvalOutcome};
+use sha2::{Digest, Sha256};
+
+use crate::inputs::{load_split, model_dir, recipe_of, select_device, verify_model};
+use crate::train::{processor_for, QUANTIZED_MODULES};
+use crate::{EngineError, Result};
+
+/// Scores checkpoints (or the base alone) on a pinned split.
+#[derive(Debug, Default, Clone)]
+pub struct Idefics2Eval;
+
+impl Idefics2Eval {
+    /// The engine.
+    pub fn new() -> Self {
+        Idefics2Eval
+    }
+}
+
+/// The hash of a split: sha256 over its shards' `path sha256` lines, sorted,
+/// so an eval names exactly the data it scored.
+pub fn split_sha256(dataset: &DatasetPinned, split: &str) -> Sha256Digest {
+    let mut lines: Vec<String> = dataset
+        .shards
+        .iter()
+        .filter(|s| s.split == split)
+        .map(|s| format!("{} {}\n", s.path, s.sha256.to_hex()))
+        .collect();
+    lines.sort();
+    let mut h = Sha256::new();
+    for l in lines {
+        h.update(l.as_bytes());
+    }
+    Sha256Digest(h.finalize().into())
+}
+
+/// The eval spec of a job: the recipe's split, limit and generation length,
+/// everything else the harness's documented defaults.
+pub fn spec_of(job: &EvalJob) -> Result<EvalSpec> {
+    let mut spec = EvalSpec {
+        split: job.split.clone(),
+        limit: job.limit,
+        ..EvalSpec::default()
+    };
+    if let Some(n) = job
+        .config
+        .as_ref()
+        .and_then(|c| c["eval"]["max_new_tokens"].as_u64())
+    {
+        spec.decoding.max_new_tokens = n as u32;
+    }
+    spec.bootstrap.resamples = 200;
+    spec.validate()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    Ok(spec)
+}
+
+fn run(job: &EvalJob) -> Result<EvalOutcome> {
+    let spec = spec_of(job)?;
+    let dir = model_dir(&job.model)?;
+    verify_model(&dir, &job.model)?;
+    let recipe = job.config.as_ref().map(recipe_of).transpose()?;
+    let device_name = recipe
+        .as_ref()
+        .map(|r| r.backend.device.clone())
+        .unwrap_or_else(|| "cpu".into());
+    let (device, device_info) = select_device(&device_name)?;
+    let mut model = Idefics2::load_dir(&dir, DType::F32, &device)?;
+    let processor = match &recipe {
+        Some(r) => {
+            if r.quantization.method == "nf4" {
+                foundry_qlora::quantize_model(&mut model, QUANTIZED_MODULES)?;
+            }
+            processor_for(&dir, r)?
+        }
+        None => foundry_idefics2::processor::Processor::from_dir(&dir)?,
+    };
+    if let Some((_, adapter_dir)) = &job.checkpoint {
+        foundry_qlora::lora::load_adapter_into(&mut model, adapter_dir)?;
+    }
+    let prompt = recipe
+        .as_ref()
+        .map(|r| r.training.prompt.clone())
+        .unwrap_or_else(|| "Extract JSON.".into());
+    let rows = load_split(&job.dataset, &job.split, job.limit.map(|l| l as usize))?;
+    let examples = rows.into_iter().enumerate().map(|(i, r)| {
+        EvalExample::from_image_bytes(
+            format!("{}#{i}", job.split),
+            &r.image,
+            prompt.clone(),
+            r.doc_type,
+            r.layout,
+            r.target,
+        )
+    });
+    let under_test = ModelUnderTest { model, processor };
+    let report = under_test
+        .evaluate(examples, &spec, |_| {})
+        .map_err(|e| EngineError::Model(e.to_string()))?;
+    Ok(report.to_event(
+        &spec,
+        EvalIdentity {
+            eval_id: job.eval_id.clone(),
+            checkpoint_id: job.checkpoint.as_ref().map(|(c, _)| c.checkpoint_id.clone()),
+            run_id: job.run_id.clone(),
+            model_id: job.model.model_id.clone(),
+            dataset_id: job.dataset.dataset_id.clone(),
+            split_sha256: split_sha256(&job.dataset, &job.split),
+            code: foundry_runner::code_version(),
+            device: device_info,
+        },
+    ))
+}
+
+impl EvalEngine for Idefics2Eval {
+    fn evaluate(&self, job: &EvalJob) -> std::result::Result<EvalOutcome, String> {
+        run(job).map_err(|e| e.to_string())
+    }
+}

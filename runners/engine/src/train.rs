@@ -1,0 +1,289 @@
+//! The QLoRA training engine.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::DType;
+use foundry_events::MetricPoint;
+use foundry_idefics2::processor::{Processor, RgbImage};
+use foundry_idefics2::Idefics2;
+use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
+use foundry_qlora::lora::{LoraConfig, LoraInit};
+use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
+use foundry_recipes::Recipe;
+use foundry_runner::{CheckpointRecord, Control, TrainJob, TrainSink, TrainSummary, TrainingEngine};
+
+use crate::inputs::{answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row};
+use crate::{EngineError, Result};
+
+/// Everything but `lm_head` is quantized, as transformers + bitsandbytes do.
+pub(crate) const QUANTIZED_MODULES: &str = r"model\..*";
+
+/// QLoRA fine-tuning of an Idefics2 base on a pinned dataset.
+#[derive(Debug, Default, Clone)]
+pub struct QloraEngine;
+
+impl QloraEngine {
+    /// The engine.
+    pub fn new() -> Self {
+        QloraEngine
+    }
+}
+
+/// The trainer's config from a recipe: every value comes from the resolved
+/// config, nothing is defaulted here.
+pub fn train_config(recipe: &Recipe, train_rows: usize, base: &str) -> Result<TrainConfig> {
+    let t = &recipe.training;
+    let pos = |v: i64, key: &str| -> Result<u64> {
+        u64::try_from(v).map_err(|_| EngineError::Invalid(format!("training.{key} = {v} is negative")))
+    };
+    let micro = pos(t.micro_batch, "micro_batch")?.max(1);
+    let accum = pos(t.grad_accumulation, "grad_accumulation")?.max(1);
+    let per_step = micro * accum;
+    let total_steps = if t.max_steps > 0 {
+        pos(t.max_steps, "max_steps")?
+    } else {
+        let epochs = pos(t.epochs, "epochs")?;
+        epochs * (train_rows as u64).div_ceil(per_step)
+    };
+    let schedule = match t.schedule.as_str() {
+        "cosine" => Schedule::Cosine,
+        "linear" => Schedule::Linear,
+        "constant" => Schedule::Constant,
+        other => {
+            return Err(EngineError::Invalid(format!(
+                "training.schedule = {other:?} is not supported (cosine, linear, constant)"
+            )))
+        }
+    };
+    let init = match recipe.lora.init.as_str() {
+        "gaussian" => LoraInit::Gaussian,
+        "kaiming" | "default" | "true" => LoraInit::Kaiming,
+        other => {
+            return Err(EngineError::Invalid(format!(
+                "lora.init = {other:?} is not supported (kaiming, gaussian)"
+            )))
+        }
+    };
+    let config = TrainConfig {
+        seed: pos(t.seed, "seed")?,
+        lr: t.lr,
+        weight_decay: t.weight_decay,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: t.adam_eps,
+        max_grad_norm: (t.grad_clip > 0.0).then_some(t.grad_clip),
+        warmup_steps: pos(t.warmup_steps, "warmup_steps")?,
+        schedule,
+        total_steps,
+        batch_size: micro as usize,
+        grad_accum: accum as usize,
+        save_every: pos(t.checkpoint_every, "checkpoint_every")?,
+        keep_last: pos(t.keep_last, "keep_last")? as usize,
+        lora: LoraConfig {
+            r: pos(recipe.lora.r, "lora.r")? as usize,
+            lora_alpha: recipe.lora.alpha,
+            lora_dropout: recipe.lora.dropout as f32,
+            target_modules: recipe.lora.target_modules.clone(),
+            init,
+            use_rslora: recipe.lora.use_rslora,
+            base_model_name_or_path: Some(base.to_string()),
+            revision: None,
+        },
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The processor of a model directory, with the recipe's image size.
+pub fn processor_for(dir: &Path, recipe: &Recipe) -> Result<Processor> {
+    let mut p = Processor::from_dir(dir)?;
+    let edge = usize::try_from(recipe.training.image_longest_edge)
+        .map_err(|_| EngineError::Invalid("training.image_longest_edge is negative".into()))?;
+    if edge > 0 {
+        p.image.size.longest_edge = Some(edge);
+        if let Some(s) = p.image.size.shortest_edge {
+            p.image.size.shortest_edge = Some(s.min(edge));
+        }
+    }
+    p.image.do_image_splitting = recipe.training.image_splitting;
+    Ok(p)
+}
+
+/// Training examples encoded on demand from dataset rows.
+struct RowSource<'a> {
+    rows: Vec<Row>,
+    processor: &'a Processor,
+    prompt: String,
+    max_length: usize,
+}
+
+impl ExampleSource for RowSource<'_> {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn get(&self, index: usize) -> foundry_qlora::Result<Example> {
+        let row = self
+            .rows
+            .get(index)
+            .ok_or_else(|| foundry_qlora::Error::Train(format!("row {index} out of range")))?;
+        let image = RgbImage::decode(&row.image)?;
+        let ex = encode_chat(
+            self.processor,
+            &ChatExample {
+                images: vec![image],
+                prompt: self.prompt.clone(),
+                answer: answer_text(&row.target),
+            },
+        )?;
+        if self.max_length > 0 && ex.input_ids.len() > self.max_length {
+            return Err(foundry_qlora::Error::Train(format!(
+                "example {index} ({} {}) is {} tokens, over training.max_length = {}",
+                row.doc_type,
+                row.layout,
+                ex.input_ids.len(),
+                self.max_length
+            )));
+        }
+        Ok(ex)
+    }
+}
+
+struct Prepared {
+    recipe: Recipe,
+    dir: std::path::PathBuf,
+    device: candle_core::Device,
+    device_info: foundry_events::DeviceInfo,
+    train_rows: usize,
+}
+
+fn prepare(job: &TrainJob) -> Result<Prepared> {
+    let recipe = recipe_of(&job.config)?;
+    let (device, device_info) = select_device(&recipe.backend.device)?;
+    if recipe.quantization.method != "nf4" && recipe.quantization.method != "none" {
+        return Err(EngineError::Invalid(format!(
+            "quantization.method = {:?} is not supported (nf4, none)",
+            recipe.quantization.method
+        )));
+    }
+    let dir = model_dir(&job.model)?;
+    verify_model(&dir, &job.model)?;
+    let modules = foundry_recipes::idefics2_module_names_from_dir(&dir)
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let re = regex_full(&recipe.lora.target_modules)?;
+    if !modules.iter().any(|m| re.is_match(m)) {
+        return Err(EngineError::Invalid(format!(
+            "lora.target_modules {:?} matches no module of base model {}",
+            recipe.lora.target_modules, job.model.model_id
+        )));
+    }
+    let train_rows = job
+        .dataset
+        .splits
+        .get("train")
+        .map(|s| s.rows as usize)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "dataset {} has no train rows",
+                job.dataset.dataset_id
+            ))
+        })?;
+    Ok(Prepared {
+        recipe,
+        dir,
+        device,
+        device_info,
+        train_rows,
+    })
+}
+
+fn regex_full(pattern: &str) -> Result<regex::Regex> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| EngineError::Invalid(format!("lora.target_modules: {e}")))
+}
+
+fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
+    let p = prepare(job)?;
+    let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
+    let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
+    if p.recipe.quantization.method == "nf4" {
+        foundry_qlora::quantize_model(&mut model, QUANTIZED_MODULES)?;
+    }
+    let processor = processor_for(&p.dir, &p.recipe)?;
+    let rows = load_split(&job.dataset, "train", None)?;
+    let source = RowSource {
+        rows,
+        processor: &processor,
+        prompt: p.recipe.training.prompt.clone(),
+        max_length: p.recipe.training.max_length.max(0) as usize,
+    };
+    // Fail fast on the first example rather than at step N.
+    source.get(0)?;
+    let mut trainer = match &job.resume_from {
+        Some((_, dir)) => Trainer::resume(model, config.clone(), dir)?,
+        None => Trainer::new(model, config.clone())?,
+    };
+    let started = Instant::now();
+    let mut last_loss = None;
+    while trainer.step() < config.total_steps {
+        let step_started = Instant::now();
+        let m = trainer.train_step(&source)?;
+        let step_time = step_started.elapsed().as_secs_f64().max(1e-9);
+        last_loss = Some(m.loss);
+        let elapsed = started.elapsed();
+        let point = MetricPoint {
+            step: m.step,
+            loss: m.loss,
+            lr: m.lr,
+            grad_norm: m.grad_norm,
+            tokens: m.tokens as u64,
+            tokens_per_s: m.tokens as f64 / step_time,
+            elapsed_ms: elapsed.as_millis() as u64,
+        };
+        if sink.on_step(point) == Control::Stop {
+            return Ok(TrainSummary {
+                steps: trainer.step(),
+                final_loss: last_loss,
+                stopped: true,
+            });
+        }
+        let every = config.save_every;
+        if (every > 0 && trainer.step() % every == 0) || trainer.step() == config.total_steps {
+            let info = trainer.save_checkpoint(&job.out_dir)?;
+            let c = CheckpointRecord {
+                step: info.step,
+                dir: info.dir,
+                loss: last_loss,
+            };
+            if sink.on_checkpoint(c) == Control::Stop {
+                return Ok(TrainSummary {
+                    steps: trainer.step(),
+                    final_loss: last_loss,
+                    stopped: true,
+                });
+            }
+        }
+    }
+    Ok(TrainSummary {
+        steps: trainer.step(),
+        final_loss: last_loss,
+        stopped: false,
+    })
+}
+
+impl TrainingEngine for QloraEngine {
+    fn prepare(&self, job: &TrainJob) -> std::result::Result<foundry_runner::TrainPlan, String> {
+        let p = prepare(job).map_err(|e| e.to_string())?;
+        let config = train_config(&p.recipe, p.train_rows, &job.model.source).map_err(|e| e.to_string())?;
+        Ok(foundry_runner::TrainPlan {
+            total_steps: config.total_steps,
+            device: p.device_info,
+        })
+    }
+
+    fn train(&self, job: &TrainJob, sink: &mut dyn TrainSink) -> std::result::Result<TrainSummary, String> {
+        run(job, sink).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,256 @@
+//! The embedded default end to end through the real binary: synthesize and
+//! pin a dataset, pin the tiny base model, declare a recipe, train with QLoRA
+//! (checkpoints evaluated automatically), promote through the gates, roll
+//! back, and verify every artifact.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn ledger(home: &Path, args: &[&str]) -> Output {
+    Command::new(common::bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("FOUNDRY_HOME")
+        .env("FOUNDRY_ACTOR", "tester")
+        .env("FOUNDRY_TRAINING_MAX_STEPS", "4")
+        .env("FOUNDRY_TRAINING_WARMUP_STEPS", "1")
+        .env("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2")
+        .env("FOUNDRY_TRAINING_MICRO_BATCH", "2")
+        .env("FOUNDRY_EVAL_MAX_EXAMPLES", "2")
+        .env("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6")
+        .output()
+        .expect("run ledger")
+}
+
+fn ok(home: &Path, args: &[&str]) -> String {
+    let out = ledger(home, args);
+    assert!(
+        out.status.success(),
+        "ledger {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn first_word(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+fn json(home: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok(home, &a)).expect("json output")
+}
+
+/// A recipe like tiny-cpu whose staging gate a random model can pass.
+fn recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
+        .unwrap()
+        .replace(
+            "gates = [\"json_valid_rate >= 0.5\"]",
+            "gates = [\"json_valid_rate >= 0.0\"]",
+        );
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    ok(&home, &["init"]);
+    let data = tmp.path().join("data");
+    ok(
+        &home,
+        &[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            "12",
+            "--seed",
+            "3",
+            "--profile",
+            "tiny",
+        ],
+    );
+    let dataset = first_word(&ok(&home, &["dataset", "pin", data.to_str().unwrap()]));
+    let model = first_word(&ok(
+        &home,
+        &[
+            "model",
+            "pin",
+            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
+        ],
+    ));
+    let recipe_file = recipe(tmp.path());
+    let recipe = first_word(&ok(
+        &home,
+        &["recipe", "declare", recipe_file.to_str().unwrap()],
+    ));
+
+    let started = json(
+        &home,
+        &[
+            "run",
+            "start",
+            "--recipe",
+            &recipe[..8],
+            "--dataset",
+            &dataset[..8],
+            "--model",
+            &model[..8],
+            "--quiet",
+        ],
+    );
+    assert_eq!(started["status"], "completed", "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+
+    let run = json(&home, &["show", "run", &run_id[..10]]);
+    let checkpoints = run["checkpoints"].as_array().expect("checkpoints");
+    assert_eq!(checkpoints.len(), 2, "{run}");
+    // Every checkpoint was evaluated automatically (every_checkpoints = 1).
+    let stats = ok(&home, &["log", "--type", "EvalScored"]);
+    assert_eq!(stats.matches("EvalScored").count(), 2, "{stats}");
+    let last = checkpoints[1]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // run_config.json beside the run's artifacts.
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join("runs").join(&run_id).join("run_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["config"]["training"]["max_steps"], 4);
+    assert_eq!(cfg["env"]["FOUNDRY_TRAINING_MAX_STEPS"], "4");
+
+    // Staging's gate passes; production's do not (a random model is no extractor).
+    let promoted = ok(
+        &home,
+        &[
+            "promote",
+            &last[..12],
+            "--to",
+            "staging",
+            "--reason",
+            "smoke",
+        ],
+    );
+    assert!(promoted.contains("promoted"), "{promoted}");
+    let out = ledger(&home, &["promote", &last[..12], "--to", "production"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rejected") && err.contains("field_exact_match >= 0.94"),
+        "{err}"
+    );
+
+    let channel = json(&home, &["show", "channel", "staging"]);
+    assert_eq!(channel["current_checkpoint_id"], last.as_str(), "{channel}");
+    ok(&home, &["rollback", "staging", "--reason", "test"]);
+    let channel = json(&home, &["show", "channel", "staging"]);
+    assert!(channel["current_checkpoint_id"].is_null(), "{channel}");
+
+    // Lineage reaches the inputs; every artifact re-hashes.
+    let tree = ok(&home, &["lineage", &last[..12]]);
+    assert!(
+        tree.contains(&dataset[..12]) && tree.contains(&model[..12]),
+        "{tree}"
+    );
+    let verified = ok(&home, &["verify", "--artifacts"]);
+    assert!(verified.contains("artifacts re-hashed"), "{verified}");
+}
+
+#[test]
+fn a_run_on_an_unpinned_or_changed_model_fails_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    ok(&home, &["init"]);
+    let data = tmp.path().join("data");
+    ok(
+        &home,
+        &[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            "6",
+            "--seed",
+            "1",
+            "--profile",
+            "tiny",
+        ],
+    );
+    let dataset = first_word(&ok(&home, &["dataset", "pin", data.to_str().unwrap()]));
+    // A copy of the tiny model, pinned, then changed.
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    for e in std::fs::read_dir(repo("runners/idefics2/fixtures/tiny")).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), model_dir.join(e.file_name())).unwrap();
+        }
+    }
+    let model = first_word(&ok(&home, &["model", "pin", model_dir.to_str().unwrap()]));
+    let recipe_file = recipe(tmp.path());
+    let recipe = first_word(&ok(
+        &home,
+        &["recipe", "declare", recipe_file.to_str().unwrap()],
+    ));
+    let cfg = model_dir.join("config.json");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push('\n');
+    std::fs::write(&cfg, text).unwrap();
+
+    let out = ledger(
+        &home,
+        &[
+            "run",
+            "start",
+            "--recipe",
+            &recipe,
+            "--dataset",
+            &dataset,
+            "--model",
+            &model,
+            "--quiet",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("changed since it was pinned") && err.contains("config.json"),
+        "{err}"
+    );
+    let failed = ok(&home, &["log", "--type", "RunFailed"]);
+    assert!(failed.contains("RunFailed"), "{failed}");
+
+    // Unknown ids are a clear one-line error.
+    let err = common::fails(
+        &home,
+        &[
+            "run",
+            "start",
+            "--recipe",
+            "ffff",
+            "--dataset",
+            &dataset,
+            "--model",
+            &model,
+        ],
+    );
+    assert!(err.contains("ffff"), "{err}");
+}

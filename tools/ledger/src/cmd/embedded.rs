@@ -1,0 +1,102 @@
+//! The embedded default: every runner in this process, over the local ledger.
+//! Commands that start work (`run start`, `promote`, `eval`, `up`) append
+//! their request and drive the runners here until the work is done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use foundry_ledger::Ledger;
+use foundry_runner::{
+    EmbeddedFeed, EvaluatorRunner, Host, LocalLedger, PromoterRunner, Runner, RunnerContext,
+    TrainerRunner,
+};
+
+use crate::context::Context;
+
+/// Which runners to start.
+#[derive(Clone, Copy, Debug)]
+pub struct Which {
+    /// The trainer.
+    pub trainer: bool,
+    /// The evaluator.
+    pub evaluator: bool,
+    /// The promoter.
+    pub promoter: bool,
+}
+
+impl Which {
+    /// All of them.
+    pub const ALL: Which = Which {
+        trainer: true,
+        evaluator: true,
+        promoter: true,
+    };
+}
+
+/// A started embedded runtime.
+pub struct Embedded {
+    /// The host driving the runners.
+    pub host: Host,
+    /// The ledger client they share.
+    pub client: Arc<LocalLedger>,
+}
+
+/// The lease the embedded trainer takes on a run, from FOUNDRY_LEASE_MS.
+fn lease() -> Duration {
+    std::env::var("FOUNDRY_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// Starts the chosen runners over `ledger`, each with its cursor under
+/// `home/runners/`.
+pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
+    let client = Arc::new(LocalLedger::new(ledger.clone()));
+    let mut host = Host::new();
+    let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
+    if which.trainer {
+        runners.push(Arc::new(
+            TrainerRunner::new(Arc::new(foundry_engine::QloraEngine::new())).with_lease(lease()),
+        ));
+    }
+    if which.evaluator {
+        runners.push(Arc::new(EvaluatorRunner::new(Arc::new(
+            foundry_engine::Idefics2Eval::new(),
+        ))));
+    }
+    if which.promoter {
+        runners.push(Arc::new(PromoterRunner::new()));
+    }
+    let host_name = foundry_runner::host_info().hostname;
+    let instance = uuid::Uuid::now_v7().simple().to_string();
+    for r in runners {
+        let cursor = ctx
+            .home
+            .root()
+            .join("runners")
+            .join(format!("{}.cursor", r.name()));
+        let feed = EmbeddedFeed::open(ledger.clone(), &r.reacts_to(), cursor)
+            .with_context(|| format!("runner {}", r.name()))?;
+        let rctx = RunnerContext {
+            client: client.clone(),
+            actor: format!("runner:{}@{host_name}", r.name()),
+            runner_id: format!("{}@{host_name}/{}", r.name(), &instance[20..]),
+            home: ctx.home.clone(),
+            stop: host.stop_signal(),
+        };
+        host.spawn(r, Box::new(feed), rctx);
+    }
+    Ok(Embedded { host, client })
+}
+
+/// A runtime for the async parts of a command.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

@@ -1,0 +1,156 @@
+//! `ledger eval <checkpoint|base>`: score a checkpoint (or the base model) on
+//! a pinned split; appends EvalRequested, lets the evaluator score it here,
+//! and prints the report.
+
+use anyhow::{anyhow, bail, Result};
+use foundry_events::{EvalRequested, EvalScored, Event};
+use foundry_ledger::{AppendRequest, NewEvent};
+use foundry_projections::{resolve, ViewKind, ViewStore};
+use tabled::Tabled;
+
+use super::embedded::{self, Which};
+use crate::context::Context;
+use crate::output;
+
+/// Options of `ledger eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A checkpoint id (or unique prefix), or `base` for the base model alone.
+    target: String,
+    /// The split to score.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Score at most this many examples.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// With `base`: the pinned base model (id or prefix).
+    #[arg(long)]
+    model: Option<String>,
+    /// With `base`: the pinned dataset (id or prefix).
+    #[arg(long)]
+    dataset: Option<String>,
+}
+
+#[derive(Tabled)]
+struct Row {
+    metric: String,
+    value: String,
+    #[tabled(rename = "95% CI")]
+    ci: String,
+}
+
+/// Runs `ledger eval`.
+pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
+    if a.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let ledger = ctx.ledger()?;
+    let mut views = ViewStore::open(&ctx.home)?;
+    views.catch_up(&ledger)?;
+    let request = if a.target == "base" {
+        let model = a
+            .model
+            .as_deref()
+            .ok_or_else(|| anyhow!("eval base needs --model ID"))?;
+        let dataset = a
+            .dataset
+            .as_deref()
+            .ok_or_else(|| anyhow!("eval base needs --dataset ID"))?;
+        EvalRequested {
+            eval_id: uuid::Uuid::now_v7().simple().to_string(),
+            checkpoint_id: None,
+            run_id: None,
+            model_id: resolve(&views, ViewKind::Models, model)?,
+            dataset_id: resolve(&views, ViewKind::Datasets, dataset)?,
+            split: a.split.clone(),
+            limit: a.limit,
+        }
+    } else {
+        let checkpoint_id = resolve(&views, ViewKind::Checkpoints, &a.target)?;
+        let c = foundry_projections::ViewRead::checkpoint(&views, &checkpoint_id)?
+            .ok_or_else(|| anyhow!("checkpoint {checkpoint_id} is not in the views"))?;
+        let run = foundry_projections::ViewRead::run(&views, &c.run_id)?
+            .ok_or_else(|| anyhow!("run {} of checkpoint {checkpoint_id} is unknown", c.run_id))?;
+        EvalRequested {
+            eval_id: uuid::Uuid::now_v7().simple().to_string(),
+            checkpoint_id: Some(checkpoint_id),
+            run_id: Some(c.run_id.clone()),
+            model_id: run.model_id.clone().unwrap_or_default(),
+            dataset_id: run.dataset_id.clone().unwrap_or_default(),
+            split: a.split.clone(),
+            limit: a.limit,
+        }
+    };
+    let eval_id = request.eval_id.clone();
+    ledger.append(AppendRequest::new(
+        ctx.actor.clone(),
+        vec![NewEvent::new(request)],
+    ))?;
+    let rt = embedded::runtime()?;
+    rt.block_on(async {
+        let e = embedded::start(
+            ctx,
+            &ledger,
+            Which {
+                trainer: false,
+                evaluator: true,
+                promoter: true,
+            },
+        )?;
+        let r = e.host.wait_idle(e.client.as_ref()).await;
+        e.host.shutdown().await;
+        r.map_err(anyhow::Error::from)
+    })?;
+    let scored = ledger
+        .read_stream(&format!("eval/{eval_id}"), 1)?
+        .into_iter()
+        .find_map(|r| match r.decode_event() {
+            Ok(Event::EvalScored(s)) => Some((r.seq, s)),
+            _ => None,
+        });
+    let Some((seq, s)) = scored else {
+        bail!("eval {eval_id} was not scored (see the runner log above)");
+    };
+    print_report(ctx, seq, &s)
+}
+
+fn fmt(v: f64) -> String {
+    format!("{v:.4}")
+}
+
+/// Prints an EvalScored as a table (or JSON).
+pub fn print_report(ctx: &Context, seq: u64, s: &EvalScored) -> Result<()> {
+    if ctx.json {
+        return output::json(&serde_json::json!({"seq": seq, "eval": s}));
+    }
+    println!(
+        "eval {} of {} on {} ({} examples), seq {seq}",
+        s.eval_id,
+        s.checkpoint_id.as_deref().unwrap_or("the base model"),
+        s.split,
+        s.examples
+    );
+    let rows: Vec<Row> = s
+        .metrics
+        .iter()
+        .map(|(k, m)| Row {
+            metric: k.clone(),
+            value: fmt(m.value),
+            ci: match (m.ci_low, m.ci_high) {
+                (Some(l), Some(h)) => format!("[{}, {}]", fmt(l), fmt(h)),
+                _ => "-".into(),
+            },
+        })
+        .collect();
+    output::table(rows);
+    for (slice, metrics) in &s.breakdown {
+        if let Some(m) = metrics.get("field_exact_match") {
+            println!("  {slice}: field_exact_match {}", fmt(m.value));
+        }
+    }
+    println!(
+        "latency {:.1} ms/doc, {:.2} docs/s",
+        s.latency_ms_mean, s.throughput_docs_per_s
+    );
+    Ok(())
+}

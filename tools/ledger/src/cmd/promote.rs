@@ -1,0 +1,178 @@
+//! `ledger promote <checkpoint> --to <channel>` and `ledger rollback <channel>`.
+
+use anyhow::{anyhow, bail, Result};
+use foundry_events::{ChannelRolledBack, Event, PromotionRequested};
+use foundry_ledger::{AppendRequest, NewEvent};
+use foundry_projections::{resolve, ViewKind, ViewRead, ViewStore};
+
+use super::embedded::{self, Which};
+use crate::context::Context;
+
+/// Options of `ledger promote`.
+#[derive(clap::Args)]
+pub struct PromoteArgs {
+    /// The checkpoint (adapter) to promote: id or unique prefix.
+    checkpoint: String,
+    /// The channel (staging, production, …).
+    #[arg(long = "to")]
+    channel: String,
+    /// Why, in your words (recorded).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Only record the request; the promoter decides later.
+    #[arg(long)]
+    detach: bool,
+}
+
+/// Options of `ledger rollback`.
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    /// The channel to roll back.
+    channel: String,
+    /// Why (recorded).
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+/// Requests a promotion and, in embedded mode, lets the promoter decide it.
+pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
+    let ledger = ctx.ledger()?;
+    let mut views = ViewStore::open(&ctx.home)?;
+    views.catch_up(&ledger)?;
+    let checkpoint_id = resolve(&views, ViewKind::Checkpoints, &a.checkpoint)?;
+    let rec = ledger
+        .append(AppendRequest::new(
+            ctx.actor.clone(),
+            vec![NewEvent::new(PromotionRequested {
+                checkpoint_id: checkpoint_id.clone(),
+                channel: a.channel.clone(),
+                reason: a.reason,
+            })],
+        ))?
+        .events
+        .remove(0);
+    if a.detach {
+        println!("promotion of {checkpoint_id} to {} requested", a.channel);
+        return Ok(());
+    }
+    let rt = embedded::runtime()?;
+    rt.block_on(async {
+        let e = embedded::start(
+            ctx,
+            &ledger,
+            Which {
+                trainer: false,
+                evaluator: true,
+                promoter: true,
+            },
+        )?;
+        let r = e.host.wait_idle(e.client.as_ref()).await;
+        e.host.shutdown().await;
+        r.map_err(anyhow::Error::from)
+    })?;
+    // The decision is the event caused by the request.
+    for r in ledger.read_stream(&format!("channel/{}", a.channel), 1)? {
+        if r.causation_id != Some(rec.event_id) {
+            continue;
+        }
+        match r.decode_event()? {
+            Event::AdapterPromoted(p) => {
+                if ctx.json {
+                    crate::output::json(
+                        &serde_json::json!({"promoted": true, "seq": r.seq, "decision": p}),
+                    )?;
+                } else {
+                    println!(
+                        "promoted {} to {} (seq {})",
+                        p.checkpoint_id, p.channel, r.seq
+                    );
+                    for g in &p.gates {
+                        println!("  pass  {}  ({})", g.gate, g.detail);
+                    }
+                }
+                return Ok(());
+            }
+            Event::PromotionRejected(p) => {
+                if ctx.json {
+                    crate::output::json(
+                        &serde_json::json!({"promoted": false, "seq": r.seq, "decision": p}),
+                    )?;
+                } else {
+                    for g in &p.gates {
+                        println!(
+                            "  {}  {}  ({})",
+                            if g.passed { "pass" } else { "FAIL" },
+                            g.gate,
+                            g.detail
+                        );
+                    }
+                }
+                bail!(
+                    "promotion of {} to {} rejected: {}",
+                    p.checkpoint_id,
+                    p.channel,
+                    p.reason
+                );
+            }
+            _ => {}
+        }
+    }
+    println!(
+        "promotion of {checkpoint_id} to {} is waiting for an eval of that checkpoint",
+        a.channel
+    );
+    Ok(())
+}
+
+/// Puts a channel back to the adapter it held before its current one.
+pub fn rollback(ctx: &Context, a: RollbackArgs) -> Result<()> {
+    let ledger = ctx.ledger()?;
+    let mut views = ViewStore::open(&ctx.home)?;
+    views.catch_up(&ledger)?;
+    let channel = views
+        .channel(&a.channel)?
+        .ok_or_else(|| anyhow!("channel {:?} has never had an adapter", a.channel))?;
+    let current = channel
+        .current_checkpoint_id
+        .clone()
+        .ok_or_else(|| anyhow!("channel {:?} is empty; nothing to roll back", a.channel))?;
+    // The adapter before the current one: replay the channel's own events.
+    let mut stack: Vec<String> = Vec::new();
+    for r in ledger.read_stream(&format!("channel/{}", a.channel), 1)? {
+        match r.decode_event()? {
+            Event::AdapterPromoted(p) => stack.push(p.checkpoint_id),
+            Event::ChannelRolledBack(_) => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.pop();
+    let to = stack.last().cloned();
+    let rec = ledger
+        .append(AppendRequest::new(
+            ctx.actor.clone(),
+            vec![NewEvent::new(ChannelRolledBack {
+                channel: a.channel.clone(),
+                from_checkpoint_id: Some(current.clone()),
+                to_checkpoint_id: to.clone(),
+                reason: a.reason,
+            })],
+        ))?
+        .events
+        .remove(0);
+    if ctx.json {
+        crate::output::json(&serde_json::json!({
+            "channel": a.channel, "from": current, "to": to, "seq": rec.seq,
+        }))?;
+    } else {
+        println!(
+            "{}: {} -> {} (seq {})",
+            a.channel,
+            current,
+            to.as_deref().unwrap_or("(empty)"),
+            rec.seq
+        );
+    }
+    Ok(())
+}

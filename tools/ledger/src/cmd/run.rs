@@ -1,0 +1,239 @@
+//! `ledger run start|cancel`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Result};
+use foundry_events::{Event, RunCancelled, RunRequested};
+use foundry_ledger::{AppendRequest, Ledger, NewEvent};
+use foundry_projections::{resolve, ViewKind, ViewStore};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::embedded::{self, Which};
+use crate::context::Context;
+
+/// `ledger run …`.
+#[derive(clap::Subcommand)]
+pub enum RunCommand {
+    /// Request a training run; in embedded mode, train it here in the foreground.
+    Start(StartArgs),
+    /// Cancel a run; its runner stops at the next step.
+    Cancel(CancelArgs),
+}
+
+/// Options of `ledger run start`.
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// The declared recipe (id or unique prefix).
+    #[arg(long)]
+    recipe: String,
+    /// The pinned dataset (id or unique prefix).
+    #[arg(long)]
+    dataset: String,
+    /// The pinned base model (id or unique prefix).
+    #[arg(long)]
+    model: String,
+    /// Only record the request; `ledger up` (or a remote runner) does the work.
+    #[arg(long)]
+    detach: bool,
+    /// No progress bar (for logs and tests).
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Options of `ledger run cancel`.
+#[derive(clap::Args)]
+pub struct CancelArgs {
+    /// The run (id or unique prefix).
+    run: String,
+    /// Why.
+    #[arg(long, default_value = "cancelled by request")]
+    reason: String,
+}
+
+/// Runs a `ledger run` command.
+pub fn run(ctx: &Context, c: RunCommand) -> Result<()> {
+    match c {
+        RunCommand::Start(a) => start(ctx, a),
+        RunCommand::Cancel(a) => cancel(ctx, a),
+    }
+}
+
+/// Catches the views up and resolves an id prefix of `kind`.
+fn resolve_id(ctx: &Context, ledger: &Ledger, kind: ViewKind, prefix: &str) -> Result<String> {
+    let mut views = ViewStore::open(&ctx.home)?;
+    views.catch_up(ledger)?;
+    Ok(resolve(&views, kind, prefix)?)
+}
+
+fn start(ctx: &Context, a: StartArgs) -> Result<()> {
+    let ledger = ctx.ledger()?;
+    let recipe_id = resolve_id(ctx, &ledger, ViewKind::Recipes, &a.recipe)?;
+    let dataset_id = resolve_id(ctx, &ledger, ViewKind::Datasets, &a.dataset)?;
+    let model_id = resolve_id(ctx, &ledger, ViewKind::Models, &a.model)?;
+    let recipe = foundry_runner_lookup_recipe(&ledger, &recipe_id)?;
+    let backend = recipe["backend"]["kind"]
+        .as_str()
+        .unwrap_or("local")
+        .to_string();
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let req = RunRequested {
+        run_id: run_id.clone(),
+        recipe_id,
+        dataset_id,
+        model_id,
+        backend: backend.clone(),
+        overrides: BTreeMap::new(),
+    };
+    ledger.append(AppendRequest::new(
+        ctx.actor.clone(),
+        vec![NewEvent::new(req)],
+    ))?;
+    if a.detach || backend != "local" {
+        if ctx.json {
+            crate::output::json(&serde_json::json!({"run_id": run_id, "detached": true}))?;
+        } else {
+            println!("run {run_id} requested (backend {backend}); `ledger up` trains it");
+        }
+        return Ok(());
+    }
+    if !ctx.json {
+        println!("run {run_id} requested; training here (embedded)");
+    }
+    let started = Instant::now();
+    let rt = embedded::runtime()?;
+    let status = rt.block_on(async {
+        let e = embedded::start(ctx, &ledger, Which::ALL)?;
+        let progress = follow(&ledger, &run_id, a.quiet || ctx.json);
+        let result = tokio::select! {
+            r = e.host.wait_idle(e.client.as_ref()) => r.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the run resumes from its last checkpoint with `ledger up`")),
+        };
+        progress.abort();
+        e.host.shutdown().await;
+        result
+    });
+    status?;
+    let mut views = ViewStore::open(&ctx.home)?;
+    views.catch_up(&ledger)?;
+    let view = foundry_projections::ViewRead::run(&views, &run_id)?
+        .ok_or_else(|| anyhow!("run {run_id} vanished from the views"))?;
+    if ctx.json {
+        crate::output::json(&serde_json::json!({
+            "run_id": run_id,
+            "status": view.status,
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        println!(
+            "run {run_id}: {} in {:.1}s",
+            view.status,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if view.status == "failed" {
+        let reason = view
+            .failure
+            .as_ref()
+            .map(|f| f.reason.clone())
+            .unwrap_or_default();
+        bail!("run {run_id} failed: {reason}");
+    }
+    Ok(())
+}
+
+/// The recorded resolved config of a declared recipe.
+fn foundry_runner_lookup_recipe(ledger: &Ledger, recipe_id: &str) -> Result<serde_json::Value> {
+    for r in ledger.read_stream(&format!("recipe/{recipe_id}"), 1)? {
+        if let Event::RecipeDeclared(d) = r.decode_event()? {
+            return Ok(d.resolved_config);
+        }
+    }
+    bail!("recipe {recipe_id} is not declared")
+}
+
+/// Shows a progress bar of the run's steps until aborted.
+fn follow(ledger: &Ledger, run_id: &str, quiet: bool) -> tokio::task::JoinHandle<()> {
+    let ledger = ledger.clone();
+    let stream = format!("run/{run_id}");
+    tokio::spawn(async move {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut tail = ledger.tail(0);
+        while let Ok(rec) = tail.next().await {
+            if rec.stream != stream && rec.event_type != "EvalScored" {
+                continue;
+            }
+            match rec.decode_event() {
+                Ok(Event::RunStarted(s)) => bar.set_length(s.total_steps),
+                Ok(Event::MetricsLogged(m)) => {
+                    if let Some(p) = m.points.last() {
+                        bar.set_position(p.step);
+                        bar.set_message(format!("loss {:.4}", p.loss));
+                    }
+                }
+                Ok(Event::CheckpointCommitted(c)) => {
+                    bar.println(format!(
+                        "checkpoint {} at step {}",
+                        &c.checkpoint_id[..12.min(c.checkpoint_id.len())],
+                        c.step
+                    ));
+                }
+                Ok(Event::EvalScored(s)) if s.run_id.as_deref() == Some(run_id_of(&stream)) => {
+                    let fem = s.metrics.get("field_exact_match").map(|m| m.value);
+                    bar.println(format!(
+                        "eval of {}: field_exact_match {}",
+                        s.checkpoint_id
+                            .as_deref()
+                            .map(|c| &c[..12.min(c.len())])
+                            .unwrap_or("base"),
+                        fem.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+                    ));
+                }
+                Ok(Event::RunCompleted(_))
+                | Ok(Event::RunFailed(_))
+                | Ok(Event::RunCancelled(_)) => {
+                    bar.finish();
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+fn run_id_of(stream: &str) -> &str {
+    stream.strip_prefix("run/").unwrap_or(stream)
+}
+
+fn cancel(ctx: &Context, a: CancelArgs) -> Result<()> {
+    let ledger = ctx.ledger()?;
+    let run_id = resolve_id(ctx, &ledger, ViewKind::Runs, &a.run)?;
+    let mut views = ViewStore::open(&ctx.home)?;
+    views.catch_up(&ledger)?;
+    if let Some(v) = foundry_projections::ViewRead::run(&views, &run_id)? {
+        if v.is_terminal() {
+            bail!("run {run_id} already ended ({})", v.status);
+        }
+    }
+    ledger.append(
+        AppendRequest::new(
+            ctx.actor.clone(),
+            vec![NewEvent::new(Event::RunCancelled(RunCancelled {
+                run_id: run_id.clone(),
+                reason: a.reason,
+            }))],
+        )
+        .idempotent(format!("cancel/{run_id}")),
+    )?;
+    println!("run {run_id} cancelled");
+    Ok(())
+}
