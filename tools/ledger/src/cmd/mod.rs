@@ -6,6 +6,7 @@ pub mod init;
 pub mod lineage;
 pub mod log;
 pub mod replay;
+pub mod report;
 pub mod runs;
 pub mod show;
 pub mod stats;
