@@ -515,9 +515,9 @@ pub fn render_run(
     }
     h.push_str("<h2>lineage</h2>");
     h.push_str(&lineage_svg(tree));
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<p class=\"muted\">written by ledger {} from the event ledger as of seq {as_of}</p></body></html>\n",
+        "<p class=\"muted\">written by ledger {} from the event ledger as of seq {as_of}</p></body></html>",
         env!("CARGO_PKG_VERSION")
     );
     h
