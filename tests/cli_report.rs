@@ -317,6 +317,10 @@ fn report_renders_in_headless_chromium_without_console_errors() {
         "console errors: {:?}",
         console_lines(&err)
     );
+    // To look at it: FOUNDRY_REPORT_SCREENSHOT=/tmp/run.png cargo test --test cli_report
+    if let Ok(keep) = std::env::var("FOUNDRY_REPORT_SCREENSHOT") {
+        std::fs::copy(&png, &keep).unwrap();
+    }
     let img = image::open(&png).unwrap().to_rgb8();
     assert_eq!((img.width(), img.height()), (1280, 2000));
     // The drawn colours are on screen: loss curve (#cf222e), lr curve (#0969da),
