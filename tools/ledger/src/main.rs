@@ -57,6 +57,9 @@ enum Command {
     Lineage(cmd::lineage::LineageArgs),
     /// Rebuild every view from seq 0 and print each view's digest.
     Replay,
+    /// Write a report: `report run <id> --html FILE` (curves, evals, lineage as SVG).
+    #[command(subcommand)]
+    Report(cmd::report::ReportCommand),
     /// Run an Idefics2 model on an image and a prompt; print the generated text.
     Infer(cmd::infer::InferArgs),
     /// Start or cancel training runs.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Show(a) => cmd::show::run(&ctx, a),
         Command::Lineage(a) => cmd::lineage::run(&ctx, a),
         Command::Replay => cmd::replay::run(&ctx),
+        Command::Report(c) => cmd::report::run(&ctx, c),
         Command::Infer(a) => cmd::infer::run(&ctx, a),
         Command::Run(c) => cmd::run::run(&ctx, c),
         Command::Up(a) => cmd::up::run(&ctx, a),

@@ -10,6 +10,7 @@ pub mod log;
 pub mod promote;
 pub mod replay;
 pub mod run;
+pub mod report;
 pub mod runs;
 pub mod show;
 pub mod stats;
