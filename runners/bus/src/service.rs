@@ -25,31 +25,49 @@ pub const OUTBOX_RETRY: Duration = Duration::from_millis(250);
 pub async fn serve(
     ledger: Ledger,
     client: async_nats::Client,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
+    spawn_service(ledger, client, stop)
+        .await?
+        .await
+        .map_err(|e| BusError::JetStream(format!("ledger service task: {e}")))
+}
+
+/// Like [`serve`], but returns once the service is subscribed (requests
+/// sent from then on are answered), with the task that runs it.
+pub async fn spawn_service(
+    ledger: Ledger,
+    client: async_nats::Client,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let js = jetstream::new(client.clone());
     ensure_stream(&js).await?;
     let mut sub = client
         .subscribe(format!("{}.>", wire::API_PREFIX))
         .await
         .map_err(|e| BusError::JetStream(format!("subscribe {}.>: {e}", wire::API_PREFIX)))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| BusError::JetStream(format!("subscribe {}.>: {e}", wire::API_PREFIX)))?;
     let outbox =
         tokio::spawn(OutboxPublisher::new(ledger.clone(), js).run(stop.clone(), OUTBOX_RETRY));
-    loop {
-        tokio::select! {
-            msg = sub.next() => {
-                let Some(msg) = msg else { break };
-                let ledger = ledger.clone();
-                let client = client.clone();
-                tokio::spawn(async move { answer(ledger, client, msg).await });
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let ledger = ledger.clone();
+                    let client = client.clone();
+                    tokio::spawn(async move { answer(ledger, client, msg).await });
+                }
+                _ = stop.wait_for(|s| *s) => break,
             }
-            _ = stop.wait_for(|s| *s) => break,
         }
-    }
-    let _ = sub.unsubscribe().await;
-    let _ = outbox.await;
-    let _ = client.flush().await;
-    Ok(())
+        let _ = sub.unsubscribe().await;
+        let _ = outbox.await;
+        let _ = client.flush().await;
+    }))
 }
 
 async fn answer(ledger: Ledger, client: async_nats::Client, msg: async_nats::Message) {

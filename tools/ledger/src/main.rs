@@ -59,6 +59,10 @@ enum Command {
     Replay,
     /// Run an Idefics2 model on an image and a prompt; print the generated text.
     Infer(cmd::infer::InferArgs),
+    /// Share this home's ledger over NATS (single writer + outbox) until Ctrl-C.
+    Serve(cmd::serve::ServeArgs),
+    /// Run runners in this process against a `ledger serve` over NATS until Ctrl-C.
+    Runner(cmd::remote::RunnerArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,16 @@ fn main() -> ExitCode {
         Command::Lineage(a) => cmd::lineage::run(&ctx, a),
         Command::Replay => cmd::replay::run(&ctx),
         Command::Infer(a) => cmd::infer::run(&ctx, a),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
+        // foundry-engine provides the trainer and evaluator engines once merged.
+        Command::Runner(a) => cmd::remote::run(
+            &ctx,
+            a,
+            cmd::remote::Engines {
+                trainer: None,
+                evaluator: None,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
