@@ -21,7 +21,7 @@ mod service;
 pub mod wire;
 
 pub use feed::{consumer_name, FeedOptions, JetStreamFeed};
-pub use remote::{NatsLedgerClient, DEFAULT_TIMEOUT};
+pub use remote::{NatsLedgerClient, DEFAULT_RECONNECT, DEFAULT_TIMEOUT};
 pub use service::{serve, spawn_service, OUTBOX_RETRY};
 
 use async_nats::jetstream::{self, context::Context, message::PublishMessage};

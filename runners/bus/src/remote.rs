@@ -15,15 +15,21 @@ use crate::wire::{self, ops, Page, Reply};
 /// How long a request waits for the service by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request keeps retrying by default while no service is
+/// subscribed (a `ledger serve` restart).
+pub const DEFAULT_RECONNECT: Duration = Duration::from_secs(5);
+
 /// A [`LedgerClient`] over NATS request/reply. Conflicts and invalid appends
 /// come back as the same `LedgerError`s the embedded client returns; an
 /// unreachable or silent service is `RunnerError::Transport` saying which
-/// operation and why. Appends carry the caller's idempotency key, so a retry
-/// after a timeout never appends twice.
+/// operation and why. A request nobody received (no responders: the service
+/// is restarting) is sent again for a while, which is always safe; a request
+/// that timed out is not retried here, because it may have been applied.
 #[derive(Clone)]
 pub struct NatsLedgerClient {
     client: async_nats::Client,
     timeout: Duration,
+    reconnect: Duration,
 }
 
 impl NatsLedgerClient {
@@ -32,7 +38,15 @@ impl NatsLedgerClient {
         NatsLedgerClient {
             client,
             timeout: DEFAULT_TIMEOUT,
+            reconnect: DEFAULT_RECONNECT,
         }
+    }
+
+    /// Sets how long a request keeps being resent while no service answers
+    /// (zero: fail at once).
+    pub fn with_reconnect(mut self, reconnect: Duration) -> Self {
+        self.reconnect = reconnect;
+        self
     }
 
     /// Sets how long one request waits for its reply.
@@ -44,27 +58,35 @@ impl NatsLedgerClient {
     async fn call<Q: Serialize, R: DeserializeOwned>(&self, op: &'static str, q: &Q) -> Result<R> {
         let body = wire::encode(q)
             .map_err(|e| RunnerError::Transport(format!("{op}: cannot encode the request: {e}")))?;
-        let req = async_nats::Request::new()
-            .payload(body.into())
-            .timeout(Some(self.timeout));
-        let answer = tokio::time::timeout(
-            self.timeout + Duration::from_millis(500),
-            self.client.send_request(op, req),
-        )
-        .await;
-        let msg = match answer {
-            Err(_) => return Err(self.timed_out(op)),
-            Ok(Err(e)) => {
-                use async_nats::RequestErrorKind as K;
-                return Err(match e.kind() {
-                    K::TimedOut => self.timed_out(op),
-                    K::NoResponders => RunnerError::Transport(format!(
-                        "{op}: no ledger service is answering (is `ledger serve` running against this NATS server?)"
-                    )),
-                    _ => RunnerError::Transport(format!("{op}: {e}")),
-                });
+        let started = tokio::time::Instant::now();
+        let msg = loop {
+            let req = async_nats::Request::new()
+                .payload(body.clone().into())
+                .timeout(Some(self.timeout));
+            let answer = tokio::time::timeout(
+                self.timeout + Duration::from_millis(500),
+                self.client.send_request(op, req),
+            )
+            .await;
+            match answer {
+                Err(_) => return Err(self.timed_out(op)),
+                Ok(Err(e)) => {
+                    use async_nats::RequestErrorKind as K;
+                    return Err(match e.kind() {
+                        K::TimedOut => self.timed_out(op),
+                        // Nobody received it: safe to send again for a while.
+                        K::NoResponders if started.elapsed() < self.reconnect => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        K::NoResponders => RunnerError::Transport(format!(
+                            "{op}: no ledger service is answering (is `ledger serve` running against this NATS server?)"
+                        )),
+                        _ => RunnerError::Transport(format!("{op}: {e}")),
+                    });
+                }
+                Ok(Ok(m)) => break m,
             }
-            Ok(Ok(m)) => m,
         };
         match wire::decode::<Reply<R>>(&msg.payload) {
             Ok(Reply::Ok(r)) => Ok(r),

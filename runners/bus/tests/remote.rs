@@ -147,16 +147,26 @@ async fn append_and_read_round_trip_with_idempotency_paging_and_conflicts() {
 
     // No service: a clear transport error, not a hang.
     svc.stop().await;
-    match c.head().await {
+    let impatient = NatsLedgerClient::new(NatsOptions::url(nats.url()).connect().await.unwrap())
+        .with_reconnect(Duration::ZERO);
+    match impatient.head().await {
         Err(RunnerError::Transport(m)) => {
-            assert!(m.contains("foundry.api.head"), "{m}");
             assert!(
-                m.contains("no ledger service is answering") || m.contains("did not answer"),
+                m.starts_with("foundry.api.head: no ledger service is answering"),
                 "{m}"
             );
         }
         other => panic!("{other:?}"),
     }
+    // A service restart is ridden out: the request is resent until it answers.
+    let url = nats.url();
+    let l2 = ledger.clone();
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Service::start(&url, &l2).await
+    });
+    assert_eq!(c.head().await.unwrap(), 14);
+    restart.await.unwrap().stop().await;
 }
 
 /// Wraps a feed so that every wanted event is nak'ed on its first delivery:
@@ -462,4 +472,45 @@ async fn every_event_delivered_twice_changes_no_outcome() {
     svc.stop().await;
     assert_eq!(types_of(&ledger), before);
     assert_eq!(digests(&ledger).await, digests_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_restart_mid_training_is_ridden_out() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Home::at(dir.path().join("ledger-home")).init().unwrap();
+    let runner_home = Home::at(dir.path().join("runner-home"));
+    let svc = Service::start(&nats.url(), &ledger).await;
+    let engine = Arc::new(LineEngine::new(15));
+    let host = remote_host(&nats.url(), &runner_home, engine.clone(), false).await;
+    request_run(&ledger, "r1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger
+        .read_type(EventType::CheckpointCommitted, 1, 10)
+        .unwrap()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The service goes away while the trainer is mid-run, and comes back.
+    svc.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let svc = Service::start(&nats.url(), &ledger).await;
+    idle(&host, &nats.url()).await;
+    host.shutdown().await;
+    svc.stop().await;
+    assert_trained_and_evaluated(&ledger, 1);
+    // Trained once, without a restart of the run.
+    let types = types_of(&ledger);
+    assert_eq!(count(&types, EventType::RunClaimed), 1, "{types:?}");
+    assert_eq!(
+        engine.steps_run.load(std::sync::atomic::Ordering::SeqCst),
+        40
+    );
+    let head = ledger.head().seq;
+    assert_eq!(
+        stream_seqs(&nats.url()).await,
+        (1..=head).collect::<Vec<_>>()
+    );
 }
