@@ -7,6 +7,22 @@
 //! ledger's durable "published through" watermark only after JetStream
 //! acknowledged. Whatever is not acknowledged — after a crash, a NATS outage
 //! or a restart — is published again, and deduplicated by id.
+//!
+//! Runners in other processes or machines reach the ledger through
+//! [`serve`] (the single writer answering `foundry.api.*` requests, see
+//! [`wire`] for the format) with a [`NatsLedgerClient`], and receive events
+//! through a [`JetStreamFeed`] (a durable pull consumer per runner).
+
+#![warn(missing_docs)]
+
+mod feed;
+mod remote;
+mod service;
+pub mod wire;
+
+pub use feed::{consumer_name, FeedOptions, JetStreamFeed};
+pub use remote::{NatsLedgerClient, DEFAULT_RECONNECT, DEFAULT_TIMEOUT};
+pub use service::{serve, spawn_service, OUTBOX_RETRY};
 
 use async_nats::jetstream::{self, context::Context, message::PublishMessage};
 use foundry_events::{EventType, RecordedEvent};

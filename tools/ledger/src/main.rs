@@ -73,6 +73,10 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Put a channel back to the adapter it held before.
     Rollback(cmd::promote::RollbackArgs),
+    /// Share this home's ledger over NATS (single writer + outbox) until Ctrl-C.
+    Serve(cmd::serve::ServeArgs),
+    /// Run runners in this process against a `ledger serve` over NATS until Ctrl-C.
+    Runner(cmd::remote::RunnerArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +101,15 @@ fn main() -> ExitCode {
         Command::Promote(a) => cmd::promote::promote(&ctx, a),
         Command::Rollback(a) => cmd::promote::rollback(&ctx, a),
         Command::Eval(a) => cmd::eval::run(&ctx, a),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
+        Command::Runner(a) => cmd::remote::run(
+            &ctx,
+            a,
+            cmd::remote::Engines {
+                trainer: Some(std::sync::Arc::new(foundry_engine::QloraEngine::new())),
+                evaluator: Some(std::sync::Arc::new(foundry_engine::Idefics2Eval::new())),
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,192 @@
+//! The ledger service: the single writer answering remote runners over NATS
+//! request/reply, and publishing every append to JetStream through the
+//! outbox.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use foundry_events::EventType;
+use foundry_ledger::{Ledger, LedgerError};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+use tokio::sync::watch;
+
+use crate::wire::{self, ops, Page, Reply, WireError};
+use crate::{ensure_stream, BusError, OutboxPublisher};
+
+/// How the service retries the outbox while JetStream is unreachable.
+pub const OUTBOX_RETRY: Duration = Duration::from_millis(250);
+
+/// Serves `ledger` on `foundry.api.*` until `stop` turns true, and runs the
+/// outbox publisher beside it so every committed event reaches the `FOUNDRY`
+/// stream. Requests are answered concurrently; appends run on the blocking
+/// pool (they fsync) and are serialised by the ledger's writer lock.
+pub async fn serve(
+    ledger: Ledger,
+    client: async_nats::Client,
+    stop: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    spawn_service(ledger, client, stop)
+        .await?
+        .await
+        .map_err(|e| BusError::JetStream(format!("ledger service task: {e}")))
+}
+
+/// Like [`serve`], but returns once the service is subscribed (requests
+/// sent from then on are answered), with the task that runs it.
+pub async fn spawn_service(
+    ledger: Ledger,
+    client: async_nats::Client,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, BusError> {
+    let js = jetstream::new(client.clone());
+    ensure_stream(&js).await?;
+    let mut sub = client
+        .subscribe(format!("{}.>", wire::API_PREFIX))
+        .await
+        .map_err(|e| BusError::JetStream(format!("subscribe {}.>: {e}", wire::API_PREFIX)))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| BusError::JetStream(format!("subscribe {}.>: {e}", wire::API_PREFIX)))?;
+    let outbox =
+        tokio::spawn(OutboxPublisher::new(ledger.clone(), js).run(stop.clone(), OUTBOX_RETRY));
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let ledger = ledger.clone();
+                    let client = client.clone();
+                    tokio::spawn(async move { answer(ledger, client, msg).await });
+                }
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        let _ = outbox.await;
+        let _ = client.flush().await;
+    }))
+}
+
+async fn answer(ledger: Ledger, client: async_nats::Client, msg: async_nats::Message) {
+    let Some(reply_to) = msg.reply.clone() else {
+        tracing::warn!(subject = %msg.subject, "request without a reply subject, ignored");
+        return;
+    };
+    // Pages stay well under the negotiated max payload.
+    let budget = (client.server_info().max_payload / 2).max(64 * 1024);
+    let body = handle(&ledger, msg.subject.as_str(), &msg.payload, budget).await;
+    if let Err(e) = client.publish(reply_to, body.into()).await {
+        tracing::warn!(subject = %msg.subject, "cannot send the reply: {e}");
+    }
+}
+
+fn ok<T: Serialize>(v: T) -> Vec<u8> {
+    match wire::encode(&Reply::Ok(v)) {
+        Ok(b) => b,
+        Err(e) => err(WireError::bad_request(format!(
+            "cannot encode the reply: {e}"
+        ))),
+    }
+}
+
+fn err(e: WireError) -> Vec<u8> {
+    // A WireError always encodes (strings and integers only).
+    wire::encode(&Reply::<()>::Err(e)).unwrap_or_default()
+}
+
+fn ledger_err(e: LedgerError) -> Vec<u8> {
+    err(WireError::from_ledger(&e))
+}
+
+fn req<T: serde::de::DeserializeOwned>(op: &str, payload: &[u8]) -> Result<T, Vec<u8>> {
+    wire::decode(payload).map_err(|e| {
+        err(WireError::bad_request(format!(
+            "{op}: malformed request: {e}"
+        )))
+    })
+}
+
+/// Fills a page from `records` until the byte budget is spent.
+fn page(
+    records: impl Iterator<Item = Result<Vec<u8>, LedgerError>>,
+    limit: usize,
+    budget: usize,
+) -> Vec<u8> {
+    let mut events = Vec::new();
+    let mut used = 0;
+    let mut complete = true;
+    for (i, r) in records.enumerate() {
+        if i >= limit {
+            break;
+        }
+        let bytes = match r {
+            Ok(b) => b,
+            Err(e) => return ledger_err(e),
+        };
+        if !events.is_empty() && used + bytes.len() + 8 > budget {
+            complete = false;
+            break;
+        }
+        used += bytes.len() + 8;
+        events.push(ByteBuf::from(bytes));
+    }
+    ok(Page { events, complete })
+}
+
+async fn handle(ledger: &Ledger, subject: &str, payload: &[u8], budget: usize) -> Vec<u8> {
+    let r = match subject {
+        ops::APPEND => append(ledger, payload).await,
+        ops::READ_STREAM => req::<wire::ReadStream>(subject, payload).map(|q| {
+            match ledger.read_stream(&q.stream, q.from_version) {
+                Ok(recs) => page(recs.iter().map(|r| Ok(r.encode()?)), usize::MAX, budget),
+                Err(e) => ledger_err(e),
+            }
+        }),
+        ops::READ_TYPE => req::<wire::ReadType>(subject, payload).map(|q| {
+            let Some(ty) = EventType::parse(&q.event_type) else {
+                return err(WireError::bad_request(format!(
+                    "read_type: unknown event type {:?}",
+                    q.event_type
+                )));
+            };
+            let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+            match ledger.read_type(ty, q.from, limit) {
+                Ok(recs) => page(recs.iter().map(|r| Ok(r.encode()?)), limit, budget),
+                Err(e) => ledger_err(e),
+            }
+        }),
+        ops::GET => req::<wire::Get>(subject, payload).map(|q| match ledger.get_raw(q.seq) {
+            Ok(b) => ok(b.map(ByteBuf::from)),
+            Err(e) => ledger_err(e),
+        }),
+        ops::STREAM_VERSION => {
+            req::<wire::StreamVersion>(subject, payload).map(|q| {
+                match ledger.stream_version(&q.stream) {
+                    Ok(v) => ok(v),
+                    Err(e) => ledger_err(e),
+                }
+            })
+        }
+        ops::HEAD => Ok(ok(ledger.head().seq)),
+        other => Err(err(WireError::bad_request(format!(
+            "unknown operation {other:?} (expected one of {}.append, read_stream, read_type, get, stream_version, head)",
+            wire::API_PREFIX
+        )))),
+    };
+    r.unwrap_or_else(|e| e)
+}
+
+async fn append(ledger: &Ledger, payload: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let w = req::<wire::WireAppend>(ops::APPEND, payload)?;
+    let request = w.into_request().map_err(ledger_err)?;
+    let ledger = ledger.clone();
+    let outcome = tokio::task::spawn_blocking(move || ledger.append(request))
+        .await
+        .map_err(|e| err(WireError::other(format!("append task failed: {e}"))))?
+        .map_err(ledger_err)?;
+    let w = wire::WireOutcome::from_outcome(&outcome).map_err(ledger_err)?;
+    Ok(ok(w))
+}

@@ -1,0 +1,150 @@
+//! `ledger serve` and `ledger runner` against a real nats-server started by
+//! the test (free port, JetStream in a temporary directory).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, fails, ok};
+use foundry_bus::{consumer_name, NatsLedgerClient, NatsOptions, STREAM};
+use foundry_events::{MetricPoint, MetricsLogged};
+use foundry_ledger::{AppendRequest, NewEvent};
+use foundry_runner::LedgerClient;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server(store: &std::path::Path) -> (Proc, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server is installed (tools/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), format!("nats://127.0.0.1:{port}"))
+}
+
+/// Starts `ledger --home HOME args…` and waits for `ready` on its stderr.
+fn start(
+    home: &std::path::Path,
+    args: &[&str],
+    ready: &str,
+) -> (Proc, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("FOUNDRY_HOME")
+        .env_remove("FOUNDRY_NATS_URL")
+        .env("FOUNDRY_ACTOR", "tester")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains(ready), "{line}");
+    (Proc(child), err)
+}
+
+fn signal(p: &mut Proc, sig: &str) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap();
+    p.0.wait().unwrap()
+}
+
+#[test]
+fn serve_shares_the_ledger_and_stops_cleanly_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let (_nats, url) = nats_server(&dir.path().join("js"));
+    ok(&home, &["init"]);
+    let (mut serve, mut err) = start(&home, &["serve", "--nats", &url], "serving");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = NatsLedgerClient::new(NatsOptions::url(&url).connect().await.unwrap());
+        let req = AppendRequest::new(
+            "remote",
+            vec![NewEvent::new(MetricsLogged {
+                run_id: "r1".into(),
+                points: vec![MetricPoint {
+                    step: 1,
+                    loss: 0.5,
+                    lr: 1e-4,
+                    grad_norm: 1.0,
+                    tokens: 1,
+                    tokens_per_s: 1.0,
+                    elapsed_ms: 1,
+                }],
+            })],
+        );
+        let out = c.append(req).await.unwrap();
+        assert_eq!(out.events[0].seq, 1);
+        assert_eq!(c.head().await.unwrap(), 1);
+
+        // A runner process registers its durable consumer and stops on SIGTERM.
+        let (mut runner, _runner_err) = start(
+            &dir.path().join("runner-home"),
+            &["runner", "--nats", &url, "--only", "promoter"],
+            "running promoter",
+        );
+        let js = async_nats::jetstream::new(NatsOptions::url(&url).connect().await.unwrap());
+        let stream = js.get_stream(STREAM).await.unwrap();
+        stream
+            .consumer_info(consumer_name("promoter"))
+            .await
+            .unwrap();
+        assert!(signal(&mut runner, "-TERM").success());
+    });
+
+    // Ctrl-C: the service drains the outbox and exits 0.
+    assert!(signal(&mut serve, "-INT").success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(
+        rest.contains("stopped; published through seq 1 of 1"),
+        "{rest}"
+    );
+    let log = ok(&home, &["log"]);
+    assert!(log.contains("MetricsLogged"), "{log}");
+}
+
+#[test]
+fn serve_without_a_reachable_nats_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    ok(&home, &["init"]);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let e = fails(&home, &["serve", "--nats", &url]);
+    assert!(
+        e.contains(&format!("cannot connect to NATS at {url}")),
+        "{e}"
+    );
+}

@@ -1,0 +1,123 @@
+//! `ledger runner`: runners in their own process (or machine), reaching the
+//! ledger through `ledger serve` over NATS and receiving events from
+//! JetStream durable consumers (`runner-<name>`), until Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use foundry_bus::{FeedOptions, JetStreamFeed, NatsLedgerClient};
+use foundry_runner::{
+    EvalEngine, EvaluatorRunner, Host, PromoterRunner, Runner, RunnerContext, TrainerRunner,
+    TrainingEngine,
+};
+
+use crate::cmd::serve::{runtime, NatsArgs};
+use crate::context::Context;
+
+/// One runner kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Only {
+    /// RunRequested → training events.
+    Trainer,
+    /// CheckpointCommitted / EvalRequested → EvalScored.
+    Evaluator,
+    /// PromotionRequested / EvalScored → promotions.
+    Promoter,
+}
+
+/// Arguments of `ledger runner`.
+#[derive(Args, Debug)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Run only this runner (default: all three).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+/// The engines behind the trainer and the evaluator; `None` where this build
+/// has none (then only the other runners can be started).
+pub struct Engines {
+    /// Trains runs.
+    pub trainer: Option<Arc<dyn TrainingEngine>>,
+    /// Scores checkpoints.
+    pub evaluator: Option<Arc<dyn EvalEngine>>,
+}
+
+/// The lease the trainer takes on a run, from FOUNDRY_LEASE_MS.
+fn lease() -> Duration {
+    std::env::var("FOUNDRY_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// Runs the chosen runners until Ctrl-C (or SIGTERM). Run directories and
+/// artifacts live in this machine's `--home`; the ledger is remote.
+pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
+    let want = |o: Only| args.only.is_none_or(|x| x == o);
+    let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
+    if want(Only::Trainer) {
+        let Some(engine) = engines.trainer else {
+            bail!("this build has no training engine; start another runner with --only evaluator|promoter");
+        };
+        runners.push(Arc::new(TrainerRunner::new(engine).with_lease(lease())));
+    }
+    if want(Only::Evaluator) {
+        let Some(engine) = engines.evaluator else {
+            bail!("this build has no evaluation engine; start another runner with --only trainer|promoter");
+        };
+        runners.push(Arc::new(EvaluatorRunner::new(engine)));
+    }
+    if want(Only::Promoter) {
+        runners.push(Arc::new(PromoterRunner::new()));
+    }
+    let opts = args.nats.options();
+    runtime()?.block_on(async move {
+        let nats = opts.connect().await?;
+        let js = async_nats::jetstream::new(nats.clone());
+        let client = Arc::new(NatsLedgerClient::new(nats));
+        let host_name = foundry_runner::host_info().hostname;
+        let instance = uuid::Uuid::now_v7().simple().to_string();
+        let mut host = Host::new();
+        let mut names = Vec::new();
+        for r in runners {
+            let feed = JetStreamFeed::open(&js, r.name(), &r.reacts_to(), FeedOptions::default())
+                .await
+                .with_context(|| format!("runner {}", r.name()))?;
+            names.push(format!(
+                "{} (consumer {})",
+                r.name(),
+                foundry_bus::consumer_name(r.name())
+            ));
+            let rctx = RunnerContext {
+                client: client.clone(),
+                actor: format!("runner:{}@{host_name}", r.name()),
+                runner_id: format!("{}@{host_name}/{}", r.name(), &instance[20..]),
+                home: ctx.home.clone(),
+                stop: host.stop_signal(),
+            };
+            host.spawn(r, Box::new(feed), rctx);
+        }
+        // Listen before announcing readiness, so no signal is missed.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot listen for Ctrl-C")?;
+        eprintln!(
+            "running {} over {}; Ctrl-C stops",
+            names.join(", "),
+            opts.url
+        );
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        host.shutdown().await;
+        eprintln!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,104 @@
+//! `ledger serve`: the single writer of this home, shared over NATS. Remote
+//! runners (`ledger runner`) append and read through it; every committed
+//! event is published to the JetStream stream `FOUNDRY` by the outbox.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use foundry_bus::NatsOptions;
+
+use crate::context::Context;
+
+/// How to reach NATS (shared by `serve` and `runner`).
+#[derive(Args, Debug, Clone)]
+pub struct NatsArgs {
+    /// NATS server URL (nats://host:4222, tls://host:4222).
+    #[arg(long = "nats", env = "FOUNDRY_NATS_URL")]
+    pub url: String,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "FOUNDRY_NATS_USER", requires = "nats_password")]
+    pub nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(long, env = "FOUNDRY_NATS_PASSWORD", requires = "nats_user")]
+    pub nats_password: Option<String>,
+    /// NATS token authentication.
+    #[arg(long, env = "FOUNDRY_NATS_TOKEN")]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (JWT + NKey).
+    #[arg(long, env = "FOUNDRY_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate to trust for TLS.
+    #[arg(long, env = "FOUNDRY_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The bus options these arguments describe.
+    pub fn options(&self) -> NatsOptions {
+        NatsOptions {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            creds_file: self.nats_creds.clone(),
+            tls_ca: self.nats_ca.clone(),
+            ..NatsOptions::url(self.url.clone())
+        }
+    }
+}
+
+/// Arguments of `ledger serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+/// A runtime for the service and the runners.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Serves the home's ledger until Ctrl-C (or SIGTERM).
+pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
+    let ledger = ctx.ledger()?;
+    let opts = args.nats.options();
+    runtime()?.block_on(async move {
+        let client = opts.connect().await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut service = foundry_bus::spawn_service(ledger.clone(), client, stop_rx).await?;
+        // Listen before announcing readiness, so no signal is missed.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot listen for Ctrl-C")?;
+        eprintln!(
+            "serving {} on {} (requests on {}.*, events on stream {}); Ctrl-C stops",
+            ctx.home.root().display(),
+            opts.url,
+            foundry_bus::wire::API_PREFIX,
+            foundry_bus::STREAM
+        );
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            // The service only ends by itself when it failed.
+            r = &mut service => {
+                r.context("the ledger service task failed")?;
+                anyhow::bail!("the ledger service stopped by itself");
+            }
+        }
+        stop_tx.send_replace(true);
+        service.await.context("the ledger service task failed")?;
+        eprintln!(
+            "stopped; published through seq {} of {}",
+            ledger.published_through()?,
+            ledger.head().seq
+        );
+        Ok(())
+    })
+}
