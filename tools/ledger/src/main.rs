@@ -59,6 +59,17 @@ enum Command {
     Replay,
     /// Run an Idefics2 model on an image and a prompt; print the generated text.
     Infer(cmd::infer::InferArgs),
+    /// Declare or show a training recipe.
+    #[command(subcommand)]
+    Recipe(cmd::recipe::RecipeCommand),
+    /// Pin a dataset by content, or show a pinned one.
+    #[command(subcommand)]
+    Dataset(cmd::dataset::DatasetCommand),
+    /// Pin a base model by content, or show a pinned one.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
+    /// Write deterministic synthetic financial documents in the dataset format.
+    Synth(cmd::synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +88,10 @@ fn main() -> ExitCode {
         Command::Lineage(a) => cmd::lineage::run(&ctx, a),
         Command::Replay => cmd::replay::run(&ctx),
         Command::Infer(a) => cmd::infer::run(&ctx, a),
+        Command::Recipe(c) => cmd::recipe::run(&ctx, c),
+        Command::Dataset(c) => cmd::dataset::run(&ctx, c),
+        Command::Model(c) => cmd::model::run(&ctx, c),
+        Command::Synth(a) => cmd::synth::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
