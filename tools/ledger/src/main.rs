@@ -77,6 +77,17 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Run runners in this process against a `ledger serve` over NATS until Ctrl-C.
     Runner(cmd::remote::RunnerArgs),
+    /// Declare or show a training recipe.
+    #[command(subcommand)]
+    Recipe(cmd::recipe::RecipeCommand),
+    /// Pin a dataset by content, or show a pinned one.
+    #[command(subcommand)]
+    Dataset(cmd::dataset::DatasetCommand),
+    /// Pin a base model by content, or show a pinned one.
+    #[command(subcommand)]
+    Model(cmd::model::ModelCommand),
+    /// Write deterministic synthetic financial documents in the dataset format.
+    Synth(cmd::synth::SynthArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,6 +121,10 @@ fn main() -> ExitCode {
                 evaluator: Some(std::sync::Arc::new(foundry_engine::Idefics2Eval::new())),
             },
         ),
+        Command::Recipe(c) => cmd::recipe::run(&ctx, c),
+        Command::Dataset(c) => cmd::dataset::run(&ctx, c),
+        Command::Model(c) => cmd::model::run(&ctx, c),
+        Command::Synth(a) => cmd::synth::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,13 @@ pub struct ShowArgs {
     travel: TravelArgs,
 }
 
+impl ShowArgs {
+    /// `ledger show KIND ID` as other commands (`recipe show`, `dataset show`) call it.
+    pub fn new(kind: Kind, id: String, travel: TravelArgs) -> Self {
+        ShowArgs { kind, id, travel }
+    }
+}
+
 /// Shows one thing.
 pub fn run(ctx: &Context, a: ShowArgs) -> Result<()> {
     let (views, bound) = travel::open(ctx, &a.travel)?;
