@@ -3,8 +3,8 @@
 //! foundry-eval.
 
 use candle_core::DType;
-use foundry_events::{DatasetPinned, Sha256Digest};
 use foundry_eval::{EvalExample, EvalIdentity, EvalSpec, ModelUnderTest};
+use foundry_events::{DatasetPinned, Sha256Digest};
 use foundry_idefics2::Idefics2;
 use foundry_runner::{EvalEngine, EvalJob, EvalOutcome};
 use sha2::{Digest, Sha256};
@@ -108,7 +108,10 @@ fn run(job: &EvalJob) -> Result<EvalOutcome> {
         &spec,
         EvalIdentity {
             eval_id: job.eval_id.clone(),
-            checkpoint_id: job.checkpoint.as_ref().map(|(c, _)| c.checkpoint_id.clone()),
+            checkpoint_id: job
+                .checkpoint
+                .as_ref()
+                .map(|(c, _)| c.checkpoint_id.clone()),
             run_id: job.run_id.clone(),
             model_id: job.model.model_id.clone(),
             dataset_id: job.dataset.dataset_id.clone(),

@@ -102,8 +102,9 @@ pub struct Row {
 /// shard against its pinned digest; at most `limit` rows.
 pub fn load_split(dataset: &DatasetPinned, split: &str, limit: Option<usize>) -> Result<Vec<Row>> {
     let opts = foundry_datasets::HubOptions::from_env();
-    let pin = foundry_datasets::DatasetPin::from_event(dataset, &opts)
-        .map_err(|e| EngineError::Invalid(format!("dataset {}: {e}", short(&dataset.dataset_id))))?;
+    let pin = foundry_datasets::DatasetPin::from_event(dataset, &opts).map_err(|e| {
+        EngineError::Invalid(format!("dataset {}: {e}", short(&dataset.dataset_id)))
+    })?;
     let reader = foundry_datasets::StreamReader::open(
         &pin,
         split,

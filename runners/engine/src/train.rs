@@ -11,9 +11,13 @@ use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
 use foundry_qlora::lora::{LoraConfig, LoraInit};
 use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
 use foundry_recipes::Recipe;
-use foundry_runner::{CheckpointRecord, Control, TrainJob, TrainSink, TrainSummary, TrainingEngine};
+use foundry_runner::{
+    CheckpointRecord, Control, TrainJob, TrainSink, TrainSummary, TrainingEngine,
+};
 
-use crate::inputs::{answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row};
+use crate::inputs::{
+    answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row,
+};
 use crate::{EngineError, Result};
 
 /// Everything but `lm_head` is quantized, as transformers + bitsandbytes do.
@@ -35,7 +39,8 @@ impl QloraEngine {
 pub fn train_config(recipe: &Recipe, train_rows: usize, base: &str) -> Result<TrainConfig> {
     let t = &recipe.training;
     let pos = |v: i64, key: &str| -> Result<u64> {
-        u64::try_from(v).map_err(|_| EngineError::Invalid(format!("training.{key} = {v} is negative")))
+        u64::try_from(v)
+            .map_err(|_| EngineError::Invalid(format!("training.{key} = {v} is negative")))
     };
     let micro = pos(t.micro_batch, "micro_batch")?.max(1);
     let accum = pos(t.grad_accumulation, "grad_accumulation")?.max(1);
@@ -276,14 +281,19 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
 impl TrainingEngine for QloraEngine {
     fn prepare(&self, job: &TrainJob) -> std::result::Result<foundry_runner::TrainPlan, String> {
         let p = prepare(job).map_err(|e| e.to_string())?;
-        let config = train_config(&p.recipe, p.train_rows, &job.model.source).map_err(|e| e.to_string())?;
+        let config =
+            train_config(&p.recipe, p.train_rows, &job.model.source).map_err(|e| e.to_string())?;
         Ok(foundry_runner::TrainPlan {
             total_steps: config.total_steps,
             device: p.device_info,
         })
     }
 
-    fn train(&self, job: &TrainJob, sink: &mut dyn TrainSink) -> std::result::Result<TrainSummary, String> {
+    fn train(
+        &self,
+        job: &TrainJob,
+        sink: &mut dyn TrainSink,
+    ) -> std::result::Result<TrainSummary, String> {
         run(job, sink).map_err(|e| e.to_string())
     }
 }

@@ -69,7 +69,12 @@ fn overrides() -> BTreeMap<String, String> {
 }
 
 /// Pins everything, requests a run, drives trainer + evaluator until idle.
-fn run_pipeline(home: &Home, model_dir: &Path, data_dir: &Path, before_run: impl FnOnce()) -> Ledger {
+fn run_pipeline(
+    home: &Home,
+    model_dir: &Path,
+    data_dir: &Path,
+    before_run: impl FnOnce(),
+) -> Ledger {
     let ledger = home.init().unwrap();
     let pin = foundry_datasets::pin_dir(data_dir, &data_dir.display().to_string(), None).unwrap();
     append(&ledger, pin.to_event());
@@ -112,8 +117,12 @@ fn run_pipeline(home: &Home, model_dir: &Path, data_dir: &Path, before_run: impl
     rt.block_on(async {
         let mut host = Host::new();
         let runners: Vec<Arc<dyn Runner>> = vec![
-            Arc::new(TrainerRunner::new(Arc::new(foundry_engine::QloraEngine::new()))),
-            Arc::new(EvaluatorRunner::new(Arc::new(foundry_engine::Idefics2Eval::new()))),
+            Arc::new(TrainerRunner::new(Arc::new(
+                foundry_engine::QloraEngine::new(),
+            ))),
+            Arc::new(EvaluatorRunner::new(Arc::new(
+                foundry_engine::Idefics2Eval::new(),
+            ))),
         ];
         for r in runners {
             let feed = EmbeddedFeed::open(
@@ -157,7 +166,9 @@ fn qlora_training_commits_checkpoints_that_are_evaluated() {
     let failed = events_of(&ledger, EventType::RunFailed);
     assert!(failed.is_empty(), "{failed:?}");
     let started = events_of(&ledger, EventType::RunStarted);
-    let Event::RunStarted(s) = &started[0] else { panic!() };
+    let Event::RunStarted(s) = &started[0] else {
+        panic!()
+    };
     assert_eq!(s.total_steps, 4);
     assert_eq!(s.device.kind, "cpu");
     assert_eq!(events_of(&ledger, EventType::RunCompleted).len(), 1);
@@ -165,7 +176,9 @@ fn qlora_training_commits_checkpoints_that_are_evaluated() {
     let checkpoints = events_of(&ledger, EventType::CheckpointCommitted);
     assert_eq!(checkpoints.len(), 2);
     for c in &checkpoints {
-        let Event::CheckpointCommitted(c) = c else { panic!() };
+        let Event::CheckpointCommitted(c) = c else {
+            panic!()
+        };
         let names: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
         assert!(names.contains(&"adapter_model.safetensors"), "{names:?}");
         assert!(names.contains(&"adapter_config.json"), "{names:?}");
@@ -187,7 +200,10 @@ fn qlora_training_commits_checkpoints_that_are_evaluated() {
         })
         .collect();
     assert_eq!(losses.len(), 4);
-    assert!(losses.iter().all(|l| l.is_finite() && *l > 0.0), "{losses:?}");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
 
     let scored = events_of(&ledger, EventType::EvalScored);
     assert_eq!(scored.len(), 2, "every checkpoint is scored");
@@ -196,7 +212,11 @@ fn qlora_training_commits_checkpoints_that_are_evaluated() {
         assert_eq!(s.examples, 2);
         assert_eq!(s.split, "test");
         // A random tiny model writes no JSON; that is scored, not a crash.
-        assert!(s.metrics.contains_key("json_valid_rate"), "{:?}", s.metrics.keys());
+        assert!(
+            s.metrics.contains_key("json_valid_rate"),
+            "{:?}",
+            s.metrics.keys()
+        );
         assert!(s.metrics.contains_key("field_exact_match"));
     }
 }
@@ -222,7 +242,9 @@ fn a_base_model_changed_after_pinning_fails_the_run_with_the_file_named() {
         std::fs::write(&cfg, text).unwrap();
     });
     let failed = events_of(&ledger, EventType::RunFailed);
-    let Event::RunFailed(f) = &failed[0] else { panic!("{failed:?}") };
+    let Event::RunFailed(f) = &failed[0] else {
+        panic!("{failed:?}")
+    };
     assert!(
         f.reason.contains("changed since it was pinned") && f.reason.contains("config.json"),
         "{}",
