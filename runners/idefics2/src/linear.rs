@@ -17,6 +17,11 @@ pub trait FrozenWeight: Send + Sync + std::fmt::Debug {
     fn dequantize(&self, dtype: DType, device: &Device) -> Result<Tensor>;
     /// The logical `[out, in]` shape of the weight.
     fn shape(&self) -> (usize, usize);
+    /// The concrete weight, so that an exporter can write its compact storage as is (e.g. the
+    /// NF4 bytes) instead of re-quantizing a dequantized copy. `None` when not exposed.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The base weight of a seam linear.

@@ -39,6 +39,9 @@ pub enum Error {
     /// A checkpoint is missing, malformed or does not fit the run.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The requested device or compute dtype is absent or unsupported.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// Result alias of the crate.

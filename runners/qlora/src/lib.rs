@@ -6,15 +6,21 @@
 //! * [`data`]: the training-example trait, chat tokenization with answer-only labels, collation.
 //! * [`train`]: AdamW, schedules, accumulation, clipping, checkpoints with exact resume.
 //! * [`checkpoint`]: safetensors with PEFT metadata, file hashes, retention.
+//! * [`export`]: the hub's `*-bnb-4bit` folder writer, LoRA merging and dense export.
+//! * [`plan`]: dry-run planning (steps, tokens, memory estimate) and a two-step rehearsal.
+//! * [`device`]: device and compute-dtype selection that fails fast.
 //! * [`quantize_model`]: replaces a model's dense linears by NF4 ones.
 
 #![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod error;
+pub mod export;
 pub mod lora;
 pub mod nf4;
+pub mod plan;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -648,4 +648,8 @@ impl FrozenWeight for Nf4Weight {
     fn shape(&self) -> (usize, usize) {
         (self.tensor.shape[0], self.tensor.shape[1])
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
