@@ -158,10 +158,17 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
     );
 
     let channel = json(&home, &["show", "channel", "staging"]);
-    assert_eq!(channel["channel"]["current_checkpoint_id"], last.as_str(), "{channel}");
+    assert_eq!(
+        channel["channel"]["current_checkpoint_id"],
+        last.as_str(),
+        "{channel}"
+    );
     ok(&home, &["rollback", "staging", "--reason", "test"]);
     let channel = json(&home, &["show", "channel", "staging"]);
-    assert!(channel["channel"]["current_checkpoint_id"].is_null(), "{channel}");
+    assert!(
+        channel["channel"]["current_checkpoint_id"].is_null(),
+        "{channel}"
+    );
 
     // Lineage reaches the inputs; every artifact re-hashes.
     let tree = ok(&home, &["lineage", &last[..12]]);

@@ -92,6 +92,17 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
     Ok(Embedded { host, client })
 }
 
+/// Starts the chosen runners, lets them work until the system is idle, and
+/// stops them: what a command that appended a request needs.
+pub fn drive(ctx: &Context, ledger: &Ledger, which: Which) -> Result<()> {
+    runtime()?.block_on(async {
+        let e = start(ctx, ledger, which)?;
+        let r = e.host.wait_idle(e.client.as_ref()).await;
+        e.host.shutdown().await;
+        r.map_err(anyhow::Error::from)
+    })
+}
+
 /// A runtime for the async parts of a command.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

@@ -86,21 +86,15 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
         ctx.actor.clone(),
         vec![NewEvent::new(request)],
     ))?;
-    let rt = embedded::runtime()?;
-    rt.block_on(async {
-        let e = embedded::start(
-            ctx,
-            &ledger,
-            Which {
-                trainer: false,
-                evaluator: true,
-                promoter: true,
-            },
-        )?;
-        let r = e.host.wait_idle(e.client.as_ref()).await;
-        e.host.shutdown().await;
-        r.map_err(anyhow::Error::from)
-    })?;
+    embedded::drive(
+        ctx,
+        &ledger,
+        Which {
+            trainer: false,
+            evaluator: true,
+            promoter: true,
+        },
+    )?;
     let scored = ledger
         .read_stream(&format!("eval/{eval_id}"), 1)?
         .into_iter()

@@ -55,21 +55,15 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
         println!("promotion of {checkpoint_id} to {} requested", a.channel);
         return Ok(());
     }
-    let rt = embedded::runtime()?;
-    rt.block_on(async {
-        let e = embedded::start(
-            ctx,
-            &ledger,
-            Which {
-                trainer: false,
-                evaluator: true,
-                promoter: true,
-            },
-        )?;
-        let r = e.host.wait_idle(e.client.as_ref()).await;
-        e.host.shutdown().await;
-        r.map_err(anyhow::Error::from)
-    })?;
+    embedded::drive(
+        ctx,
+        &ledger,
+        Which {
+            trainer: false,
+            evaluator: true,
+            promoter: true,
+        },
+    )?;
     // The decision is the event caused by the request.
     for r in ledger.read_stream(&format!("channel/{}", a.channel), 1)? {
         if r.causation_id != Some(rec.event_id) {

@@ -13,7 +13,7 @@ use foundry_runner::{
     TrainingEngine,
 };
 
-use crate::cmd::serve::{runtime, NatsArgs};
+use crate::cmd::serve::NatsArgs;
 use crate::context::Context;
 
 /// One runner kind.
@@ -76,7 +76,7 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         runners.push(Arc::new(PromoterRunner::new()));
     }
     let opts = args.nats.options();
-    runtime()?.block_on(async move {
+    super::embedded::runtime()?.block_on(async move {
         let nats = opts.connect().await?;
         let js = async_nats::jetstream::new(nats.clone());
         let client = Arc::new(NatsLedgerClient::new(nats));

@@ -54,20 +54,11 @@ pub struct ServeArgs {
     nats: NatsArgs,
 }
 
-/// A runtime for the service and the runners.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// Serves the home's ledger until Ctrl-C (or SIGTERM).
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
     let opts = args.nats.options();
-    runtime()?.block_on(async move {
+    super::embedded::runtime()?.block_on(async move {
         let client = opts.connect().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut service = foundry_bus::spawn_service(ledger.clone(), client, stop_rx).await?;
