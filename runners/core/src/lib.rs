@@ -28,6 +28,7 @@ mod feed;
 mod host;
 pub mod lookup;
 mod promoter;
+pub mod testkit;
 mod trainer;
 
 pub use client::{LedgerClient, LocalLedger};
