@@ -18,7 +18,7 @@ mod train;
 
 pub use eval::{spec_of, split_sha256, Idefics2Eval};
 pub use inputs::{answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row};
-pub use train::{processor_for, train_config, QloraEngine};
+pub use train::{dry_run, processor_for, train_config, DryRun, QloraEngine};
 
 /// Why an engine refused or failed a job: one line, naming what and where.
 #[derive(Debug, thiserror::Error)]

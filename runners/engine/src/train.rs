@@ -278,6 +278,57 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     })
 }
 
+/// What `ledger run start --dry-run` reports: the plan of the full run and
+/// two real optimizer steps on a few examples.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    /// Steps, examples, tokens and the memory estimate of the full run.
+    pub plan: foundry_qlora::plan::Plan,
+    /// The two steps actually taken (nothing is written outside a temp dir).
+    pub report: foundry_qlora::plan::DryRunReport,
+    /// Where it would train.
+    pub device: foundry_events::DeviceInfo,
+    /// Train examples tokenized to estimate the split's token counts.
+    pub sampled: usize,
+}
+
+/// Validates a job exactly as training would (recipe, pinned model files,
+/// device, target modules, dataset), plans the full run from a sample of the
+/// train split, and takes two optimizer steps on a few examples. Touches no
+/// ledger and leaves no files.
+pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
+    let p = prepare(job)?;
+    let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
+    let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
+    let quantize = (p.recipe.quantization.method == "nf4").then_some(QUANTIZED_MODULES);
+    let processor = processor_for(&p.dir, &p.recipe)?;
+    let rows = load_split(&job.dataset, "train", Some(sample.max(1)))?;
+    let source = RowSource {
+        rows,
+        processor: &processor,
+        prompt: p.recipe.training.prompt.clone(),
+        max_length: p.recipe.training.max_length.max(0) as usize,
+    };
+    let mut stats = foundry_qlora::plan::DatasetStats::from_source(&source)?;
+    let sampled = stats.examples;
+    // Scale the sample's token counts to the whole split.
+    let scale = p.train_rows as f64 / sampled.max(1) as f64;
+    stats.tokens = (stats.tokens as f64 * scale).round() as u64;
+    stats.answer_tokens = (stats.answer_tokens as f64 * scale).round() as u64;
+    stats.examples = p.train_rows;
+    let plan = foundry_qlora::plan::plan(&config, &model.config, quantize, &stats, DType::F32)?;
+    if let Some(q) = quantize {
+        foundry_qlora::quantize_model(&mut model, q)?;
+    }
+    let report = foundry_qlora::plan::dry_run(model, &config, &source, 4)?;
+    Ok(DryRun {
+        plan,
+        report,
+        device: p.device_info,
+        sampled,
+    })
+}
+
 impl TrainingEngine for QloraEngine {
     fn prepare(&self, job: &TrainJob) -> std::result::Result<foundry_runner::TrainPlan, String> {
         let p = prepare(job).map_err(|e| e.to_string())?;

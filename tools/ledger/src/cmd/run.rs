@@ -39,6 +39,10 @@ pub struct StartArgs {
     /// No progress bar (for logs and tests).
     #[arg(long)]
     quiet: bool,
+    /// Validate recipe, dataset, base model and device, plan the run and take
+    /// two optimizer steps on a few examples; record nothing.
+    #[arg(long, conflicts_with = "detach")]
+    dry_run: bool,
 }
 
 /// Options of `ledger run cancel`.
@@ -71,6 +75,9 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     let recipe_id = resolve_id(ctx, &ledger, ViewKind::Recipes, &a.recipe)?;
     let dataset_id = resolve_id(ctx, &ledger, ViewKind::Datasets, &a.dataset)?;
     let model_id = resolve_id(ctx, &ledger, ViewKind::Models, &a.model)?;
+    if a.dry_run {
+        return dry_run(ctx, &ledger, &recipe_id, &dataset_id, &model_id);
+    }
     let recipe = foundry_runner_lookup_recipe(&ledger, &recipe_id)?;
     let backend = recipe["backend"]["kind"]
         .as_str()
@@ -150,6 +157,115 @@ fn foundry_runner_lookup_recipe(ledger: &Ledger, recipe_id: &str) -> Result<serd
         }
     }
     bail!("recipe {recipe_id} is not declared")
+}
+
+/// The first event of `stream`, decoded.
+fn first_event(ledger: &Ledger, stream: &str) -> Result<Event> {
+    let rec = ledger
+        .read_stream(stream, 1)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("{stream} has no events"))?;
+    Ok(rec.decode_event()?)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// `run start --dry-run`: everything a run would check, two real steps, no events.
+fn dry_run(
+    ctx: &Context,
+    ledger: &Ledger,
+    recipe_id: &str,
+    dataset_id: &str,
+    model_id: &str,
+) -> Result<()> {
+    let Event::RecipeDeclared(recipe) = first_event(ledger, &format!("recipe/{recipe_id}"))? else {
+        bail!("recipe/{recipe_id} does not start with RecipeDeclared");
+    };
+    let Event::DatasetPinned(dataset) = first_event(ledger, &format!("dataset/{dataset_id}"))?
+    else {
+        bail!("dataset/{dataset_id} does not start with DatasetPinned");
+    };
+    let Event::BaseModelPinned(model) = first_event(ledger, &format!("model/{model_id}"))? else {
+        bail!("model/{model_id} does not start with BaseModelPinned");
+    };
+    let out = tempfile::tempdir()?;
+    let job = foundry_runner::TrainJob {
+        run_id: "dry-run".into(),
+        attempt: 1,
+        recipe_id: recipe_id.to_string(),
+        config: recipe.resolved_config,
+        dataset,
+        model,
+        out_dir: out.path().to_path_buf(),
+        resume_from: None,
+    };
+    let started = Instant::now();
+    let d = foundry_engine::dry_run(&job, 64)?;
+    let p = &d.plan;
+    let m = &p.memory;
+    if ctx.json {
+        return crate::output::json(&serde_json::json!({
+            "recipe_id": recipe_id,
+            "dataset_id": dataset_id,
+            "model_id": model_id,
+            "device": d.device,
+            "plan": p,
+            "sampled_examples": d.sampled,
+            "dry_run": d.report,
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        }));
+    }
+    println!("dry run: nothing was recorded");
+    crate::output::fields([
+        (
+            "device",
+            format!("{} {} ({})", d.device.kind, d.device.name, d.device.dtype),
+        ),
+        ("optimizer steps", p.optimizer_steps.to_string()),
+        (
+            "examples drawn",
+            format!("{} ({:.2} epochs)", p.examples, p.epochs),
+        ),
+        (
+            "tokens",
+            format!(
+                "{} ({} in the loss; from {} sampled examples)",
+                p.tokens, p.answer_tokens, d.sampled
+            ),
+        ),
+        ("NF4 linears", p.nf4_linears.to_string()),
+        (
+            "LoRA modules",
+            format!(
+                "{} ({} trainable parameters)",
+                p.lora_modules, p.lora_params
+            ),
+        ),
+        ("base parameters", p.base_params.to_string()),
+        (
+            "memory (estimate)",
+            format!(
+            "{} total: NF4 {}, dense {}, LoRA {} + grads {} + AdamW {}, activations {}, dequant {}",
+            mib(m.total), mib(m.nf4_weights), mib(m.dense_weights), mib(m.lora_params),
+            mib(m.lora_grads), mib(m.adam_moments), mib(m.activations), mib(m.dequant_transient)
+        ),
+        ),
+    ]);
+    for (s, secs) in d.report.steps.iter().zip(&d.report.step_seconds) {
+        println!(
+            "step {}: loss {:.4}, grad norm {:.4}, lr {:.2e}, {} answer tokens, {:.2}s",
+            s.step, s.loss, s.grad_norm, s.lr, s.tokens, secs
+        );
+    }
+    println!(
+        "checkpoint of {} files written and removed; {:.1}s",
+        d.report.checkpoint_files.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Shows a progress bar of the run's steps until aborted.
