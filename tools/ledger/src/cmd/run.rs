@@ -92,10 +92,14 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         backend: backend.clone(),
         overrides: BTreeMap::new(),
     };
-    ledger.append(AppendRequest::new(
-        ctx.actor.clone(),
-        vec![NewEvent::new(req)],
-    ))?;
+    let requested = ledger
+        .append(AppendRequest::new(
+            ctx.actor.clone(),
+            vec![NewEvent::new(req)],
+        ))?
+        .events
+        .remove(0)
+        .seq;
     if a.detach || backend != "local" {
         if ctx.json {
             crate::output::json(&serde_json::json!({"run_id": run_id, "detached": true}))?;
@@ -111,7 +115,7 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     let rt = embedded::runtime()?;
     let status = rt.block_on(async {
         let e = embedded::start(ctx, &ledger, Which::ALL)?;
-        let progress = follow(&ledger, &run_id, a.quiet || ctx.json);
+        let progress = follow(&ledger, requested, &run_id, a.quiet || ctx.json);
         let result = tokio::select! {
             r = e.host.wait_idle(e.client.as_ref()) => r.map_err(anyhow::Error::from),
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted; the run resumes from its last checkpoint with `ledger up`")),
@@ -268,8 +272,8 @@ fn dry_run(
     Ok(())
 }
 
-/// Shows a progress bar of the run's steps until aborted.
-fn follow(ledger: &Ledger, run_id: &str, quiet: bool) -> tokio::task::JoinHandle<()> {
+/// Shows a progress bar of the run's steps (events from seq `from` on) until aborted.
+fn follow(ledger: &Ledger, from: u64, run_id: &str, quiet: bool) -> tokio::task::JoinHandle<()> {
     let ledger = ledger.clone();
     let stream = format!("run/{run_id}");
     tokio::spawn(async move {
@@ -284,7 +288,7 @@ fn follow(ledger: &Ledger, run_id: &str, quiet: bool) -> tokio::task::JoinHandle
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let mut tail = ledger.tail(0);
+        let mut tail = ledger.tail(from.saturating_sub(1));
         while let Ok(rec) = tail.next().await {
             if rec.stream != stream && rec.event_type != "EvalScored" {
                 continue;
