@@ -172,6 +172,21 @@ fn a_merged_adapter_generates_what_the_attached_adapter_generates() {
         from_merged["prompt_token_ids"],
         from_adapter["prompt_token_ids"]
     );
+    // The equality means something: the trained adapter changes what the base generates.
+    let mut c = vec!["infer", "--model", tiny_s];
+    c.extend_from_slice(&common_args);
+    let from_base = json(&home, &c);
+    assert_ne!(
+        from_base["generated_token_ids"], from_adapter["generated_token_ids"],
+        "the adapter did not change the generation: {from_base}"
+    );
+    // Pruned checkpoint files come back from the artifact store.
+    std::fs::remove_dir_all(home.join("adapters")).unwrap();
+    let restored = json(&home, &b);
+    assert_eq!(
+        restored["generated_token_ids"],
+        from_adapter["generated_token_ids"]
+    );
 
     // A non-empty --out is refused; an unknown prefix is refused; both in one line.
     let err = fails(&home, &["adapter", "merge", prefix, "--out", merged_s]);
