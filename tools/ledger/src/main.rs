@@ -62,6 +62,9 @@ enum Command {
     Report(cmd::report::ReportCommand),
     /// Run an Idefics2 model on an image and a prompt; print the generated text.
     Infer(cmd::infer::InferArgs),
+    /// Work with trained adapters: `adapter merge <checkpoint> --out DIR`.
+    #[command(subcommand)]
+    Adapter(cmd::adapter::AdapterCommand),
     /// Start or cancel training runs.
     #[command(subcommand)]
     Run(cmd::run::RunCommand),
@@ -107,6 +110,7 @@ fn main() -> ExitCode {
         Command::Replay => cmd::replay::run(&ctx),
         Command::Report(c) => cmd::report::run(&ctx, c),
         Command::Infer(a) => cmd::infer::run(&ctx, a),
+        Command::Adapter(c) => cmd::adapter::run(&ctx, c),
         Command::Run(c) => cmd::run::run(&ctx, c),
         Command::Up(a) => cmd::up::run(&ctx, a),
         Command::Promote(a) => cmd::promote::promote(&ctx, a),

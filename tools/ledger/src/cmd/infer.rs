@@ -3,8 +3,8 @@
 //! The prompt is put in the Idefics2 chat format with the image first
 //! (`User:<image>PROMPT<end_of_utterance>\nAssistant:`), the processor expands the image
 //! tokens and prepares the pixels, and generation runs with the KV cache until
-//! `<end_of_utterance>`/EOS or `--max-new-tokens`. Inference reads no ledger and appends
-//! nothing, so `--home` is not touched.
+//! `<end_of_utterance>`/EOS or `--max-new-tokens`. Inference appends nothing; only
+//! `--adapter CHECKPOINT` reads the home's ledger (to find the checkpoint's adapter files).
 
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
@@ -16,7 +16,7 @@ use foundry_idefics2::processor::{
 };
 use foundry_idefics2::{GenerationConfig, Idefics2};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The prompt used when `--prompt` is not given.
 pub const DEFAULT_PROMPT: &str = "Extract JSON.";
@@ -70,6 +70,9 @@ pub struct InferArgs {
     /// For hf:// models: resolve from the local hub cache only, never the network.
     #[arg(long)]
     pub offline: bool,
+    /// Attach this checkpoint's LoRA adapter (id or unique prefix, from `--home`) before generating.
+    #[arg(long)]
+    pub adapter: Option<String>,
 }
 
 /// What `--json` prints.
@@ -136,7 +139,8 @@ fn generation_config(a: &InferArgs, stop_token_ids: Vec<u32>) -> Result<Generati
 }
 
 /// Runs the model and returns the prompt ids, the generated ids and the text.
-pub fn infer(a: &InferArgs) -> Result<InferOutput> {
+/// `adapter`: a LoRA adapter directory to attach before generating.
+pub fn infer(a: &InferArgs, adapter: Option<&Path>) -> Result<InferOutput> {
     let source = parse_source(&a.model, a.offline)?;
     // Check the cheap inputs before loading the weights.
     let image = RgbImage::open(&a.image)?;
@@ -144,8 +148,12 @@ pub fn infer(a: &InferArgs) -> Result<InferOutput> {
     let device = Device::Cpu;
     let processor =
         Processor::from_dir(&dir).with_context(|| format!("processor of {}", dir.display()))?;
-    let model = Idefics2::load_dir(&dir, a.dtype.into(), &device)
+    let mut model = Idefics2::load_dir(&dir, a.dtype.into(), &device)
         .with_context(|| format!("model {}", dir.display()))?;
+    if let Some(adir) = adapter {
+        foundry_qlora::lora::load_adapter_into(&mut model, adir)
+            .with_context(|| format!("adapter {}", adir.display()))?;
+    }
     if processor.image_seq_len != model.image_seq_len() {
         bail!(
             "model {}: processor_config.json has image_seq_len {} but the model has {} resampler latents",
@@ -192,7 +200,11 @@ pub fn infer(a: &InferArgs) -> Result<InferOutput> {
 
 /// `ledger infer`.
 pub fn run(ctx: &Context, a: InferArgs) -> Result<()> {
-    let out = infer(&a)?;
+    let adapter = match &a.adapter {
+        Some(prefix) => Some(super::adapter::resolve_checkpoint(ctx, prefix)?.adapter_dir),
+        None => None,
+    };
+    let out = infer(&a, adapter.as_deref())?;
     if ctx.json {
         crate::output::json(&out)
     } else {

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod adapter;
 pub mod bench;
 pub mod dataset;
 pub mod embedded;
