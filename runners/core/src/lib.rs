@@ -38,8 +38,8 @@ pub use feed::{Delivery, EmbeddedFeed, EventFeed};
 pub use host::{Host, Runner, RunnerContext};
 pub use promoter::{decide, Decision, PromoterRunner};
 pub use trainer::{
-    checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink, TrainSummary,
-    TrainerRunner, TrainingEngine,
+    checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink,
+    TrainSummary, TrainerRunner, TrainingEngine,
 };
 
 /// The idempotency key of an outcome of `runner` caused by event `trigger`.

@@ -271,11 +271,24 @@ fn commit_files(ctx: &RunnerContext, dir: &Path) -> Result<Vec<FileDigest>> {
     Ok(files)
 }
 
-/// Puts a committed checkpoint's files back in `dir` from the artifact store
-/// (verifying each), unless `dir` already holds them intact.
-fn restore_checkpoint(ctx: &RunnerContext, c: &CheckpointCommitted, dir: &Path) -> Result<()> {
-    let store = ctx.home.artifacts();
-    for f in &c.files {
+/// The directory of a committed checkpoint (its `location`, relative to the
+/// home root unless absolute), with every missing or changed file put back
+/// from the artifact store (verified by hash): checkpoints pruned by
+/// `keep_last` or lost can still be resumed, evaluated, merged or served.
+pub fn checkpoint_dir(
+    home: &foundry_ledger::Home,
+    checkpoint_id: &str,
+    location: &str,
+    files: &[FileDigest],
+) -> Result<PathBuf> {
+    let loc = PathBuf::from(location);
+    let dir = if loc.is_absolute() {
+        loc
+    } else {
+        home.root().join(loc)
+    };
+    let store = home.artifacts();
+    for f in files {
         let dst = dir.join(&f.path);
         if dst.is_file() {
             let (have, _) = foundry_ledger::hash_file(&dst)?;
@@ -285,8 +298,7 @@ fn restore_checkpoint(ctx: &RunnerContext, c: &CheckpointCommitted, dir: &Path) 
         }
         if !store.check(&f.sha256)? {
             return Err(RunnerError::Missing(format!(
-                "checkpoint {} file {} ({}) is neither in {} nor in the artifact store",
-                c.checkpoint_id,
+                "checkpoint {checkpoint_id} file {} ({}) is neither in {} nor in the artifact store",
                 f.path,
                 f.sha256.short(),
                 dir.display()
@@ -297,15 +309,12 @@ fn restore_checkpoint(ctx: &RunnerContext, c: &CheckpointCommitted, dir: &Path) 
         }
         std::fs::copy(store.path_of(&f.sha256), &dst).map_err(|e| RunnerError::io(&dst, e))?;
     }
-    Ok(())
+    Ok(dir)
 }
 
-/// The directory of a committed checkpoint, with its files restored from the
-/// artifact store if they were pruned or lost.
+/// [`checkpoint_dir`] of a CheckpointCommitted, for this runner's home.
 pub(crate) fn materialize(ctx: &RunnerContext, c: &CheckpointCommitted) -> Result<PathBuf> {
-    let dir = dir_of_location(ctx, &c.location);
-    restore_checkpoint(ctx, c, &dir)?;
-    Ok(dir)
+    checkpoint_dir(&ctx.home, &c.checkpoint_id, &c.location, &c.files)
 }
 
 /// The location string of a checkpoint directory: relative to the home when
@@ -315,15 +324,6 @@ fn location_of(ctx: &RunnerContext, dir: &Path) -> String {
         .unwrap_or(dir)
         .to_string_lossy()
         .replace('\\', "/")
-}
-
-fn dir_of_location(ctx: &RunnerContext, location: &str) -> PathBuf {
-    let p = PathBuf::from(location);
-    if p.is_absolute() {
-        p
-    } else {
-        ctx.home.root().join(p)
-    }
 }
 
 impl TrainerRunner {
@@ -433,20 +433,22 @@ impl TrainerRunner {
         let out_dir = ctx.home.adapters_dir(&req.run_id);
         let mut resume_from = None;
         if let Some(c) = &state.last_checkpoint {
-            let dir = dir_of_location(ctx, &c.location);
-            if let Err(e) = restore_checkpoint(ctx, c, &dir) {
-                return self
-                    .fail(
-                        ctx,
-                        trigger,
-                        &req.run_id,
-                        attempt,
-                        e.to_string(),
-                        Some(c.step),
-                        false,
-                    )
-                    .await;
-            }
+            let dir = match materialize(ctx, c) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    return self
+                        .fail(
+                            ctx,
+                            trigger,
+                            &req.run_id,
+                            attempt,
+                            e.to_string(),
+                            Some(c.step),
+                            false,
+                        )
+                        .await;
+                }
+            };
             resume_from = Some((c.step, dir));
         }
         let job = TrainJob {

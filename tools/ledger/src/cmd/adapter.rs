@@ -12,7 +12,7 @@ use foundry_events::{BaseModelPinned, Event};
 use foundry_ledger::Ledger;
 use foundry_projections::{resolve, CheckpointView, ViewKind, ViewRead, ViewStore};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::context::Context;
 
@@ -108,37 +108,15 @@ fn pinned_model(ledger: &Ledger, model_id: &str) -> Result<BaseModelPinned> {
     bail!("base model {model_id} is not pinned")
 }
 
-/// The checkpoint's directory (its `location`, relative to the home root unless
-/// absolute), with any missing or changed file restored from the artifact store.
+/// The checkpoint's directory, with any missing or changed file restored
+/// from the artifact store.
 fn checkpoint_dir(ctx: &Context, c: &CheckpointView) -> Result<PathBuf> {
-    let loc = Path::new(&c.location);
-    let dir = if loc.is_absolute() {
-        loc.to_path_buf()
-    } else {
-        ctx.home.root().join(loc)
-    };
-    let store = ctx.home.artifacts();
-    for f in &c.files {
-        let dst = dir.join(&f.path);
-        if dst.is_file() && foundry_ledger::hash_file(&dst)?.0 == f.sha256 {
-            continue;
-        }
-        if !store.check(&f.sha256)? {
-            bail!(
-                "checkpoint {} file {} is neither in {} nor in the artifact store",
-                c.checkpoint_id,
-                f.path,
-                dir.display()
-            );
-        }
-        if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::copy(store.path_of(&f.sha256), &dst)
-            .with_context(|| format!("restoring {}", dst.display()))?;
-    }
-    Ok(dir)
+    Ok(foundry_runner::checkpoint_dir(
+        &ctx.home,
+        &c.checkpoint_id,
+        &c.location,
+        &c.files,
+    )?)
 }
 
 #[derive(Serialize)]
