@@ -5,59 +5,25 @@
 
 mod common;
 
+use common::{fails, first_word, repo};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn ledger(home: &Path, args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("FOUNDRY_HOME")
-        .env("FOUNDRY_ACTOR", "tester")
-        .env("FOUNDRY_TRAINING_MAX_STEPS", "2")
-        .env("FOUNDRY_TRAINING_WARMUP_STEPS", "1")
-        .env("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2")
-        .env("FOUNDRY_EVAL_MAX_EXAMPLES", "1")
-        .env("FOUNDRY_EVAL_MAX_NEW_TOKENS", "4")
-        .output()
-        .expect("run ledger")
-}
+/// Recipe overrides that keep these runs to seconds.
+const ENV: &[(&str, &str)] = &[
+    ("FOUNDRY_TRAINING_MAX_STEPS", "2"),
+    ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
+    ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
+    ("FOUNDRY_EVAL_MAX_EXAMPLES", "1"),
+    ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "4"),
+];
 
 fn ok(home: &Path, args: &[&str]) -> String {
-    let out = ledger(home, args);
-    assert!(
-        out.status.success(),
-        "ledger {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(home: &Path, args: &[&str]) -> String {
-    let out = ledger(home, args);
-    assert!(!out.status.success(), "ledger {args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
-    assert_eq!(err.lines().count(), 1, "one-line error, got: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
-
-fn first_word(s: &str) -> String {
-    s.split_whitespace().next().unwrap_or_default().to_string()
+    common::ok_env(home, args, ENV)
 }
 
 fn json(home: &Path, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&ok(home, &a)).expect("json output")
+    common::json_env(home, args, ENV)
 }
 
 fn first_png(dir: &Path) -> Option<PathBuf> {

@@ -5,51 +5,31 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::{first_word, repo};
 
-fn repo(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// Recipe overrides that keep these runs to seconds.
+const ENV: &[(&str, &str)] = &[
+    ("FOUNDRY_TRAINING_MAX_STEPS", "4"),
+    ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
+    ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
+    ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
+    ("FOUNDRY_EVAL_MAX_EXAMPLES", "2"),
+    ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6"),
+];
 
 fn ledger(home: &Path, args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("FOUNDRY_HOME")
-        .env("FOUNDRY_ACTOR", "tester")
-        .env("FOUNDRY_TRAINING_MAX_STEPS", "4")
-        .env("FOUNDRY_TRAINING_WARMUP_STEPS", "1")
-        .env("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2")
-        .env("FOUNDRY_TRAINING_MICRO_BATCH", "2")
-        .env("FOUNDRY_EVAL_MAX_EXAMPLES", "2")
-        .env("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6")
-        .output()
-        .expect("run ledger")
+    common::ledger_env(home, args, ENV)
 }
 
 fn ok(home: &Path, args: &[&str]) -> String {
-    let out = ledger(home, args);
-    assert!(
-        out.status.success(),
-        "ledger {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn first_word(s: &str) -> String {
-    s.split_whitespace().next().unwrap_or_default().to_string()
+    common::ok_env(home, args, ENV)
 }
 
 fn json(home: &Path, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&ok(home, &a)).expect("json output")
+    common::json_env(home, args, ENV)
 }
 
 /// A recipe like tiny-cpu whose staging gate a random model can pass.

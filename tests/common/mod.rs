@@ -11,14 +11,52 @@ pub fn bin() -> &'static str {
 
 /// Runs `ledger --home HOME args…` and returns its output.
 pub fn ledger(home: &Path, args: &[&str]) -> Output {
+    ledger_env(home, args, &[])
+}
+
+/// Runs `ledger --home HOME args…` with extra environment variables (e.g.
+/// `FOUNDRY_*` recipe overrides) and returns its output.
+pub fn ledger_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin())
         .arg("--home")
         .arg(home)
         .args(args)
         .env_remove("FOUNDRY_HOME")
         .env("FOUNDRY_ACTOR", "tester")
+        .envs(env.iter().copied())
         .output()
         .expect("run ledger")
+}
+
+/// Like [`ok`], with extra environment variables.
+pub fn ok_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = ledger_env(home, args, env);
+    assert!(
+        out.status.success(),
+        "ledger {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`ok_env`] with `--json`, parsed.
+pub fn json_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&ok_env(home, &a, env)).expect("json output")
+}
+
+/// The first word of a command's output (pins and declares print their id first).
+pub fn first_word(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// A path in the repository.
+pub fn repo(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 /// Runs and requires success; returns stdout.
