@@ -102,53 +102,13 @@ impl DocType {
             })
     }
 
-    /// The target fields of this type, in schema order.
+    /// The target fields of this type, in schema order: the datasets crate's
+    /// built-in schema, so what synth writes is what pinning validates.
     pub fn fields(self) -> &'static [&'static str] {
-        match self {
-            DocType::Invoice => &[
-                "vendor",
-                "invoice_number",
-                "date",
-                "due_date",
-                "currency",
-                "subtotal",
-                "tax",
-                "total",
-                "line_items",
-            ],
-            DocType::Receipt => &[
-                "merchant",
-                "date",
-                "time",
-                "currency",
-                "subtotal",
-                "tax",
-                "total",
-                "payment_method",
-                "line_items",
-            ],
-            DocType::BankStatement => &[
-                "bank",
-                "account_holder",
-                "account_number",
-                "period_start",
-                "period_end",
-                "currency",
-                "opening_balance",
-                "closing_balance",
-                "transactions",
-            ],
-            DocType::PurchaseOrder => &[
-                "buyer",
-                "supplier",
-                "po_number",
-                "date",
-                "delivery_date",
-                "currency",
-                "total",
-                "line_items",
-            ],
-        }
+        foundry_datasets::schema::DOC_TYPES
+            .iter()
+            .find(|(t, _)| *t == self.as_str())
+            .map_or(&[], |(_, f)| *f)
     }
 
     /// The fields the tiny profile keeps by default (short scalars).
