@@ -46,24 +46,8 @@ fn first_png(dir: &Path) -> Option<PathBuf> {
 fn a_merged_adapter_generates_what_the_attached_adapter_generates() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["init"]);
     let data = tmp.path().join("data");
-    let data_s = data.to_str().unwrap();
-    ok(
-        &home,
-        &[
-            "synth",
-            "--out",
-            data_s,
-            "--count",
-            "6",
-            "--seed",
-            "5",
-            "--profile",
-            "tiny",
-        ],
-    );
-    let dataset = first_word(&ok(&home, &["dataset", "pin", data_s]));
+    let dataset = common::home_with_tiny_dataset(&home, &data, 6, 5, ENV);
     let tiny = repo("runners/idefics2/fixtures/tiny");
     let tiny_s = tiny.to_str().unwrap();
     let model = first_word(&ok(&home, &["model", "pin", tiny_s]));

@@ -49,23 +49,8 @@ fn recipe(dir: &Path) -> PathBuf {
 fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["init"]);
     let data = tmp.path().join("data");
-    ok(
-        &home,
-        &[
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--count",
-            "12",
-            "--seed",
-            "3",
-            "--profile",
-            "tiny",
-        ],
-    );
-    let dataset = first_word(&ok(&home, &["dataset", "pin", data.to_str().unwrap()]));
+    let dataset = common::home_with_tiny_dataset(&home, &data, 12, 3, ENV);
     let model = first_word(&ok(
         &home,
         &[
@@ -164,23 +149,8 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
 fn a_run_on_an_unpinned_or_changed_model_fails_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    ok(&home, &["init"]);
     let data = tmp.path().join("data");
-    ok(
-        &home,
-        &[
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--count",
-            "6",
-            "--seed",
-            "1",
-            "--profile",
-            "tiny",
-        ],
-    );
-    let dataset = first_word(&ok(&home, &["dataset", "pin", data.to_str().unwrap()]));
+    let dataset = common::home_with_tiny_dataset(&home, &data, 6, 1, ENV);
     // A copy of the tiny model, pinned, then changed.
     let model_dir = tmp.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();

@@ -79,3 +79,33 @@ pub fn fails(home: &Path, args: &[&str]) -> String {
     assert!(err.starts_with("error: "), "{err}");
     err
 }
+
+/// Initializes `home`, synthesizes `count` tiny-profile documents into
+/// `data` with `seed`, pins them, and returns the dataset id.
+pub fn home_with_tiny_dataset(
+    home: &Path,
+    data: &Path,
+    count: u32,
+    seed: u32,
+    env: &[(&str, &str)],
+) -> String {
+    ok_env(home, &["init"], env);
+    let (count, seed) = (count.to_string(), seed.to_string());
+    let data_s = data.to_str().expect("utf-8 path");
+    ok_env(
+        home,
+        &[
+            "synth",
+            "--out",
+            data_s,
+            "--count",
+            &count,
+            "--seed",
+            &seed,
+            "--profile",
+            "tiny",
+        ],
+        env,
+    );
+    first_word(&ok_env(home, &["dataset", "pin", data_s], env))
+}
