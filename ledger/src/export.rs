@@ -87,79 +87,106 @@ impl Ledger {
     /// place, so a failed export leaves nothing half-written). The ledger is
     /// verified while it is read; a damaged ledger is not exported.
     pub fn export(&self, path: &Path, exported_at: &str) -> Result<ExportSummary> {
-        let io = |source| LedgerError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
         let head = self.stored_head()?.unwrap_or_default();
-        let tmp = path.with_extension("partial");
-        let file = File::create(&tmp).map_err(io)?;
-        let mut w = HashingWriter {
-            inner: BufWriter::new(file),
-            hasher: Sha256::new(),
-        };
-        let header = ExportHeader {
-            format: "foundry-ledger-export".into(),
-            format_version: 1,
-            schema_version: SCHEMA_VERSION,
-            record_encoding: "MessagePack array envelope v1: [seq, stream, stream_version, event_id(bin16), event_type, schema_version, recorded_at(ns), actor, causation_id, correlation_id, idempotency_key, payload(bin, MessagePack map), prev_hash(bin32), hash(bin32)]".into(),
-            hash_rule: "hash = sha256(prev_hash || MessagePack 13-element array of every field but hash)".into(),
-            events: head.seq,
-            head_hash: head.hash,
-            exported_at: exported_at.into(),
-            foundry_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        let header_json = serde_json::to_string(&header)
-            .map_err(|e| LedgerError::InvalidAppend(e.to_string()))?;
-        let result = (|| -> Result<()> {
-            w.write_all(EXPORT_MAGIC).map_err(io)?;
-            w.write_all(header_json.as_bytes()).map_err(io)?;
-            w.write_all(b"\n").map_err(io)?;
-            let mut checker = ChainVerifier::new(false);
-            for item in self.scan_raw(1) {
-                let (seq, bytes) = item?;
-                if seq > head.seq {
-                    break;
-                }
-                checker
-                    .check(seq, &bytes)
-                    .map_err(|v| LedgerError::Corrupt {
-                        seq: v.seq,
-                        reason: format!("not exported: {v}"),
-                    })?;
-                let len = u32::try_from(bytes.len()).map_err(|_| LedgerError::Corrupt {
-                    seq,
-                    reason: "record too large".into(),
-                })?;
-                w.write_all(&len.to_le_bytes()).map_err(io)?;
-                w.write_all(&bytes).map_err(io)?;
-            }
-            if checker.next_seq() - 1 != head.seq {
-                return Err(LedgerError::Corrupt {
-                    seq: checker.next_seq(),
-                    reason: "not exported: the ledger is truncated".into(),
-                });
-            }
-            w.write_all(&0u32.to_le_bytes()).map_err(io)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        let digest: [u8; 32] = w.hasher.finalize_reset().into();
-        let mut inner = w.inner;
-        inner.write_all(&digest).map_err(io)?;
-        let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(ExportSummary {
-            events: head.seq,
-            head_hash: head.hash,
-            file_sha256: Sha256Digest(digest),
-        })
+        let records = self
+            .scan_raw(1)
+            .take_while(move |r| r.as_ref().map_or(true, |(seq, _)| *seq <= head.seq));
+        write_export(path, exported_at, head.seq, head.hash, records)
     }
+}
+
+/// Writes an export file from stored records `1..=events` in order (how a
+/// ledger is exported, and how a runner that only has a client's view of a
+/// ledger snapshots it). The chain is checked while writing: records that
+/// do not chain, or stop before `events` or do not end at `head_hash`, write
+/// nothing. The file is written to a temporary name, synced and renamed.
+pub fn write_export<I>(
+    path: &Path,
+    exported_at: &str,
+    events: u64,
+    head_hash: Sha256Digest,
+    records: I,
+) -> Result<ExportSummary>
+where
+    I: IntoIterator<Item = Result<(u64, Vec<u8>)>>,
+{
+    let io = |source| LedgerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("partial");
+    let file = File::create(&tmp).map_err(io)?;
+    let mut w = HashingWriter {
+        inner: BufWriter::new(file),
+        hasher: Sha256::new(),
+    };
+    let header = ExportHeader {
+        format: "foundry-ledger-export".into(),
+        format_version: 1,
+        schema_version: SCHEMA_VERSION,
+        record_encoding: "MessagePack array envelope v1: [seq, stream, stream_version, event_id(bin16), event_type, schema_version, recorded_at(ns), actor, causation_id, correlation_id, idempotency_key, payload(bin, MessagePack map), prev_hash(bin32), hash(bin32)]".into(),
+        hash_rule: "hash = sha256(prev_hash || MessagePack 13-element array of every field but hash)".into(),
+        events,
+        head_hash,
+        exported_at: exported_at.into(),
+        foundry_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let header_json =
+        serde_json::to_string(&header).map_err(|e| LedgerError::InvalidAppend(e.to_string()))?;
+    let result = (|| -> Result<()> {
+        w.write_all(EXPORT_MAGIC).map_err(io)?;
+        w.write_all(header_json.as_bytes()).map_err(io)?;
+        w.write_all(b"\n").map_err(io)?;
+        let mut checker = ChainVerifier::new(false);
+        for item in records {
+            let (seq, bytes) = item?;
+            if seq > events {
+                break;
+            }
+            checker
+                .check(seq, &bytes)
+                .map_err(|v| LedgerError::Corrupt {
+                    seq: v.seq,
+                    reason: format!("not exported: {v}"),
+                })?;
+            let len = u32::try_from(bytes.len()).map_err(|_| LedgerError::Corrupt {
+                seq,
+                reason: "record too large".into(),
+            })?;
+            w.write_all(&len.to_le_bytes()).map_err(io)?;
+            w.write_all(&bytes).map_err(io)?;
+        }
+        if checker.next_seq() - 1 != events {
+            return Err(LedgerError::Corrupt {
+                seq: checker.next_seq(),
+                reason: "not exported: the ledger is truncated".into(),
+            });
+        }
+        if checker.last_hash() != head_hash {
+            return Err(LedgerError::Corrupt {
+                seq: events,
+                reason: "not exported: the last record does not have the head's hash".into(),
+            });
+        }
+        w.write_all(&0u32.to_le_bytes()).map_err(io)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let digest: [u8; 32] = w.hasher.finalize_reset().into();
+    let mut inner = w.inner;
+    inner.write_all(&digest).map_err(io)?;
+    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(ExportSummary {
+        events,
+        head_hash,
+        file_sha256: Sha256Digest(digest),
+    })
 }
 
 /// Reads and fully verifies an export file, record by record.

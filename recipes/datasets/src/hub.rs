@@ -30,6 +30,11 @@ pub struct HubOptions {
     pub cache_dir: Option<PathBuf>,
     /// Never use the network (also set by `HF_HUB_OFFLINE=1`).
     pub offline: bool,
+    /// Where pinned sources were staged on this machine, if not where they
+    /// were pinned (a Modal container mounts them from a Volume):
+    /// `<root>/datasets/<id>` and `<root>/models/<id>`. Content is still
+    /// verified against the pin. Env `FOUNDRY_PIN_ROOT`.
+    pub pin_root: Option<PathBuf>,
 }
 
 /// Parses a source string.

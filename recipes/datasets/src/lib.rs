@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use hub::{parse_source, HubOptions, Source};
-pub use locate::locate_model;
+pub use locate::{locate_model, staged_dir};
 pub use model::{pin_model, verify_model, ModelPin};
 pub use reader::{Example, Position, StreamReader};
 

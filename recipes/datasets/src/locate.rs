@@ -15,16 +15,36 @@ impl HubOptions {
         HubOptions {
             cache_dir: std::env::var_os("FOUNDRY_HF_CACHE").map(PathBuf::from),
             offline: std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1"),
+            pin_root: std::env::var_os("FOUNDRY_PIN_ROOT").map(PathBuf::from),
         }
     }
 }
 
+/// Where a pinned source with content id `id` is staged under a pin root.
+pub fn staged_dir(pin_root: &std::path::Path, dataset: bool, id: &str) -> PathBuf {
+    pin_root
+        .join(if dataset { "datasets" } else { "models" })
+        .join(id)
+}
+
 fn locate(
+    id: &str,
     source: &str,
     resolved_revision: Option<&str>,
     kind: Kind,
     opts: &HubOptions,
 ) -> Result<PathBuf> {
+    if let Some(root) = &opts.pin_root {
+        let dir = staged_dir(root, matches!(kind, Kind::Dataset), id);
+        return if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(DatasetError::Invalid(format!(
+                "{}: the pinned source was not staged here (FOUNDRY_PIN_ROOT)",
+                dir.display()
+            )))
+        };
+    }
     match parse_source(source)? {
         Source::Local(dir) => {
             if dir.is_dir() {
@@ -53,6 +73,7 @@ impl DatasetPin {
     /// reads it).
     pub fn from_event(ev: &DatasetPinned, opts: &HubOptions) -> Result<DatasetPin> {
         let root = locate(
+            &ev.dataset_id,
             &ev.source,
             ev.resolved_revision.as_deref(),
             Kind::Dataset,
@@ -95,6 +116,7 @@ impl DatasetPin {
 /// The local directory of a pinned base model (the caller re-hashes its files).
 pub fn locate_model(ev: &BaseModelPinned, opts: &HubOptions) -> Result<PathBuf> {
     locate(
+        &ev.model_id,
         &ev.source,
         ev.resolved_revision.as_deref(),
         Kind::Model,

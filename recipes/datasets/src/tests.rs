@@ -230,6 +230,7 @@ fn hf_dataset_pins_from_the_local_cache_offline() {
     let opts = HubOptions {
         cache_dir: Some(cache.path().to_path_buf()),
         offline: true,
+        pin_root: None,
     };
     let local = pin_dir(src.path(), "x", None).unwrap();
     for rev in ["main", commit] {
@@ -344,6 +345,7 @@ fn hf_model_pins_from_the_local_cache_offline() {
     let opts = HubOptions {
         cache_dir: Some(cache.path().to_path_buf()),
         offline: true,
+        pin_root: None,
     };
     let p = pin_model("hf://org/fin@main", &opts).unwrap();
     assert_eq!(p.resolved_revision.as_deref(), Some(commit));

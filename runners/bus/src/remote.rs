@@ -164,6 +164,24 @@ impl LedgerClient for NatsLedgerClient {
         }
     }
 
+    async fn read_raw(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut from = from;
+        loop {
+            let q = wire::ReadRaw {
+                from,
+                limit: (limit - out.len()) as u64,
+            };
+            let p: Page = self.call(ops::READ_RAW, &q).await?;
+            let n = p.events.len() as u64;
+            out.extend(p.events.into_iter().map(|b| b.into_vec()));
+            if p.complete || n == 0 || out.len() >= limit {
+                return Ok(out);
+            }
+            from += n;
+        }
+    }
+
     async fn get(&self, seq: u64) -> Result<Option<RecordedEvent>> {
         let b: Option<ByteBuf> = self.call(ops::GET, &wire::Get { seq }).await?;
         Ok(b.map(|b| RecordedEvent::decode(&b)).transpose()?)

@@ -158,6 +158,14 @@ async fn handle(ledger: &Ledger, subject: &str, payload: &[u8], budget: usize) -
                 Err(e) => ledger_err(e),
             }
         }),
+        ops::READ_RAW => req::<wire::ReadRaw>(subject, payload).map(|q| {
+            let limit = usize::try_from(q.limit).unwrap_or(usize::MAX);
+            page(
+                ledger.scan_raw(q.from.max(1)).map(|r| r.map(|(_, b)| b)),
+                limit,
+                budget,
+            )
+        }),
         ops::GET => req::<wire::Get>(subject, payload).map(|q| match ledger.get_raw(q.seq) {
             Ok(b) => ok(b.map(ByteBuf::from)),
             Err(e) => ledger_err(e),

@@ -27,6 +27,8 @@ pub mod ops {
     pub const READ_STREAM: &str = "foundry.api.read_stream";
     /// [`super::ReadType`] → [`super::Page`].
     pub const READ_TYPE: &str = "foundry.api.read_type";
+    /// [`super::ReadRaw`] → [`super::Page`] (every event, in seq order).
+    pub const READ_RAW: &str = "foundry.api.read_raw";
     /// [`super::Get`] → optional record bytes.
     pub const GET: &str = "foundry.api.get";
     /// [`super::StreamVersion`] → `u64`.
@@ -112,6 +114,15 @@ pub struct ReadStream {
     pub stream: String,
     /// First version wanted (1-based).
     pub from_version: u64,
+}
+
+/// Read stored records of every type from a seq on (snapshots, exports).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReadRaw {
+    /// First seq wanted.
+    pub from: u64,
+    /// At most this many.
+    pub limit: u64,
 }
 
 /// Read events of one type from a seq on.

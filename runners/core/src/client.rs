@@ -18,6 +18,9 @@ pub trait LedgerClient: Send + Sync {
     /// Up to `limit` events of one type with seq ≥ `from`.
     async fn read_type(&self, ty: EventType, from: u64, limit: usize)
         -> Result<Vec<RecordedEvent>>;
+    /// Up to `limit` stored records (every type) with seq ≥ `from`, as the
+    /// store holds them: what a snapshot of the ledger is made of.
+    async fn read_raw(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>>;
     /// The event at `seq`.
     async fn get(&self, seq: u64) -> Result<Option<RecordedEvent>>;
     /// The current version of a stream (0 when it does not exist).
@@ -66,6 +69,14 @@ impl LedgerClient for LocalLedger {
         limit: usize,
     ) -> Result<Vec<RecordedEvent>> {
         Ok(self.ledger.read_type(ty, from, limit)?)
+    }
+
+    async fn read_raw(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>> {
+        self.ledger
+            .scan_raw(from.max(1))
+            .take(limit)
+            .map(|r| r.map(|(_, b)| b).map_err(Into::into))
+            .collect()
     }
 
     async fn get(&self, seq: u64) -> Result<Option<RecordedEvent>> {

@@ -110,6 +110,7 @@ pub struct TrainerRunner {
     engine: Arc<dyn TrainingEngine>,
     lease: Duration,
     metrics_every: usize,
+    backend: String,
 }
 
 impl TrainerRunner {
@@ -119,6 +120,7 @@ impl TrainerRunner {
             engine,
             lease: Duration::from_secs(30),
             metrics_every: 10,
+            backend: "local".to_string(),
         }
     }
 
@@ -126,6 +128,13 @@ impl TrainerRunner {
     /// reclaim the run. Heartbeats go out every third of it.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Sets which runs it trains: those requested with this backend (default
+    /// `local`; a Modal container's trainer takes its `modal` run).
+    pub fn for_backend(mut self, backend: &str) -> Self {
+        self.backend = backend.to_string();
         self
     }
 
@@ -382,7 +391,14 @@ impl TrainerRunner {
                 return Ok(());
             }
             let now = now_ns();
-            if state.holder.is_some() && state.lease_until_ns > now {
+            // A holder with our own runner id is a previous incarnation of
+            // this runner (a retried Modal container keeps its id): it is
+            // gone, so its lease need not lapse.
+            let other_holder = state
+                .holder
+                .as_deref()
+                .is_some_and(|h| h != ctx.runner_id.as_str());
+            if other_holder && state.lease_until_ns > now {
                 let wait = Duration::from_nanos((state.lease_until_ns - now) as u64)
                     .min(self.lease)
                     + Duration::from_millis(50);
@@ -722,7 +738,7 @@ impl Runner for TrainerRunner {
         let Event::RunRequested(req) = delivery.event.decode_event()? else {
             return Ok(());
         };
-        if req.backend != "local" {
+        if req.backend != self.backend {
             return Ok(());
         }
         self.run(ctx, &delivery.event, req).await

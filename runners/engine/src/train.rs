@@ -165,7 +165,12 @@ struct Prepared {
 
 fn prepare(job: &TrainJob) -> Result<Prepared> {
     let recipe = recipe_of(&job.config)?;
-    let (device, device_info) = select_device(&recipe.backend.device)?;
+    // A Modal container is told its device by its launcher.
+    let device_name = std::env::var("FOUNDRY_TRAIN_DEVICE")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| recipe.backend.device.clone());
+    let (device, device_info) = select_device(&device_name)?;
     if recipe.quantization.method != "nf4" && recipe.quantization.method != "none" {
         return Err(EngineError::Invalid(format!(
             "quantization.method = {:?} is not supported (nf4, none)",

@@ -78,8 +78,8 @@ enum Command {
     Rollback(cmd::promote::RollbackArgs),
     /// Share this home's ledger over NATS (single writer + outbox) until Ctrl-C.
     Serve(cmd::serve::ServeArgs),
-    /// Run runners in this process against a `ledger serve` over NATS until Ctrl-C.
-    Runner(cmd::remote::RunnerArgs),
+    /// Run runners against a `ledger serve` over NATS until Ctrl-C; `runner train`: one run in a container.
+    Runner(cmd::remote::RunnerCli),
     /// Declare or show a training recipe.
     #[command(subcommand)]
     Recipe(cmd::recipe::RecipeCommand),
@@ -117,9 +117,13 @@ fn main() -> ExitCode {
         Command::Rollback(a) => cmd::promote::rollback(&ctx, a),
         Command::Eval(a) => cmd::eval::run(&ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
+        Command::Runner(cmd::remote::RunnerCli {
+            command: Some(cmd::remote::RunnerCommand::Train(t)),
+            ..
+        }) => cmd::container::run(&ctx, t),
         Command::Runner(a) => cmd::remote::run(
             &ctx,
-            a,
+            a.args,
             cmd::remote::Engines {
                 trainer: Some(std::sync::Arc::new(foundry_engine::QloraEngine::new())),
                 evaluator: Some(std::sync::Arc::new(foundry_engine::Idefics2Eval::new())),

@@ -43,6 +43,7 @@ impl HubArgs {
         HubOptions {
             cache_dir: self.hf_cache.clone(),
             offline: self.offline,
+            pin_root: None,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Which {
     pub evaluator: bool,
     /// The promoter.
     pub promoter: bool,
+    /// The Modal dispatcher.
+    pub modal: bool,
 }
 
 impl Which {
@@ -31,6 +33,7 @@ impl Which {
         trainer: true,
         evaluator: true,
         promoter: true,
+        modal: true,
     };
 }
 
@@ -69,6 +72,11 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
     }
     if which.promoter {
         runners.push(Arc::new(PromoterRunner::new()));
+    }
+    if which.modal {
+        runners.push(Arc::new(foundry_modal::ModalRunner::new(
+            foundry_modal::ModalOptions::from_env(),
+        )));
     }
     let host_name = foundry_runner::host_info().hostname;
     let instance = uuid::Uuid::now_v7().simple().to_string();

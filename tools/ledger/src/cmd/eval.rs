@@ -93,6 +93,7 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
             trainer: false,
             evaluator: true,
             promoter: true,
+            modal: false,
         },
     )?;
     let scored = ledger

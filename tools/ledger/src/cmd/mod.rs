@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod bench;
+pub mod container;
 pub mod dataset;
 pub mod embedded;
 pub mod eval;

@@ -62,6 +62,7 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
             trainer: false,
             evaluator: true,
             promoter: true,
+            modal: false,
         },
     )?;
     // The decision is the event caused by the request.

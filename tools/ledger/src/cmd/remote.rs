@@ -25,6 +25,27 @@ pub enum Only {
     Evaluator,
     /// PromotionRequested / EvalScored → promotions.
     Promoter,
+    /// RunRequested (backend modal) → a Modal job, followed to its end.
+    Modal,
+}
+
+/// `ledger runner`: runners over NATS, or `ledger runner train` in a container.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RunnerCli {
+    /// `train`: one run, in a container.
+    #[command(subcommand)]
+    pub command: Option<RunnerCommand>,
+    /// Runners over NATS.
+    #[command(flatten)]
+    pub args: RunnerArgs,
+}
+
+/// Subcommands of `ledger runner`.
+#[derive(clap::Subcommand, Debug)]
+pub enum RunnerCommand {
+    /// Train one run here, as a Modal container does (see the modal runner).
+    Train(super::container::TrainArgs),
 }
 
 /// Arguments of `ledger runner`.
@@ -32,7 +53,7 @@ pub enum Only {
 pub struct RunnerArgs {
     #[command(flatten)]
     nats: NatsArgs,
-    /// Run only this runner (default: all three).
+    /// Run only this runner (default: all four).
     #[arg(long, value_enum)]
     only: Option<Only>,
 }
@@ -75,7 +96,12 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
     if want(Only::Promoter) {
         runners.push(Arc::new(PromoterRunner::new()));
     }
-    let opts = args.nats.options();
+    if want(Only::Modal) {
+        runners.push(Arc::new(foundry_modal::ModalRunner::new(
+            foundry_modal::ModalOptions::from_env(),
+        )));
+    }
+    let opts = args.nats.options()?;
     super::embedded::runtime()?.block_on(async move {
         let nats = opts.connect().await?;
         let js = async_nats::jetstream::new(nats.clone());

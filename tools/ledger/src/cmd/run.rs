@@ -75,10 +75,13 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     let recipe_id = resolve_id(ctx, &ledger, ViewKind::Recipes, &a.recipe)?;
     let dataset_id = resolve_id(ctx, &ledger, ViewKind::Datasets, &a.dataset)?;
     let model_id = resolve_id(ctx, &ledger, ViewKind::Models, &a.model)?;
+    let recipe = foundry_runner_lookup_recipe(&ledger, &recipe_id)?;
     if a.dry_run {
+        if recipe["backend"]["kind"].as_str() == Some("modal") {
+            return modal_dry_run(ctx, &ledger, &recipe_id, &dataset_id, &model_id);
+        }
         return dry_run(ctx, &ledger, &recipe_id, &dataset_id, &model_id);
     }
-    let recipe = foundry_runner_lookup_recipe(&ledger, &recipe_id)?;
     let backend = recipe["backend"]["kind"]
         .as_str()
         .unwrap_or("local")
@@ -100,7 +103,7 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         .events
         .remove(0)
         .seq;
-    if a.detach || backend != "local" {
+    if a.detach {
         if ctx.json {
             crate::output::json(&serde_json::json!({"run_id": run_id, "detached": true}))?;
         } else {
@@ -109,7 +112,11 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         return Ok(());
     }
     if !ctx.json {
-        println!("run {run_id} requested; training here (embedded)");
+        if backend == "modal" {
+            println!("run {run_id} requested; submitting it to Modal and following it here");
+        } else {
+            println!("run {run_id} requested; training here (embedded)");
+        }
     }
     let started = Instant::now();
     let rt = embedded::runtime()?;
@@ -269,6 +276,85 @@ fn dry_run(
         d.report.checkpoint_files.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `run start --dry-run` of a modal recipe: snapshot, launcher and the exact
+/// commands, written under `home/dry-runs/<id>/`; nothing is submitted or
+/// recorded.
+fn modal_dry_run(
+    ctx: &Context,
+    ledger: &Ledger,
+    recipe_id: &str,
+    dataset_id: &str,
+    model_id: &str,
+) -> Result<()> {
+    let Event::RecipeDeclared(recipe) = first_event(ledger, &format!("recipe/{recipe_id}"))? else {
+        bail!("recipe/{recipe_id} does not start with RecipeDeclared");
+    };
+    let Event::DatasetPinned(dataset) = first_event(ledger, &format!("dataset/{dataset_id}"))?
+    else {
+        bail!("dataset/{dataset_id} does not start with DatasetPinned");
+    };
+    let Event::BaseModelPinned(model) = first_event(ledger, &format!("model/{model_id}"))? else {
+        bail!("model/{model_id} does not start with BaseModelPinned");
+    };
+    let id = format!("dry-run-{}", uuid::Uuid::now_v7().simple());
+    let work = ctx.home.root().join("dry-runs").join(&id);
+    let opts = foundry_modal::ModalOptions::from_env();
+    let client = foundry_runner::LocalLedger::new(ledger.clone());
+    let plan = embedded::runtime()?.block_on(foundry_modal::prepare(
+        &client,
+        &opts,
+        &id,
+        &recipe.resolved_config,
+        &dataset,
+        &model,
+        &work,
+    ));
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            bail!("{e}");
+        }
+    };
+    let commands = plan.commands(&opts.cli);
+    if ctx.json {
+        return crate::output::json(&serde_json::json!({
+            "dry_run": true,
+            "plan": plan,
+            "commands": commands,
+        }));
+    }
+    println!("dry run: nothing was submitted or recorded");
+    crate::output::fields([
+        ("launcher", plan.launcher_path.display().to_string()),
+        ("launcher sha256", plan.launcher_sha256.clone()),
+        ("image digest", plan.image_digest.clone()),
+        (
+            "snapshot",
+            format!("{} events", plan.snapshot_events),
+        ),
+        (
+            "gpu / timeout / retries",
+            format!(
+                "{} / {}s / {}",
+                plan.spec.gpu, plan.spec.timeout_s, plan.spec.retries
+            ),
+        ),
+        (
+            "volumes",
+            format!(
+                "checkpoints {}, data {}, hf cache {}",
+                plan.spec.checkpoint_volume, plan.spec.data_volume, plan.spec.hf_cache_volume
+            ),
+        ),
+    ]);
+    println!("commands:");
+    for c in commands {
+        println!("  {c}");
+    }
     Ok(())
 }
 

@@ -14,8 +14,9 @@ use crate::context::Context;
 #[derive(Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server URL (nats://host:4222, tls://host:4222).
+    /// (Required; optional only to clap, so `ledger runner train` can omit it.)
     #[arg(long = "nats", env = "FOUNDRY_NATS_URL")]
-    pub url: String,
+    pub url: Option<String>,
     /// NATS user (with --nats-password).
     #[arg(long, env = "FOUNDRY_NATS_USER", requires = "nats_password")]
     pub nats_user: Option<String>,
@@ -34,16 +35,21 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
-    /// The bus options these arguments describe.
-    pub fn options(&self) -> NatsOptions {
-        NatsOptions {
+    /// The bus options these arguments describe; the URL is required.
+    pub fn options(&self) -> Result<NatsOptions> {
+        let url = self
+            .url
+            .clone()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--nats URL (or FOUNDRY_NATS_URL) is required"))?;
+        Ok(NatsOptions {
             user: self.nats_user.clone(),
             password: self.nats_password.clone(),
             token: self.nats_token.clone(),
             creds_file: self.nats_creds.clone(),
             tls_ca: self.nats_ca.clone(),
-            ..NatsOptions::url(self.url.clone())
-        }
+            ..NatsOptions::url(url)
+        })
     }
 }
 
@@ -57,7 +63,7 @@ pub struct ServeArgs {
 /// Serves the home's ledger until Ctrl-C (or SIGTERM).
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let opts = args.nats.options();
+    let opts = args.nats.options()?;
     super::embedded::runtime()?.block_on(async move {
         let client = opts.connect().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

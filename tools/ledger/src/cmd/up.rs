@@ -24,7 +24,7 @@ pub fn run(ctx: &Context, a: UpArgs) -> Result<()> {
         let e = embedded::start(ctx, &ledger, Which::ALL)?;
         if !ctx.json {
             println!(
-                "foundry up: trainer, evaluator and promoter on {} (head seq {})",
+                "foundry up: trainer, evaluator, promoter and modal dispatcher on {} (head seq {})",
                 ctx.home.root().display(),
                 ledger.head().seq
             );
