@@ -64,8 +64,16 @@ impl Setup {
     fn start(&self, extra: &[(&str, &str)]) -> Output {
         self.ledger(
             &[
-                "--json", "run", "start", "--recipe", &self.recipe, "--dataset", &self.dataset,
-                "--model", &self.model, "--quiet",
+                "--json",
+                "run",
+                "start",
+                "--recipe",
+                &self.recipe,
+                "--dataset",
+                &self.dataset,
+                "--model",
+                &self.model,
+                "--quiet",
             ],
             extra,
         )
@@ -97,7 +105,10 @@ fn setup(retries: u32) -> Setup {
         .collect();
     env.extend([
         ("PATH".to_string(), path),
-        ("FAKE_MODAL_HOME".to_string(), fake_home.display().to_string()),
+        (
+            "FAKE_MODAL_HOME".to_string(),
+            fake_home.display().to_string(),
+        ),
         ("FOUNDRY_MODAL_DEVICE".to_string(), "cpu".to_string()),
         ("FOUNDRY_MODAL_POLL_MS".to_string(), "300".to_string()),
         ("FOUNDRY_MODAL_SECRETS".to_string(), "hf-token".to_string()),
@@ -106,7 +117,11 @@ fn setup(retries: u32) -> Setup {
     let dataset = common::home_with_tiny_dataset(&home, &data, 12, 3, &pairs);
     let model = first_word(&common::ok_env(
         &home,
-        &["model", "pin", repo("runners/idefics2/fixtures/tiny").to_str().unwrap()],
+        &[
+            "model",
+            "pin",
+            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
+        ],
         &pairs,
     ));
     let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
@@ -161,8 +176,14 @@ fn a_preempted_modal_run_resumes_from_its_checkpoint_with_lineage_intact() {
     let p = &submitted[0]["payload"];
     assert_eq!(p["gpu"], "A10G");
     assert!(p["app_id"].as_str().unwrap().starts_with("ap-"), "{p}");
-    assert!(p["function_call_id"].as_str().unwrap().starts_with("fc-"), "{p}");
-    assert!(p["image_digest"].as_str().unwrap().starts_with("sha256:"), "{p}");
+    assert!(
+        p["function_call_id"].as_str().unwrap().starts_with("fc-"),
+        "{p}"
+    );
+    assert!(
+        p["image_digest"].as_str().unwrap().starts_with("sha256:"),
+        "{p}"
+    );
     assert_eq!(p["command"][1], "run");
     let launcher = s.home.join("runs").join(&run_id).join("modal/launcher.py");
     let (sha, _) = foundry_sha256(&launcher);
@@ -181,7 +202,10 @@ fn a_preempted_modal_run_resumes_from_its_checkpoint_with_lineage_intact() {
     // Nothing doubled: one checkpoint per step, one completion, and the
     // imported events keep the container's causation (the RunRequested).
     let ckpts = s.events("CheckpointCommitted");
-    let steps: Vec<u64> = ckpts.iter().map(|c| c["payload"]["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = ckpts
+        .iter()
+        .map(|c| c["payload"]["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![2, 4], "{ckpts:?}");
     assert_eq!(s.events("RunCompleted").len(), 1);
     let requested = &s.events("RunRequested")[0];
@@ -191,7 +215,10 @@ fn a_preempted_modal_run_resumes_from_its_checkpoint_with_lineage_intact() {
 
     // Status updates from the Volume, and the end.
     let updates = s.events("ModalJobUpdated");
-    let states: Vec<&str> = updates.iter().map(|u| u["payload"]["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> = updates
+        .iter()
+        .map(|u| u["payload"]["state"].as_str().unwrap())
+        .collect();
     assert!(states.contains(&"running"), "{states:?}");
     assert_eq!(states.last(), Some(&"succeeded"), "{states:?}");
 
@@ -204,7 +231,10 @@ fn a_preempted_modal_run_resumes_from_its_checkpoint_with_lineage_intact() {
     assert_eq!(run["run"]["resumes"][0]["step"], 2, "{run}");
     assert_eq!(run["checkpoints"].as_array().unwrap().len(), 2, "{run}");
     let lineage = s.ok(&["lineage", &run_id[..10]]);
-    assert!(lineage.contains(&s.dataset[..12]) || lineage.contains(&s.dataset[..8]), "{lineage}");
+    assert!(
+        lineage.contains(&s.dataset[..12]) || lineage.contains(&s.dataset[..8]),
+        "{lineage}"
+    );
     let verified = s.ok(&["verify", "--artifacts"]);
     assert!(verified.to_lowercase().contains("ok"), "{verified}");
 
@@ -212,7 +242,10 @@ fn a_preempted_modal_run_resumes_from_its_checkpoint_with_lineage_intact() {
     // again (a dispatcher restart) appends nothing.
     let ckpt_volume = s.fake_home.join("volumes/ckpt/runs").join(&run_id);
     assert!(ckpt_volume.join("outbox.foundry").is_file());
-    assert_eq!(std::fs::read_to_string(ckpt_volume.join("attempts")).unwrap(), "2");
+    assert_eq!(
+        std::fs::read_to_string(ckpt_volume.join("attempts")).unwrap(),
+        "2"
+    );
     let before = s.json(&["stats"])["events"].clone();
     let again = s.ledger(&["up", "--until-idle"], &[]);
     assert!(again.status.success(), "{}", stderr(&again));
@@ -224,7 +257,10 @@ fn foundry_sha256(p: &Path) -> (String, u64) {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(p).unwrap();
     (
-        Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect(),
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         bytes.len() as u64,
     )
 }
@@ -255,7 +291,14 @@ fn dry_run_renders_the_launcher_and_prints_the_commands_without_submitting() {
     let s = setup(3);
     let before = s.json(&["stats"])["events"].clone();
     let out = s.ok(&[
-        "run", "start", "--recipe", &s.recipe, "--dataset", &s.dataset, "--model", &s.model,
+        "run",
+        "start",
+        "--recipe",
+        &s.recipe,
+        "--dataset",
+        &s.dataset,
+        "--model",
+        &s.model,
         "--dry-run",
     ]);
     assert!(out.contains("nothing was submitted or recorded"), "{out}");
@@ -263,11 +306,25 @@ fn dry_run_renders_the_launcher_and_prints_the_commands_without_submitting() {
     assert!(out.contains(&format!("datasets/{}", s.dataset)), "{out}");
     assert!(out.contains("run --detach launcher.py::main"), "{out}");
     assert!(out.contains("A10G / 900s / 3"), "{out}");
-    assert_eq!(s.json(&["stats"])["events"], before, "dry run recorded events");
-    assert!(!s.fake_home.join("apps").exists(), "dry run submitted a job");
+    assert_eq!(
+        s.json(&["stats"])["events"],
+        before,
+        "dry run recorded events"
+    );
+    assert!(
+        !s.fake_home.join("apps").exists(),
+        "dry run submitted a job"
+    );
 
     let plan = s.json(&[
-        "run", "start", "--recipe", &s.recipe, "--dataset", &s.dataset, "--model", &s.model,
+        "run",
+        "start",
+        "--recipe",
+        &s.recipe,
+        "--dataset",
+        &s.dataset,
+        "--model",
+        &s.model,
         "--dry-run",
     ]);
     let launcher = PathBuf::from(plan["plan"]["launcher_path"].as_str().unwrap());
@@ -325,12 +382,30 @@ fn a_bad_modal_backend_is_refused_with_a_clear_error() {
     std::fs::write(&f, text).unwrap();
     let recipe = first_word(&s.ok(&["recipe", "declare", f.to_str().unwrap()]));
     let out = s.ledger(
-        &["run", "start", "--recipe", &recipe, "--dataset", &s.dataset, "--model", &s.model, "--dry-run"],
+        &[
+            "run",
+            "start",
+            "--recipe",
+            &recipe,
+            "--dataset",
+            &s.dataset,
+            "--model",
+            &s.model,
+            "--dry-run",
+        ],
         &[],
     );
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("checkpoint volume \"no spaces allowed\""), "{err}");
-    assert!(!s.home.join("dry-runs").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false));
+    assert!(
+        err.contains("checkpoint volume \"no spaces allowed\""),
+        "{err}"
+    );
+    assert!(!s
+        .home
+        .join("dry-runs")
+        .read_dir()
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false));
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: sets up what the tests need on a fresh Debian
-# machine, then runs every test of the workspace.
+# machine (nats-server, a C toolchain, chromium, python3 with the modal
+# package), then runs every test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The Modal tests run the test double of the `modal` CLI (a Python script)
+# and check that the rendered launcher imports under the real `modal`
+# package from PyPI.
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "installing python3 with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq python3 python3-pip
+fi
+if ! python3 -c "import modal" >/dev/null 2>&1; then
+  echo "installing the modal Python package with pip"
+  python3 -m pip install --quiet modal ||
+    python3 -m pip install --quiet --break-system-packages modal
 fi
 
 # Tests are built with the dev profile, whose dependencies are optimized

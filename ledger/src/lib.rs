@@ -16,7 +16,9 @@ mod store;
 mod verify;
 
 pub use error::{LedgerError, Result};
-pub use export::{verify_export, write_export, ExportHeader, ExportReader, ExportSummary, EXPORT_MAGIC};
+pub use export::{
+    verify_export, write_export, ExportHeader, ExportReader, ExportSummary, EXPORT_MAGIC,
+};
 pub use home::{hash_file, ArtifactStore, Home};
 pub use keys::Head;
 pub use store::{AppendOutcome, AppendRequest, Chunk, ExpectedVersion, Ledger, NewEvent, Tail};

@@ -14,6 +14,8 @@ pub struct ModalCli {
     pub bin: PathBuf,
     /// Longest any one call may take.
     pub timeout: Duration,
+    /// Extra environment for every call (e.g. `MODAL_PROFILE`, `MODAL_ENVIRONMENT`).
+    pub env: Vec<(String, String)>,
 }
 
 /// What a finished call printed.
@@ -103,6 +105,7 @@ impl ModalCli {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("modal")),
             timeout: Duration::from_secs(600),
+            env: Vec::new(),
         }
     }
 
@@ -117,6 +120,7 @@ impl ModalCli {
     pub async fn call(&self, args: &[&str], cwd: Option<&Path>) -> Result<Output> {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if let Some(d) = cwd {
@@ -207,8 +211,10 @@ mod tests {
 
     #[test]
     fn parses_what_modal_run_prints() {
-        let o = out("✓ Initialized. View run at https://modal.com/apps/acme/main/ap-AbC123xyz\n\
-                     ✓ Created objects.\nFOUNDRY_FUNCTION_CALL_ID=fc-01JXYZ\n✓ App completed.");
+        let o = out(
+            "✓ Initialized. View run at https://modal.com/apps/acme/main/ap-AbC123xyz\n\
+                     ✓ Created objects.\nFOUNDRY_FUNCTION_CALL_ID=fc-01JXYZ\n✓ App completed.",
+        );
         assert_eq!(
             parse_submission(&o).unwrap(),
             Submission {
@@ -220,9 +226,16 @@ mod tests {
 
     #[test]
     fn missing_ids_are_clear_errors() {
-        let e = parse_submission(&out("Error: no token\n")).unwrap_err().to_string();
-        assert!(e.contains("no app id") && e.contains("Error: no token"), "{e}");
-        let e = parse_submission(&out("View run at https://x/ap-1\n")).unwrap_err().to_string();
+        let e = parse_submission(&out("Error: no token\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no app id") && e.contains("Error: no token"),
+            "{e}"
+        );
+        let e = parse_submission(&out("View run at https://x/ap-1\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("FOUNDRY_FUNCTION_CALL_ID"), "{e}");
         // "map-…" is not an app id.
         assert_eq!(find_id("heatmap-12 ap-9", "ap-").as_deref(), Some("ap-9"));

@@ -94,7 +94,9 @@ impl Backend {
     /// The `[backend]` of a recipe's resolved config.
     pub fn of(config: &serde_json::Value) -> Result<Backend> {
         serde_json::from_value(config["backend"].clone()).map_err(|e| {
-            ModalError::Invalid(format!("the recipe's [backend] is not a modal backend: {e}"))
+            ModalError::Invalid(format!(
+                "the recipe's [backend] is not a modal backend: {e}"
+            ))
         })
     }
 }
@@ -266,9 +268,7 @@ pub async fn prepare(
         image_digest,
         snapshot_events: anchor.events,
         stage,
-        submit: opts
-            .cli
-            .argv(&["run", "--detach", "launcher.py::main"]),
+        submit: opts.cli.argv(&["run", "--detach", "launcher.py::main"]),
     })
 }
 
@@ -328,13 +328,23 @@ impl Job<'_> {
             vec![NewEvent::new(ev).caused_by(self.trigger.event_id, self.trigger.correlation_id)],
         );
         if let Some(w) = what {
-            req = req.idempotent(foundry_runner::outcome_key("modal", &self.trigger.event_id, &w));
+            req = req.idempotent(foundry_runner::outcome_key(
+                "modal",
+                &self.trigger.event_id,
+                &w,
+            ));
         }
         self.ctx.client.append(req).await?;
         Ok(())
     }
 
-    async fn updated(&self, state: &str, exit_code: Option<i32>, log_tail: String, key: &str) -> Result<()> {
+    async fn updated(
+        &self,
+        state: &str,
+        exit_code: Option<i32>,
+        log_tail: String,
+        key: &str,
+    ) -> Result<()> {
         self.append(
             Some(format!("state/{key}")),
             Event::ModalJobUpdated(ModalJobUpdated {
@@ -363,15 +373,24 @@ impl Job<'_> {
                 .path_of(&f.sha256)
                 .strip_prefix(self.ctx.home.root())
                 .map(|p| p.to_string_lossy().replace('\\', "/"))
-                .map_err(|_| ModalError::Invalid("the artifact store is outside the home".into()))?;
+                .map_err(|_| {
+                    ModalError::Invalid("the artifact store is outside the home".into())
+                })?;
             let local = pulls.join(f.sha256.to_hex());
             if !cli
-                .volume_get(&self.backend.checkpoint_volume, &self.remote(&format!("home/{rel}")), &local)
+                .volume_get(
+                    &self.backend.checkpoint_volume,
+                    &self.remote(&format!("home/{rel}")),
+                    &local,
+                )
                 .await?
             {
                 return Err(ModalError::Outbox(format!(
                     "checkpoint {} file {} ({}) is not in volume {}",
-                    c.checkpoint_id, f.path, f.sha256.short(), self.backend.checkpoint_volume
+                    c.checkpoint_id,
+                    f.path,
+                    f.sha256.short(),
+                    self.backend.checkpoint_volume
                 )));
             }
             let (sha, _) = foundry_ledger::hash_file(&local)?;
@@ -393,7 +412,11 @@ impl Job<'_> {
     async fn sync_outbox(&self, cli: &ModalCli, last_sha: &mut Option<String>) -> Result<usize> {
         let local = self.work.join("outbox.foundry");
         if !cli
-            .volume_get(&self.backend.checkpoint_volume, &self.remote("outbox.foundry"), &local)
+            .volume_get(
+                &self.backend.checkpoint_volume,
+                &self.remote("outbox.foundry"),
+                &local,
+            )
             .await?
         {
             return Ok(0);
@@ -416,7 +439,11 @@ impl Job<'_> {
     async fn status(&self, cli: &ModalCli) -> Result<Option<Status>> {
         let local = self.work.join("status.json");
         if !cli
-            .volume_get(&self.backend.checkpoint_volume, &self.remote("status.json"), &local)
+            .volume_get(
+                &self.backend.checkpoint_volume,
+                &self.remote("status.json"),
+                &local,
+            )
             .await?
         {
             return Ok(None);
@@ -428,7 +455,9 @@ impl Job<'_> {
     }
 
     async fn run_terminal(&self) -> Result<Option<Event>> {
-        let events = lookup::stream_events(self.ctx.client.as_ref(), &format!("run/{}", self.run_id)).await?;
+        let events =
+            lookup::stream_events(self.ctx.client.as_ref(), &format!("run/{}", self.run_id))
+                .await?;
         Ok(events.into_iter().map(|(_, e)| e).find(is_terminal))
     }
 }
@@ -452,7 +481,11 @@ impl ModalRunner {
             ctx.actor.clone(),
             vec![NewEvent::new(ev).caused_by(trigger.event_id, trigger.correlation_id)],
         )
-        .idempotent(foundry_runner::outcome_key("modal", &trigger.event_id, "failed"));
+        .idempotent(foundry_runner::outcome_key(
+            "modal",
+            &trigger.event_id,
+            "failed",
+        ));
         ctx.client.append(req).await?;
         Ok(())
     }
@@ -485,7 +518,11 @@ impl ModalRunner {
         };
         let backend = match Backend::of(&recipe.resolved_config) {
             Ok(b) => b,
-            Err(e) => return self.fail(ctx, trigger, &req.run_id, e.to_string(), false).await,
+            Err(e) => {
+                return self
+                    .fail(ctx, trigger, &req.run_id, e.to_string(), false)
+                    .await
+            }
         };
         let recorded = events.iter().find_map(|(_, e)| match e {
             Event::ModalJobSubmitted(s) => Some(Submission {
@@ -545,7 +582,8 @@ impl ModalRunner {
                     .cli
                     .call(&["app", "stop", "--yes", &job.sub.app_id], None)
                     .await;
-                self.fail(ctx, trigger, &req.run_id, e.to_string(), false).await
+                self.fail(ctx, trigger, &req.run_id, e.to_string(), false)
+                    .await
             }
             Err(e) => Err(RunnerError::Engine(e.to_string())),
         }
@@ -576,7 +614,16 @@ impl ModalRunner {
             self.record(ctx, trigger, req, config, &sub, work).await?;
             return Ok((sub, anchor));
         }
-        let plan = prepare(ctx.client.as_ref(), &self.opts, &req.run_id, config, dataset, model, work).await?;
+        let plan = prepare(
+            ctx.client.as_ref(),
+            &self.opts,
+            &req.run_id,
+            config,
+            dataset,
+            model,
+            work,
+        )
+        .await?;
         for s in &plan.stage {
             let probe = work.join("staged.probe");
             let marker_remote = format!("{}/{STAGED_MARKER}", s.remote);
@@ -584,13 +631,19 @@ impl ModalRunner {
                 continue;
             }
             let local = s.local.display().to_string();
-            cli.call_ok(&["volume", "put", "--force", &s.volume, &local, &s.remote], None)
-                .await?;
+            cli.call_ok(
+                &["volume", "put", "--force", &s.volume, &local, &s.remote],
+                None,
+            )
+            .await?;
             let m = work.join(STAGED_MARKER);
             std::fs::write(&m, format!("{}\n", s.what)).map_err(|e| io(&m, e))?;
             let m = m.display().to_string();
-            cli.call_ok(&["volume", "put", "--force", &s.volume, &m, &marker_remote], None)
-                .await?;
+            cli.call_ok(
+                &["volume", "put", "--force", &s.volume, &m, &marker_remote],
+                None,
+            )
+            .await?;
         }
         let out = cli
             .call_ok(&["run", "--detach", "launcher.py::main"], Some(work))
@@ -642,7 +695,10 @@ impl ModalRunner {
             gpu: backend.gpu.unwrap_or_default(),
             image_digest,
             launcher_sha256: foundry_ledger::hash_file(&launcher)?.0,
-            command: self.opts.cli.argv(&["run", "--detach", "launcher.py::main"]),
+            command: self
+                .opts
+                .cli
+                .argv(&["run", "--detach", "launcher.py::main"]),
         };
         self.append_submitted(ctx, trigger, ev).await
     }
@@ -678,7 +734,11 @@ impl ModalRunner {
             vec![NewEvent::new(Event::ModalJobSubmitted(ev))
                 .caused_by(trigger.event_id, trigger.correlation_id)],
         )
-        .idempotent(foundry_runner::outcome_key("modal", &trigger.event_id, "submitted"));
+        .idempotent(foundry_runner::outcome_key(
+            "modal",
+            &trigger.event_id,
+            "submitted",
+        ));
         ctx.client.append(req).await?;
         Ok(())
     }
@@ -694,17 +754,29 @@ impl ModalRunner {
         let mut stop = job.ctx.stop.clone();
         loop {
             let events =
-                lookup::stream_events(job.ctx.client.as_ref(), &format!("run/{}", job.run_id)).await?;
-            if events.iter().any(|(_, e)| matches!(e, Event::RunCancelled(_))) {
-                let out = cli.call(&["app", "stop", "--yes", &job.sub.app_id], None).await?;
-                job.updated("cancelled", None, out.tail(5), "cancelled").await?;
+                lookup::stream_events(job.ctx.client.as_ref(), &format!("run/{}", job.run_id))
+                    .await?;
+            if events
+                .iter()
+                .any(|(_, e)| matches!(e, Event::RunCancelled(_)))
+            {
+                let out = cli
+                    .call(&["app", "stop", "--yes", &job.sub.app_id], None)
+                    .await?;
+                job.updated("cancelled", None, out.tail(5), "cancelled")
+                    .await?;
                 return Ok(());
             }
             job.sync_outbox(cli, &mut last_outbox).await?;
             if let Some(st) = job.status(cli).await? {
                 if last_status.as_ref() != Some(&st) {
-                    job.updated(&st.state, st.exit_code, String::new(), &format!("{}/{}", st.attempt, st.state))
-                        .await?;
+                    job.updated(
+                        &st.state,
+                        st.exit_code,
+                        String::new(),
+                        &format!("{}/{}", st.attempt, st.state),
+                    )
+                    .await?;
                     last_status = Some(st);
                 }
             }

@@ -183,7 +183,10 @@ mod tests {
         // Quotes in a path are escaped, not closing the literal.
         assert!(src.contains(r#"LEDGER_BINARY = "/opt/ledger \"cuda\"""#));
         // Deterministic: same spec, same bytes (its sha256 is recorded).
-        assert_eq!(sha256_hex(src.as_bytes()), sha256_hex(spec().render().unwrap().as_bytes()));
+        assert_eq!(
+            sha256_hex(src.as_bytes()),
+            sha256_hex(spec().render().unwrap().as_bytes())
+        );
     }
 
     #[test]

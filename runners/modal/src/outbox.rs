@@ -47,7 +47,9 @@ pub async fn snapshot(client: &dyn LedgerClient, path: &Path, exported_at: &str)
     let mut records: Vec<foundry_ledger::Result<(u64, Vec<u8>)>> = Vec::new();
     let mut next = 1u64;
     while next <= head {
-        let page = client.read_raw(next, PAGE.min((head - next + 1) as usize)).await?;
+        let page = client
+            .read_raw(next, PAGE.min((head - next + 1) as usize))
+            .await?;
         if page.is_empty() {
             break;
         }
@@ -126,7 +128,10 @@ pub async fn import(client: &dyn LedgerClient, records: &[RecordedEvent]) -> Res
     while i < records.len() {
         let key = import_key(&records[i]);
         let mut j = i + 1;
-        while j < records.len() && records[j].idempotency_key.is_some() && import_key(&records[j]) == key {
+        while j < records.len()
+            && records[j].idempotency_key.is_some()
+            && import_key(&records[j]) == key
+        {
             j += 1;
         }
         let mut events = Vec::with_capacity(j - i);
@@ -146,4 +151,115 @@ pub async fn import(client: &dyn LedgerClient, records: &[RecordedEvent]) -> Res
         i = j;
     }
     Ok(appended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foundry_events::{Event, RunCancelled, RunHeartbeat};
+    use foundry_ledger::Ledger;
+    use foundry_runner::LocalLedger;
+
+    fn append(ledger: &Ledger, ev: Event, key: Option<&str>) {
+        let mut req = AppendRequest::new("t", vec![NewEvent::new(ev)]);
+        if let Some(k) = key {
+            req = req.idempotent(k);
+        }
+        ledger.append(req).unwrap();
+    }
+
+    fn beat(run: &str, step: u64) -> Event {
+        Event::RunHeartbeat(RunHeartbeat {
+            run_id: run.into(),
+            runner_id: "r".into(),
+            step,
+            lease_ms: 1000,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_outbox_that_extends_the_snapshot_imports_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = Ledger::create(&dir.path().join("main")).unwrap();
+        for s in 0..3 {
+            append(&main, beat("a", s), None);
+        }
+        let client = LocalLedger::new(main.clone());
+        let bundle = dir.path().join("bundle.foundry");
+        let anchor = snapshot(&client, &bundle, "2026-11-29T00:00:00Z")
+            .await
+            .unwrap();
+        assert_eq!(anchor.events, 3);
+        assert_eq!(anchor_of(&bundle).unwrap(), anchor);
+
+        // The container: the snapshot, then its own events.
+        let scratch = Ledger::create(&dir.path().join("scratch")).unwrap();
+        scratch.import(&bundle).unwrap();
+        append(&scratch, beat("b", 1), None);
+        append(&scratch, beat("b", 2), Some("trainer/x/metrics/1-2"));
+        let out = dir.path().join("outbox.foundry");
+        scratch.export(&out, "2026-11-29T00:00:01Z").unwrap();
+        // Meanwhile the real ledger moved on.
+        append(&main, beat("a", 9), None);
+
+        let recs = read_outbox(&out, anchor).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(import(&client, &recs).await.unwrap(), 2);
+        assert_eq!(import(&client, &recs).await.unwrap(), 0, "imported twice");
+        assert_eq!(main.head().seq, 6);
+        // Imported with their causation and stream, under their own keys.
+        let last = main.get(6).unwrap().unwrap();
+        assert_eq!(
+            last.idempotency_key.as_deref(),
+            Some("trainer/x/metrics/1-2")
+        );
+        assert_eq!(last.stream, recs[1].stream);
+        let first = main.get(5).unwrap().unwrap();
+        assert_eq!(
+            first.idempotency_key,
+            Some(format!("import/{}", recs[0].event_id))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outbox_from_another_history_or_damaged_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = Ledger::create(&dir.path().join("main")).unwrap();
+        append(&main, beat("a", 1), None);
+        let client = LocalLedger::new(main.clone());
+        let bundle = dir.path().join("bundle.foundry");
+        let anchor = snapshot(&client, &bundle, "t").await.unwrap();
+
+        // A container that did not start from this snapshot.
+        let other = Ledger::create(&dir.path().join("other")).unwrap();
+        append(
+            &other,
+            Event::RunCancelled(RunCancelled {
+                run_id: "z".into(),
+                reason: "x".into(),
+            }),
+            None,
+        );
+        append(&other, beat("b", 1), None);
+        let out = dir.path().join("outbox.foundry");
+        other.export(&out, "t").unwrap();
+        let e = read_outbox(&out, anchor).unwrap_err().to_string();
+        assert!(e.contains("does not extend the snapshot"), "{e}");
+
+        // One flipped byte anywhere: refused, naming the file.
+        let scratch = Ledger::create(&dir.path().join("scratch")).unwrap();
+        scratch.import(&bundle).unwrap();
+        append(&scratch, beat("b", 1), None);
+        scratch.export(&out, "t").unwrap();
+        let mut bytes = std::fs::read(&out).unwrap();
+        let at = bytes.len() - 60;
+        bytes[at] ^= 0x40;
+        std::fs::write(&out, &bytes).unwrap();
+        let e = read_outbox(&out, anchor).unwrap_err().to_string();
+        assert!(
+            e.starts_with("outbox: ") && e.contains("outbox.foundry"),
+            "{e}"
+        );
+        assert_eq!(main.head().seq, 1);
+    }
 }

@@ -180,8 +180,12 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
                         Arc::new(foundry_bus::NatsLedgerClient::new(nats));
                     return train(ctx, client, home.clone(), &a.run).await;
                 }
-                Ok(Err(e)) => println!("foundry: NATS at {url} unreachable ({e}); using the outbox"),
-                Err(_) => println!("foundry: NATS at {url} did not answer in 15s; using the outbox"),
+                Ok(Err(e)) => {
+                    println!("foundry: NATS at {url} unreachable ({e}); using the outbox")
+                }
+                Err(_) => {
+                    println!("foundry: NATS at {url} did not answer in 15s; using the outbox")
+                }
             }
         }
         let (ledger, anchor) = open_scratch(&home, &a.bundle)?;

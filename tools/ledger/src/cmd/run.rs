@@ -332,10 +332,7 @@ fn modal_dry_run(
         ("launcher", plan.launcher_path.display().to_string()),
         ("launcher sha256", plan.launcher_sha256.clone()),
         ("image digest", plan.image_digest.clone()),
-        (
-            "snapshot",
-            format!("{} events", plan.snapshot_events),
-        ),
+        ("snapshot", format!("{} events", plan.snapshot_events)),
         (
             "gpu / timeout / retries",
             format!(
