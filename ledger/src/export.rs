@@ -392,3 +392,57 @@ impl Ledger {
         Ok(summary)
     }
 }
+
+impl Ledger {
+    /// Appends records copied from another ledger (a replica following a
+    /// remote one), each checked against the chain rule first: it must be
+    /// the next seq, hash to its stored hash, link to this ledger's head and
+    /// be the next version of its stream. Nothing is written unless all of
+    /// them pass. Returns the new head seq.
+    pub fn replicate(&self, records: &[Vec<u8>]) -> Result<u64> {
+        let head = self.head();
+        let mut next = head.seq + 1;
+        let mut prev = head.hash;
+        let mut versions: std::collections::HashMap<String, u64> = Default::default();
+        let mut batch = Vec::with_capacity(records.len());
+        for bytes in records {
+            let at = next;
+            let bad = |reason: String| LedgerError::Corrupt {
+                seq: at,
+                reason: format!("not replicated: {reason}"),
+            };
+            let rec = RecordedEvent::decode(bytes).map_err(|e| bad(e.to_string()))?;
+            if rec.seq != at {
+                return Err(bad(format!("the record claims seq {}", rec.seq)));
+            }
+            let computed = foundry_events::hash_record_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+            if computed != rec.hash {
+                return Err(bad("its hash does not match its content".into()));
+            }
+            if rec.prev_hash != prev {
+                return Err(bad(
+                    "it does not link to this ledger's head: this is a replica of another ledger"
+                        .into(),
+                ));
+            }
+            let v = match versions.get(&rec.stream) {
+                Some(v) => *v,
+                None => self.stream_version(&rec.stream)?,
+            };
+            if rec.stream_version != v + 1 {
+                return Err(bad(format!(
+                    "stream {} is at version {v}, the record claims {}",
+                    rec.stream, rec.stream_version
+                )));
+            }
+            versions.insert(rec.stream.clone(), v + 1);
+            prev = rec.hash;
+            next += 1;
+            batch.push((rec, bytes.clone()));
+        }
+        if !batch.is_empty() {
+            self.append_verbatim(&batch)?;
+        }
+        Ok(next - 1)
+    }
+}

@@ -583,3 +583,29 @@ fn artifacts_are_content_addressed_and_checked() {
     std::fs::write(store.path_of(&d), b"weightz").unwrap();
     assert!(store.check(&d).is_err());
 }
+
+#[test]
+fn a_replica_follows_its_source_and_refuses_another_history() {
+    let (_d1, source) = fresh();
+    append_n(&source, 30, 7);
+    let (_d2, replica) = fresh();
+    let raw: Vec<Vec<u8>> = source.scan_raw(1).map(|r| r.unwrap().1).collect();
+    assert_eq!(replica.replicate(&raw[..12]).unwrap(), 12);
+    assert_eq!(replica.replicate(&raw[12..]).unwrap(), 30);
+    assert_eq!(replica.replicate(&[]).unwrap(), 30);
+    assert!(replica.verify().unwrap().is_ok());
+    assert_eq!(replica.head(), source.head());
+    assert_eq!(
+        replica.read_stream("run/r0", 1).unwrap().len(),
+        source.read_stream("run/r0", 1).unwrap().len()
+    );
+    // Records of another ledger, or a gap, are refused and nothing is written.
+    let (_d3, other) = fresh();
+    append_n(&other, 31, 5);
+    let theirs: Vec<Vec<u8>> = other.scan_raw(31).map(|r| r.unwrap().1).collect();
+    let e = replica.replicate(&theirs).unwrap_err().to_string();
+    assert!(e.contains("seq 31") && e.contains("another ledger"), "{e}");
+    let e = replica.replicate(&raw[..1]).unwrap_err().to_string();
+    assert!(e.contains("claims seq 1"), "{e}");
+    assert_eq!(replica.head().seq, 30);
+}
