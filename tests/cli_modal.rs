@@ -242,9 +242,16 @@ fn a_preempted_modal_run_resumes_from_its_checkpoint_with_lineage_intact() {
     // again (a dispatcher restart) appends nothing.
     let ckpt_volume = s.fake_home.join("volumes/ckpt/runs").join(&run_id);
     assert!(ckpt_volume.join("outbox.foundry").is_file());
+    let app_log: String = std::fs::read_dir(s.fake_home.join("apps"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
     assert_eq!(
         std::fs::read_to_string(ckpt_volume.join("attempts")).unwrap(),
-        "2"
+        "2",
+        "{app_log}"
     );
     let before = s.json(&["stats"])["events"].clone();
     let again = s.ledger(&["up", "--until-idle"], &[]);

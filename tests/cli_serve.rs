@@ -5,43 +5,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use common::{bin, fails, ok};
+use common::{bin, fails, nats_server, ok, Proc};
 use foundry_bus::{consumer_name, NatsLedgerClient, NatsOptions, STREAM};
 use foundry_events::{MetricPoint, MetricsLogged};
 use foundry_ledger::{AppendRequest, NewEvent};
 use foundry_runner::LedgerClient;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nats_server(store: &std::path::Path) -> (Proc, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server is installed (tools/test.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Proc(child), format!("nats://127.0.0.1:{port}"))
-}
 
 /// Starts `ledger --home HOME args…` and waits for `ready` on its stderr.
 fn start(

@@ -415,7 +415,8 @@ impl Ledger {
             if rec.seq != at {
                 return Err(bad(format!("the record claims seq {}", rec.seq)));
             }
-            let computed = foundry_events::hash_record_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+            let computed =
+                foundry_events::hash_record_bytes(bytes).map_err(|e| bad(e.to_string()))?;
             if computed != rec.hash {
                 return Err(bad("its hash does not match its content".into()));
             }

@@ -360,8 +360,9 @@ impl Job<'_> {
     }
 
     /// Pulls a checkpoint's files from the container's artifact store in the
-    /// Volume into the local one, each verified against the commit.
-    async fn pull_checkpoint(&self, cli: &ModalCli, c: &CheckpointCommitted) -> Result<()> {
+    /// Volume into the local one, each verified against the commit. `false`
+    /// when a file is not in the Volume (yet).
+    async fn pull_checkpoint(&self, cli: &ModalCli, c: &CheckpointCommitted) -> Result<bool> {
         let store = self.ctx.home.artifacts();
         let pulls = self.work.join("pulls");
         std::fs::create_dir_all(&pulls).map_err(|e| io(&pulls, e))?;
@@ -385,13 +386,7 @@ impl Job<'_> {
                 )
                 .await?
             {
-                return Err(ModalError::Outbox(format!(
-                    "checkpoint {} file {} ({}) is not in volume {}",
-                    c.checkpoint_id,
-                    f.path,
-                    f.sha256.short(),
-                    self.backend.checkpoint_volume
-                )));
+                return Ok(false);
             }
             let (sha, _) = foundry_ledger::hash_file(&local)?;
             if sha != f.sha256 {
@@ -404,7 +399,7 @@ impl Job<'_> {
             store.put_file(&local)?;
             let _ = std::fs::remove_file(&local);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Fetches the outbox, and imports what is new: checkpoint files first,
@@ -428,7 +423,14 @@ impl Job<'_> {
         let records = outbox::read_outbox(&local, self.anchor)?;
         for rec in &records {
             if let Ok(Event::CheckpointCommitted(c)) = rec.decode_event() {
-                self.pull_checkpoint(cli, &c).await?;
+                // The outbox is written after its checkpoints' files: they
+                // must be there.
+                if !self.pull_checkpoint(cli, &c).await? {
+                    return Err(ModalError::Outbox(format!(
+                        "checkpoint {} (step {}) is in the outbox but its files are not in volume {}",
+                        c.checkpoint_id, c.step, self.backend.checkpoint_volume
+                    )));
+                }
             }
         }
         let n = outbox::import(self.ctx.client.as_ref(), &records).await?;
@@ -768,6 +770,14 @@ impl ModalRunner {
                 return Ok(());
             }
             job.sync_outbox(cli, &mut last_outbox).await?;
+            // A container on NATS appends its checkpoints directly: bring
+            // their files here from the Volume too.
+            // (Files not yet committed to the Volume: next poll.)
+            for (_, e) in &events {
+                if let Event::CheckpointCommitted(c) = e {
+                    job.pull_checkpoint(cli, c).await?;
+                }
+            }
             if let Some(st) = job.status(cli).await? {
                 if last_status.as_ref() != Some(&st) {
                     job.updated(
@@ -806,6 +816,20 @@ impl ModalRunner {
         let cli = &self.opts.cli;
         let mut none = None;
         job.sync_outbox(cli, &mut none).await?;
+        let events =
+            lookup::stream_events(job.ctx.client.as_ref(), &format!("run/{}", job.run_id)).await?;
+        for (_, e) in &events {
+            if let Event::CheckpointCommitted(c) = e {
+                if !job.pull_checkpoint(cli, c).await? {
+                    tracing::warn!(
+                        run = %job.run_id,
+                        "checkpoint {} files never reached volume {}",
+                        c.checkpoint_id,
+                        job.backend.checkpoint_volume
+                    );
+                }
+            }
+        }
         let status = job.status(cli).await?.or(last_status);
         let logs = cli
             .call(&["app", "logs", &job.sub.app_id], None)

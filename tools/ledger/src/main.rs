@@ -28,6 +28,8 @@ struct Cli {
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    nats: cmd::serve::NatsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,7 +97,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = Context::new(cli.home, cli.actor, cli.json);
+    let ctx = match Context::new(cli.home, cli.actor, cli.json, cli.nats.options()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Init => cmd::init::run(&ctx),
         Command::Log(a) => cmd::log::run(&ctx, a),

@@ -32,9 +32,6 @@ pub struct TrainArgs {
     /// Work directory that survives retries (the run's folder in a Volume).
     #[arg(long)]
     work: PathBuf,
-    /// Reach the ledger over NATS (`ledger serve`) when possible.
-    #[arg(long)]
-    nats: Option<String>,
 }
 
 fn lease() -> Duration {
@@ -81,10 +78,15 @@ fn open_scratch(home: &Home, bundle: &Path) -> Result<(Ledger, foundry_modal::ou
     Ok((ledger, anchor))
 }
 
+/// One outbox write at a time (the watcher's and the final one share the
+/// temporary file; an aborted task's blocking write still runs to its end).
+static OUTBOX_WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 async fn write_outbox(ledger: &Ledger, path: &Path) -> Result<()> {
     let ledger = ledger.clone();
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
+        let _one = OUTBOX_WRITE.lock().unwrap_or_else(|p| p.into_inner());
         let at = foundry_events::Timestamp::from_unix_nanos(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -155,6 +157,23 @@ async fn train(
     terminal(client.as_ref(), run).await
 }
 
+/// Over NATS: prints `FOUNDRY_COMMIT` for each new checkpoint of the run.
+async fn announce_checkpoints(client: Arc<dyn LedgerClient>, run: String) {
+    let stream = format!("run/{run}");
+    let mut next = 1u64;
+    loop {
+        if let Ok(recs) = client.read_stream(&stream, next).await {
+            for rec in recs {
+                next = rec.stream_version + 1;
+                if let Ok(Event::CheckpointCommitted(c)) = rec.decode_event() {
+                    println!("FOUNDRY_COMMIT checkpoint step={}", c.step);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Runs `ledger runner train`.
 pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.work)
@@ -162,23 +181,22 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
     let home = Home::at(a.work.join("home"));
     let rt = super::embedded::runtime()?;
     let ended = rt.block_on(async {
-        if let Some(url) = &a.nats {
-            // Credentials come as environment (Modal secrets), as for `ledger runner`.
-            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-            let opts = foundry_bus::NatsOptions {
-                user: env("FOUNDRY_NATS_USER"),
-                password: env("FOUNDRY_NATS_PASSWORD"),
-                token: env("FOUNDRY_NATS_TOKEN"),
-                creds_file: env("FOUNDRY_NATS_CREDS").map(PathBuf::from),
-                tls_ca: env("FOUNDRY_NATS_CA").map(PathBuf::from),
-                ..foundry_bus::NatsOptions::url(url.clone())
-            };
+        // The global --nats options (credentials from FOUNDRY_NATS_* env,
+        // e.g. a Modal secret).
+        if let Some(opts) = ctx.remote.as_ref().map(|r| r.opts.clone()) {
+            let url = opts.url.clone();
             match tokio::time::timeout(Duration::from_secs(15), opts.connect()).await {
                 Ok(Ok(nats)) => {
                     println!("foundry: events go to the ledger over NATS at {url}");
                     let client: Arc<dyn LedgerClient> =
                         Arc::new(foundry_bus::NatsLedgerClient::new(nats));
-                    return train(ctx, client, home.clone(), &a.run).await;
+                    // Checkpoint files stay in the Volume: have it committed
+                    // after each checkpoint, so the dispatcher can pull them.
+                    let watcher = tokio::spawn(announce_checkpoints(client.clone(), a.run.clone()));
+                    let ended = train(ctx, client, home.clone(), &a.run).await;
+                    watcher.abort();
+                    println!("FOUNDRY_COMMIT end");
+                    return ended;
                 }
                 Ok(Err(e)) => {
                     println!("foundry: NATS at {url} unreachable ({e}); using the outbox")

@@ -80,7 +80,8 @@ pub fn run(ctx: &Context, c: DatasetCommand) -> Result<()> {
 fn pin(ctx: &Context, a: PinArgs) -> Result<()> {
     let p = pin_source(&a.source, &a.hub.options())?;
     let ledger = ctx.ledger()?;
-    let out = ledger.append(
+    let out = ctx.append(
+        &ledger,
         AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(p.to_event())])
             .idempotent(p.dataset_id.clone()),
     )?;

@@ -111,6 +111,22 @@ pub fn drive(ctx: &Context, ledger: &Ledger, which: Which) -> Result<()> {
     })
 }
 
+/// What a command that appended a request does next: in the embedded
+/// default, [`drive`] the runners here; with `--nats`, wait (syncing the
+/// replica) until `done` holds, while the runners on the bus do the work.
+pub fn drive_until(
+    ctx: &Context,
+    ledger: &Ledger,
+    which: Which,
+    done: impl Fn(&Ledger) -> Result<bool>,
+) -> Result<()> {
+    if ctx.remote.is_some() {
+        ctx.wait_remote(ledger, crate::context::remote_wait(), done)?;
+        return Ok(());
+    }
+    drive(ctx, ledger, which)
+}
+
 /// A runtime for the async parts of a command.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

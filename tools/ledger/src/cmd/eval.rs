@@ -82,11 +82,12 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
         }
     };
     let eval_id = request.eval_id.clone();
-    ledger.append(AppendRequest::new(
-        ctx.actor.clone(),
-        vec![NewEvent::new(request)],
-    ))?;
-    embedded::drive(
+    ctx.append(
+        &ledger,
+        AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(request)]),
+    )?;
+    let stream = format!("eval/{eval_id}");
+    embedded::drive_until(
         ctx,
         &ledger,
         Which {
@@ -94,6 +95,11 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
             evaluator: true,
             promoter: true,
             modal: false,
+        },
+        |l| {
+            Ok(l.read_stream(&stream, 1)?
+                .iter()
+                .any(|r| r.event_type == "EvalScored"))
         },
     )?;
     let scored = ledger

@@ -48,7 +48,8 @@ pub fn run(ctx: &Context, c: ModelCommand) -> Result<()> {
 fn pin(ctx: &Context, source: &str, hub: &HubArgs) -> Result<()> {
     let p = pin_model(source, &hub.options())?;
     let ledger = ctx.ledger()?;
-    let out = ledger.append(
+    let out = ctx.append(
+        &ledger,
         AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(p.to_event())])
             .idempotent(p.model_id.clone()),
     )?;

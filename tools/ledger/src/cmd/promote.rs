@@ -40,22 +40,26 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
     let mut views = ViewStore::open(&ctx.home)?;
     views.catch_up(&ledger)?;
     let checkpoint_id = resolve(&views, ViewKind::Checkpoints, &a.checkpoint)?;
-    let rec = ledger
-        .append(AppendRequest::new(
-            ctx.actor.clone(),
-            vec![NewEvent::new(PromotionRequested {
-                checkpoint_id: checkpoint_id.clone(),
-                channel: a.channel.clone(),
-                reason: a.reason,
-            })],
-        ))?
+    let rec = ctx
+        .append(
+            &ledger,
+            AppendRequest::new(
+                ctx.actor.clone(),
+                vec![NewEvent::new(PromotionRequested {
+                    checkpoint_id: checkpoint_id.clone(),
+                    channel: a.channel.clone(),
+                    reason: a.reason,
+                })],
+            ),
+        )?
         .events
         .remove(0);
     if a.detach {
         println!("promotion of {checkpoint_id} to {} requested", a.channel);
         return Ok(());
     }
-    embedded::drive(
+    let stream = format!("channel/{}", a.channel);
+    embedded::drive_until(
         ctx,
         &ledger,
         Which {
@@ -63,6 +67,11 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
             evaluator: true,
             promoter: true,
             modal: false,
+        },
+        |l| {
+            Ok(l.read_stream(&stream, 1)?
+                .iter()
+                .any(|r| r.causation_id == Some(rec.event_id)))
         },
     )?;
     // The decision is the event caused by the request.
@@ -144,16 +153,19 @@ pub fn rollback(ctx: &Context, a: RollbackArgs) -> Result<()> {
     }
     stack.pop();
     let to = stack.last().cloned();
-    let rec = ledger
-        .append(AppendRequest::new(
-            ctx.actor.clone(),
-            vec![NewEvent::new(ChannelRolledBack {
-                channel: a.channel.clone(),
-                from_checkpoint_id: Some(current.clone()),
-                to_checkpoint_id: to.clone(),
-                reason: a.reason,
-            })],
-        ))?
+    let rec = ctx
+        .append(
+            &ledger,
+            AppendRequest::new(
+                ctx.actor.clone(),
+                vec![NewEvent::new(ChannelRolledBack {
+                    channel: a.channel.clone(),
+                    from_checkpoint_id: Some(current.clone()),
+                    to_checkpoint_id: to.clone(),
+                    reason: a.reason,
+                })],
+            ),
+        )?
         .events
         .remove(0);
     if ctx.json {

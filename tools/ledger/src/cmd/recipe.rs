@@ -60,7 +60,8 @@ fn declare(ctx: &Context, a: DeclareArgs) -> Result<()> {
         resolved_config: r.config.clone(),
         env_overrides: r.env.clone(),
     };
-    let out = ledger.append(
+    let out = ctx.append(
+        &ledger,
         AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(ev)]).idempotent(r.id.clone()),
     )?;
     let seq = out.events.first().map(|e| e.seq).unwrap_or(0);

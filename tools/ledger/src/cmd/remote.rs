@@ -13,7 +13,6 @@ use foundry_runner::{
     TrainingEngine,
 };
 
-use crate::cmd::serve::NatsArgs;
 use crate::context::Context;
 
 /// One runner kind.
@@ -51,8 +50,6 @@ pub enum RunnerCommand {
 /// Arguments of `ledger runner`.
 #[derive(Args, Debug)]
 pub struct RunnerArgs {
-    #[command(flatten)]
-    nats: NatsArgs,
     /// Run only this runner (default: all four).
     #[arg(long, value_enum)]
     only: Option<Only>,
@@ -101,7 +98,7 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
             foundry_modal::ModalOptions::from_env(),
         )));
     }
-    let opts = args.nats.options()?;
+    let opts = super::serve::required_nats(ctx)?;
     super::embedded::runtime()?.block_on(async move {
         let nats = opts.connect().await?;
         let js = async_nats::jetstream::new(nats.clone());

@@ -95,11 +95,11 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         backend: backend.clone(),
         overrides: BTreeMap::new(),
     };
-    let requested = ledger
-        .append(AppendRequest::new(
-            ctx.actor.clone(),
-            vec![NewEvent::new(req)],
-        ))?
+    let requested = ctx
+        .append(
+            &ledger,
+            AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(req)]),
+        )?
         .events
         .remove(0)
         .seq;
@@ -112,7 +112,11 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         return Ok(());
     }
     if !ctx.json {
-        if backend == "modal" {
+        if ctx.remote.is_some() {
+            println!(
+                "run {run_id} requested over NATS; following it (runners on the bus do the work)"
+            );
+        } else if backend == "modal" {
             println!("run {run_id} requested; submitting it to Modal and following it here");
         } else {
             println!("run {run_id} requested; training here (embedded)");
@@ -120,7 +124,27 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     }
     let started = Instant::now();
     let rt = embedded::runtime()?;
-    let status = rt.block_on(async {
+    let status = if ctx.remote.is_some() {
+        // Follow the replica until the run ends; the bar tails it.
+        let progress = rt.spawn(follow_task(
+            &ledger,
+            requested,
+            &run_id,
+            a.quiet || ctx.json,
+        ));
+        let stream = format!("run/{run_id}");
+        let ended = ctx.wait_remote(&ledger, std::time::Duration::MAX, |l| {
+            Ok(l.read_stream(&stream, 1)?.iter().any(|r| {
+                matches!(
+                    r.event_type.as_str(),
+                    "RunCompleted" | "RunFailed" | "RunCancelled"
+                )
+            }))
+        });
+        progress.abort();
+        ended.map(|_| ())
+    } else {
+        rt.block_on(async {
         let e = embedded::start(ctx, &ledger, Which::ALL)?;
         let progress = follow(&ledger, requested, &run_id, a.quiet || ctx.json);
         let result = tokio::select! {
@@ -130,7 +154,8 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         progress.abort();
         e.host.shutdown().await;
         result
-    });
+    })
+    };
     status?;
     let mut views = ViewStore::open(&ctx.home)?;
     views.catch_up(&ledger)?;
@@ -357,9 +382,19 @@ fn modal_dry_run(
 
 /// Shows a progress bar of the run's steps (events from seq `from` on) until aborted.
 fn follow(ledger: &Ledger, from: u64, run_id: &str, quiet: bool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(follow_task(ledger, from, run_id, quiet))
+}
+
+/// The work of [`follow`], to spawn on any runtime.
+fn follow_task(
+    ledger: &Ledger,
+    from: u64,
+    run_id: &str,
+    quiet: bool,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let ledger = ledger.clone();
     let stream = format!("run/{run_id}");
-    tokio::spawn(async move {
+    async move {
         let bar = if quiet {
             ProgressBar::hidden()
         } else {
@@ -410,7 +445,7 @@ fn follow(ledger: &Ledger, from: u64, run_id: &str, quiet: bool) -> tokio::task:
                 _ => {}
             }
         }
-    })
+    }
 }
 
 fn run_id_of(stream: &str) -> &str {
@@ -427,7 +462,8 @@ fn cancel(ctx: &Context, a: CancelArgs) -> Result<()> {
             bail!("run {run_id} already ended ({})", v.status);
         }
     }
-    ledger.append(
+    ctx.append(
+        &ledger,
         AppendRequest::new(
             ctx.actor.clone(),
             vec![NewEvent::new(Event::RunCancelled(RunCancelled {

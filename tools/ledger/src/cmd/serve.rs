@@ -10,39 +10,46 @@ use foundry_bus::NatsOptions;
 
 use crate::context::Context;
 
-/// How to reach NATS (shared by `serve` and `runner`).
+/// How to reach NATS: global options. `serve` shares the home's ledger
+/// there; `runner` works for it; every other command, given a URL, appends
+/// through it and reads a verified replica in its own home.
 #[derive(Args, Debug, Clone)]
 pub struct NatsArgs {
     /// NATS server URL (nats://host:4222, tls://host:4222).
-    /// (Required; optional only to clap, so `ledger runner train` can omit it.)
-    #[arg(long = "nats", env = "FOUNDRY_NATS_URL")]
+    #[arg(long = "nats", env = "FOUNDRY_NATS_URL", global = true)]
     pub url: Option<String>,
     /// NATS user (with --nats-password).
-    #[arg(long, env = "FOUNDRY_NATS_USER", requires = "nats_password")]
+    #[arg(
+        long,
+        env = "FOUNDRY_NATS_USER",
+        requires = "nats_password",
+        global = true
+    )]
     pub nats_user: Option<String>,
     /// NATS password (with --nats-user).
-    #[arg(long, env = "FOUNDRY_NATS_PASSWORD", requires = "nats_user")]
+    #[arg(
+        long,
+        env = "FOUNDRY_NATS_PASSWORD",
+        requires = "nats_user",
+        global = true
+    )]
     pub nats_password: Option<String>,
     /// NATS token authentication.
-    #[arg(long, env = "FOUNDRY_NATS_TOKEN")]
+    #[arg(long, env = "FOUNDRY_NATS_TOKEN", global = true)]
     pub nats_token: Option<String>,
     /// NATS credentials file (JWT + NKey).
-    #[arg(long, env = "FOUNDRY_NATS_CREDS")]
+    #[arg(long, env = "FOUNDRY_NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
     /// CA certificate to trust for TLS.
-    #[arg(long, env = "FOUNDRY_NATS_CA")]
+    #[arg(long, env = "FOUNDRY_NATS_CA", global = true)]
     pub nats_ca: Option<PathBuf>,
 }
 
 impl NatsArgs {
-    /// The bus options these arguments describe; the URL is required.
-    pub fn options(&self) -> Result<NatsOptions> {
-        let url = self
-            .url
-            .clone()
-            .filter(|u| !u.trim().is_empty())
-            .ok_or_else(|| anyhow::anyhow!("--nats URL (or FOUNDRY_NATS_URL) is required"))?;
-        Ok(NatsOptions {
+    /// The bus options these arguments describe; `None` without a URL.
+    pub fn options(&self) -> Option<NatsOptions> {
+        let url = self.url.clone().filter(|u| !u.trim().is_empty())?;
+        Some(NatsOptions {
             user: self.nats_user.clone(),
             password: self.nats_password.clone(),
             token: self.nats_token.clone(),
@@ -53,17 +60,22 @@ impl NatsArgs {
     }
 }
 
-/// Arguments of `ledger serve`.
+/// Arguments of `ledger serve` (the global `--nats URL` is required).
 #[derive(Args, Debug)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    nats: NatsArgs,
+pub struct ServeArgs {}
+
+/// The NATS options of a command that needs them.
+pub fn required_nats(ctx: &Context) -> Result<NatsOptions> {
+    ctx.remote
+        .as_ref()
+        .map(|r| r.opts.clone())
+        .ok_or_else(|| anyhow::anyhow!("--nats URL (or FOUNDRY_NATS_URL) is required"))
 }
 
 /// Serves the home's ledger until Ctrl-C (or SIGTERM).
-pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
-    let ledger = ctx.ledger()?;
-    let opts = args.nats.options()?;
+pub fn run(ctx: &Context, _args: ServeArgs) -> Result<()> {
+    let opts = required_nats(ctx)?;
+    let ledger = ctx.local_ledger()?;
     super::embedded::runtime()?.block_on(async move {
         let client = opts.connect().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -29,6 +29,9 @@ pub fn export(ctx: &Context, a: ExportArgs) -> Result<()> {
 
 /// Runs `ledger import`.
 pub fn import(ctx: &Context, a: ImportArgs) -> Result<()> {
+    if ctx.remote.is_some() {
+        anyhow::bail!("import loads a local home; it cannot write into the ledger at --nats");
+    }
     if !a.file.is_file() {
         anyhow::bail!("{}: no such file", a.file.display());
     }

@@ -18,6 +18,11 @@ pub struct UpArgs {
 
 /// Runs the embedded runners until interrupted (or idle, with --until-idle).
 pub fn run(ctx: &Context, a: UpArgs) -> Result<()> {
+    if ctx.remote.is_some() {
+        anyhow::bail!(
+            "`ledger up` is the embedded default; with --nats, start `ledger runner` instead"
+        );
+    }
     let ledger = ctx.ledger()?;
     let rt = embedded::runtime()?;
     rt.block_on(async {

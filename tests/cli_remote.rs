@@ -1,0 +1,290 @@
+//! The CLI over NATS: `ledger --nats URL …` appends through `ledger serve`
+//! and reads a verified replica in its own home, while runners in other
+//! processes do the work. Here a Modal run (test double of the `modal` CLI)
+//! whose container reaches the ledger over NATS directly, and its
+//! cancellation from the CLI.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, first_word, nats_server, repo, Proc};
+
+const ENV: &[(&str, &str)] = &[
+    ("FOUNDRY_TRAINING_MAX_STEPS", "4"),
+    ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
+    ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
+    ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
+];
+
+/// Starts `ledger --home HOME args…` with `env`, waits for `ready` on its
+/// stderr, and keeps draining it.
+fn spawn(home: &Path, args: &[&str], env: &[(String, String)], ready: &str) -> Proc {
+    let mut child = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("FOUNDRY_HOME")
+        .env_remove("FOUNDRY_NATS_URL")
+        .env("FOUNDRY_ACTOR", "tester")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains(ready), "{line}");
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    Proc(child)
+}
+
+struct Client {
+    home: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Client {
+    fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        Command::new(bin())
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("FOUNDRY_HOME")
+            .env("FOUNDRY_ACTOR", "tester")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str], extra: &[(&str, &str)]) -> String {
+        let out = self.run(args, extra);
+        assert!(
+            out.status.success(),
+            "ledger {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn events(&self, ty: &str) -> Vec<serde_json::Value> {
+        self.ok(&["--json", "log", "--type", ty], &[])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn wait_for(&self, ty: &str, what: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(e) = self.events(ty).into_iter().find(&what) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no matching {ty} within 120 s");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn modal_recipe(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
+        .unwrap()
+        .replace(
+            "[backend]\nkind = \"local\"\ndevice = \"cpu\"",
+            "[backend]\nkind = \"modal\"\ngpu = \"A10G\"\nretries = 1\napp_name = \"foundry-test\"\ncheckpoint_volume = \"ckpt\"\ndata_volume = \"data\"",
+        );
+    let p = dir.join("modal.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, url) = nats_server(&dir.path().join("js"));
+    let server = dir.path().join("server");
+    common::ok(&server, &["init"]);
+    let _serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
+
+    // The dispatcher, on "another machine" (its own home), with the fake
+    // modal CLI; its containers are told to use NATS.
+    let fake = dir.path().join("modal");
+    let runner_home = dir.path().join("dispatcher");
+    let path = format!(
+        "{}:{}",
+        repo("tests/fake_modal").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let runner_env: Vec<(String, String)> = [
+        ("PATH", path.as_str()),
+        ("FAKE_MODAL_HOME", fake.to_str().unwrap()),
+        ("FOUNDRY_MODAL_DEVICE", "cpu"),
+        ("FOUNDRY_MODAL_POLL_MS", "300"),
+        ("FOUNDRY_MODAL_NATS_URL", url.as_str()),
+        ("FOUNDRY_LEASE_MS", "3000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let _dispatcher = spawn(
+        &runner_home,
+        &["runner", "--nats", &url, "--only", "modal"],
+        &runner_env,
+        "running modal",
+    );
+
+    // The client: every command with FOUNDRY_NATS_URL, its own home a replica.
+    let mut env: Vec<(String, String)> = ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("FOUNDRY_NATS_URL".into(), url.clone()));
+    let client = Client {
+        home: dir.path().join("client"),
+        env,
+    };
+    let data = dir.path().join("data");
+    client.ok(
+        &[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            "12",
+            "--seed",
+            "3",
+            "--profile",
+            "tiny",
+        ],
+        &[],
+    );
+    let dataset = first_word(&client.ok(&["dataset", "pin", data.to_str().unwrap()], &[]));
+    let model = first_word(&client.ok(
+        &[
+            "model",
+            "pin",
+            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let recipe_file = modal_recipe(dir.path());
+    let recipe = first_word(&client.ok(&["recipe", "declare", recipe_file.to_str().unwrap()], &[]));
+
+    // Start in the foreground: it follows the replica until the run ends.
+    let out = client.ok(
+        &[
+            "--json",
+            "run",
+            "start",
+            "--recipe",
+            &recipe,
+            "--dataset",
+            &dataset,
+            "--model",
+            &model,
+            "--quiet",
+        ],
+        &[],
+    );
+    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(started["status"], "completed", "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+
+    // The container's events came over NATS, not through an outbox import.
+    let log = std::fs::read_dir(fake.join("apps"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<String>();
+    assert!(log.contains("events go to the ledger over NATS"), "{log}");
+    // The dispatcher records the job's end once it has pulled the files.
+    client.wait_for("ModalJobUpdated", |e| {
+        e["payload"]["run_id"] == run_id.as_str() && e["payload"]["state"] == "succeeded"
+    });
+    let ckpts = client.events("CheckpointCommitted");
+    assert_eq!(ckpts.len(), 2, "{ckpts:?}");
+    for c in &ckpts {
+        assert_eq!(c["actor"], "modal:foundry-test");
+        // Pulled from the Volume into the dispatcher's artifact store.
+        let store = foundry_ledger::Home::at(&runner_home).artifacts();
+        for f in c["payload"]["files"].as_array().unwrap() {
+            let sha: foundry_events::Sha256Digest =
+                serde_json::from_value(f["sha256"].clone()).unwrap();
+            assert!(store.check(&sha).unwrap(), "{f} was not pulled");
+        }
+    }
+    assert!(client
+        .events("RunClaimed")
+        .iter()
+        .all(|c| c["idempotency_key"].is_null()));
+    assert_eq!(client.events("RunCompleted").len(), 1);
+    // The client's replica and the server's ledger are the same history.
+    let verify = client.ok(&["verify"], &[]);
+    assert!(verify.to_lowercase().contains("ok"), "{verify}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&client.ok(&["--json", "stats"], &[])).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (seq, hash) = rt.block_on(async {
+        use foundry_runner::LedgerClient;
+        let c = foundry_bus::NatsLedgerClient::new(
+            foundry_bus::NatsOptions::url(&url).connect().await.unwrap(),
+        );
+        let seq = stats["events"].as_u64().unwrap();
+        (
+            c.head().await.unwrap(),
+            c.get(seq).await.unwrap().unwrap().hash,
+        )
+    });
+    assert!(seq >= stats["events"].as_u64().unwrap());
+    assert_eq!(stats["head_hash"], serde_json::to_value(hash).unwrap());
+    let show = client.ok(&["show", "run", &run_id[..10]], &[]);
+    assert!(show.contains("completed"), "{show}");
+
+    // A long run, detached, cancelled from the CLI once it trains.
+    let long = first_word(&client.ok(
+        &["recipe", "declare", recipe_file.to_str().unwrap()],
+        &[("FOUNDRY_TRAINING_MAX_STEPS", "100000")],
+    ));
+    let out = client.ok(
+        &[
+            "--json",
+            "run",
+            "start",
+            "--recipe",
+            &long,
+            "--dataset",
+            &dataset,
+            "--model",
+            &model,
+            "--detach",
+        ],
+        &[],
+    );
+    let long_run = serde_json::from_str::<serde_json::Value>(&out).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    client.wait_for("RunStarted", |e| {
+        e["payload"]["run_id"] == long_run.as_str()
+    });
+    client.ok(&["run", "cancel", &long_run, "--reason", "enough"], &[]);
+    client.wait_for("ModalJobUpdated", |e| {
+        e["payload"]["run_id"] == long_run.as_str() && e["payload"]["state"] == "cancelled"
+    });
+    let shown: serde_json::Value =
+        serde_json::from_str(&client.ok(&["--json", "show", "run", &long_run[..10]], &[])).unwrap();
+    assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    assert!(client.events("RunFailed").is_empty());
+}
