@@ -91,7 +91,11 @@ impl Client {
             if let Some(e) = self.events(ty).into_iter().find(&what) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no matching {ty} within 120 s");
+            assert!(
+                Instant::now() < deadline,
+                "no matching {ty} within 120 s; the log:\n{}",
+                self.ok(&["log"], &[])
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -210,9 +214,13 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
         .collect::<String>();
     assert!(log.contains("events go to the ledger over NATS"), "{log}");
     // The dispatcher records the job's end once it has pulled the files.
-    client.wait_for("ModalJobUpdated", |e| {
-        e["payload"]["run_id"] == run_id.as_str() && e["payload"]["state"] == "succeeded"
+    let end = client.wait_for("ModalJobUpdated", |e| {
+        e["payload"]["run_id"] == run_id.as_str()
+            && e["idempotency_key"]
+                .as_str()
+                .is_some_and(|k| k.ends_with("/state/end"))
     });
+    assert_eq!(end["payload"]["state"], "succeeded", "{end}");
     let ckpts = client.events("CheckpointCommitted");
     assert_eq!(ckpts.len(), 2, "{ckpts:?}");
     for c in &ckpts {
@@ -287,4 +295,159 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
         serde_json::from_str(&client.ok(&["--json", "show", "run", &long_run[..10]], &[])).unwrap();
     assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
     assert!(client.events("RunFailed").is_empty());
+}
+
+#[test]
+fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, url) = nats_server(&dir.path().join("js"));
+    let server = dir.path().join("server");
+    common::ok(&server, &["init"]);
+    let _serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
+
+    // Runners in their own processes, sharing one work home (as machines
+    // sharing a filesystem share the artifact store). A dead trainer's
+    // delivery comes back after 2 s, its lease lapses after 2 s.
+    let work = dir.path().join("work");
+    let runner_env: Vec<(String, String)> = [
+        ("FOUNDRY_ACK_WAIT_MS", "2000"),
+        ("FOUNDRY_LEASE_MS", "2000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let runner = |only: &str| {
+        spawn(
+            &work,
+            &["runner", "--nats", &url, "--only", only],
+            &runner_env,
+            &format!("running {only}"),
+        )
+    };
+    let mut trainer_a = runner("trainer");
+    let _evaluator = runner("evaluator");
+    let _promoter = runner("promoter");
+
+    let env: Vec<(String, String)> = [
+        ("FOUNDRY_NATS_URL", url.as_str()),
+        ("FOUNDRY_TRAINING_MAX_STEPS", "60"),
+        ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
+        ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "10"),
+        ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
+        ("FOUNDRY_EVAL_MAX_EXAMPLES", "2"),
+        ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let client = Client {
+        home: dir.path().join("client"),
+        env,
+    };
+    let data = dir.path().join("data");
+    client.ok(
+        &[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--count",
+            "12",
+            "--seed",
+            "5",
+            "--profile",
+            "tiny",
+        ],
+        &[],
+    );
+    let dataset = first_word(&client.ok(&["dataset", "pin", data.to_str().unwrap()], &[]));
+    let model = first_word(&client.ok(
+        &[
+            "model",
+            "pin",
+            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
+        ],
+        &[],
+    ));
+    // tiny-cpu, with a staging gate a random model passes.
+    let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
+        .unwrap()
+        .replace(
+            "gates = [\"json_valid_rate >= 0.5\"]",
+            "gates = [\"json_valid_rate >= 0.0\"]",
+        );
+    let recipe_file = dir.path().join("recipe.toml");
+    std::fs::write(&recipe_file, text).unwrap();
+    let recipe = first_word(&client.ok(&["recipe", "declare", recipe_file.to_str().unwrap()], &[]));
+
+    let out = client.ok(
+        &[
+            "--json",
+            "run",
+            "start",
+            "--recipe",
+            &recipe,
+            "--dataset",
+            &dataset,
+            "--model",
+            &model,
+            "--detach",
+        ],
+        &[],
+    );
+    let run_id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // kill -9 the trainer right after its first checkpoint.
+    client.wait_for("CheckpointCommitted", |e| {
+        e["payload"]["run_id"] == run_id.as_str()
+    });
+    trainer_a.0.kill().unwrap();
+    let _ = trainer_a.0.wait();
+    let _trainer_b = runner("trainer");
+    client.wait_for("RunCompleted", |e| {
+        e["payload"]["run_id"] == run_id.as_str()
+    });
+
+    let claims = client.events("RunClaimed");
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    assert_ne!(
+        claims[0]["payload"]["runner_id"],
+        claims[1]["payload"]["runner_id"]
+    );
+    let resumed = client.events("RunResumed");
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    let from = resumed[0]["payload"]["step"].as_u64().unwrap();
+    assert!(from >= 10, "resumed from step {from}");
+    // Every checkpoint step once, in order, ending at 60.
+    let steps: Vec<u64> = client
+        .events("CheckpointCommitted")
+        .iter()
+        .map(|c| c["payload"]["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![10, 20, 30, 40, 50, 60], "{steps:?}");
+
+    // Every checkpoint is evaluated on its own; then the gates decide.
+    let last = client.wait_for("EvalScored", |e| {
+        e["payload"]["checkpoint_id"].is_string()
+            && client.events("EvalScored").len() == steps.len()
+    });
+    assert!(last.is_object());
+    let shown: serde_json::Value =
+        serde_json::from_str(&client.ok(&["--json", "show", "run", &run_id[..10]], &[])).unwrap();
+    let ckpt = shown["checkpoints"][5]["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let promoted = client.ok(&["promote", &ckpt[..12], "--to", "staging"], &[]);
+    assert!(promoted.contains("promoted"), "{promoted}");
+    let rejected = client.run(&["promote", &ckpt[..12], "--to", "production"], &[]);
+    assert!(!rejected.status.success());
+    let err = String::from_utf8_lossy(&rejected.stderr);
+    assert!(err.contains("rejected"), "{err}");
+    let out = String::from_utf8_lossy(&rejected.stdout);
+    assert!(out.contains("FAIL  field_exact_match >= 0.94"), "{out}");
+    let channel: serde_json::Value =
+        serde_json::from_str(&client.ok(&["--json", "show", "channel", "staging"], &[])).unwrap();
+    assert!(channel.to_string().contains(&ckpt), "{channel}");
 }

@@ -73,6 +73,19 @@ fn lease() -> Duration {
         .unwrap_or(Duration::from_secs(30))
 }
 
+/// The feed options, with the ack wait from FOUNDRY_ACK_WAIT_MS (how soon
+/// JetStream redelivers what a runner that died had in hand; default 30 s).
+fn feed_options() -> FeedOptions {
+    let mut o = FeedOptions::default();
+    if let Some(ms) = std::env::var("FOUNDRY_ACK_WAIT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        o.ack_wait = Duration::from_millis(ms.max(100));
+    }
+    o
+}
+
 /// Runs the chosen runners until Ctrl-C (or SIGTERM). Run directories and
 /// artifacts live in this machine's `--home`; the ledger is remote.
 pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
@@ -108,7 +121,7 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         let mut host = Host::new();
         let mut names = Vec::new();
         for r in runners {
-            let feed = JetStreamFeed::open(&js, r.name(), &r.reacts_to(), FeedOptions::default())
+            let feed = JetStreamFeed::open(&js, r.name(), &r.reacts_to(), feed_options())
                 .await
                 .with_context(|| format!("runner {}", r.name()))?;
             names.push(format!(
