@@ -11,15 +11,7 @@ use common::{first_word, repo};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-/// Recipe overrides that keep these runs to seconds.
-const ENV: &[(&str, &str)] = &[
-    ("FOUNDRY_TRAINING_MAX_STEPS", "4"),
-    ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
-    ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
-    ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
-    ("FOUNDRY_EVAL_MAX_EXAMPLES", "2"),
-    ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6"),
-];
+const ENV: &[(&str, &str)] = common::QUICK_RUN;
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -44,21 +36,19 @@ impl Setup {
         common::ledger_env(&self.home, args, &pairs)
     }
 
+    fn pairs(&self) -> Vec<(&str, &str)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.ledger(args, &[]);
-        assert!(
-            out.status.success(),
-            "ledger {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::ok_env(&self.home, args, &self.pairs())
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&a)).expect("json output")
+        common::json_env(&self.home, args, &self.pairs())
     }
 
     fn start(&self, extra: &[(&str, &str)]) -> Output {

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{bin, first_word, nats_server, repo, Proc};
@@ -23,29 +23,14 @@ const ENV: &[(&str, &str)] = &[
 /// Starts `ledger --home HOME args…` with `env`, waits for `ready` on its
 /// stderr, and keeps draining it.
 fn spawn(home: &Path, args: &[&str], env: &[(String, String)], ready: &str) -> Proc {
-    let mut child = Command::new(bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("FOUNDRY_HOME")
-        .env_remove("FOUNDRY_NATS_URL")
-        .env("FOUNDRY_ACTOR", "tester")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains(ready), "{line}");
+    let (proc, mut err) = common::start(home, args, env, ready);
     std::thread::spawn(move || {
         let mut sink = String::new();
         while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
             sink.clear();
         }
     });
-    Proc(child)
+    proc
 }
 
 struct Client {
@@ -54,6 +39,28 @@ struct Client {
 }
 
 impl Client {
+    /// Synthesizes 12 tiny documents into `data` and pins them, and pins the
+    /// tiny base model: (dataset id, model id).
+    fn pin_inputs(&self, data: &Path, seed: &str) -> (String, String) {
+        let data_s = data.to_str().unwrap();
+        let synth = [
+            "synth",
+            "--out",
+            data_s,
+            "--count",
+            "12",
+            "--seed",
+            seed,
+            "--profile",
+            "tiny",
+        ];
+        self.ok(&synth, &[]);
+        let dataset = first_word(&self.ok(&["dataset", "pin", data_s], &[]));
+        let tiny = repo("runners/idefics2/fixtures/tiny");
+        let model = first_word(&self.ok(&["model", "pin", tiny.to_str().unwrap()], &[]));
+        (dataset, model)
+    }
+
     fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
         Command::new(bin())
             .arg("--home")
@@ -158,30 +165,7 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
         home: dir.path().join("client"),
         env,
     };
-    let data = dir.path().join("data");
-    client.ok(
-        &[
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--count",
-            "12",
-            "--seed",
-            "3",
-            "--profile",
-            "tiny",
-        ],
-        &[],
-    );
-    let dataset = first_word(&client.ok(&["dataset", "pin", data.to_str().unwrap()], &[]));
-    let model = first_word(&client.ok(
-        &[
-            "model",
-            "pin",
-            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let (dataset, model) = client.pin_inputs(&dir.path().join("data"), "3");
     let recipe_file = modal_recipe(dir.path());
     let recipe = first_word(&client.ok(&["recipe", "declare", recipe_file.to_str().unwrap()], &[]));
 
@@ -344,30 +328,7 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
         home: dir.path().join("client"),
         env,
     };
-    let data = dir.path().join("data");
-    client.ok(
-        &[
-            "synth",
-            "--out",
-            data.to_str().unwrap(),
-            "--count",
-            "12",
-            "--seed",
-            "5",
-            "--profile",
-            "tiny",
-        ],
-        &[],
-    );
-    let dataset = first_word(&client.ok(&["dataset", "pin", data.to_str().unwrap()], &[]));
-    let model = first_word(&client.ok(
-        &[
-            "model",
-            "pin",
-            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let (dataset, model) = client.pin_inputs(&dir.path().join("data"), "5");
     // tiny-cpu, with a staging gate a random model passes.
     let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
         .unwrap()

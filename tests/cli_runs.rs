@@ -7,18 +7,10 @@ mod common;
 
 use common::{first_word, repo};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-/// Recipe overrides that keep these runs to seconds.
-const ENV: &[(&str, &str)] = &[
-    ("FOUNDRY_TRAINING_MAX_STEPS", "4"),
-    ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
-    ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
-    ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
-    ("FOUNDRY_EVAL_MAX_EXAMPLES", "2"),
-    ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6"),
-];
+const ENV: &[(&str, &str)] = common::QUICK_RUN;
 
 fn ledger(home: &Path, args: &[&str]) -> Output {
     common::ledger_env(home, args, ENV)
@@ -30,19 +22,6 @@ fn ok(home: &Path, args: &[&str]) -> String {
 
 fn json(home: &Path, args: &[&str]) -> serde_json::Value {
     common::json_env(home, args, ENV)
-}
-
-/// A recipe like tiny-cpu whose staging gate a random model can pass.
-fn recipe(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
-        .unwrap()
-        .replace(
-            "gates = [\"json_valid_rate >= 0.5\"]",
-            "gates = [\"json_valid_rate >= 0.0\"]",
-        );
-    let p = dir.join("recipe.toml");
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 #[test]
@@ -59,7 +38,7 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
             repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
         ],
     ));
-    let recipe_file = recipe(tmp.path());
+    let recipe_file = common::open_staging_recipe(tmp.path());
     let recipe = first_word(&ok(
         &home,
         &["recipe", "declare", recipe_file.to_str().unwrap()],
@@ -161,7 +140,7 @@ fn a_run_on_an_unpinned_or_changed_model_fails_with_the_reason() {
         }
     }
     let model = first_word(&ok(&home, &["model", "pin", model_dir.to_str().unwrap()]));
-    let recipe_file = recipe(tmp.path());
+    let recipe_file = common::open_staging_recipe(tmp.path());
     let recipe = first_word(&ok(
         &home,
         &["recipe", "declare", recipe_file.to_str().unwrap()],

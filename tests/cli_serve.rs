@@ -3,39 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{bin, fails, nats_server, ok, Proc};
+use common::{fails, nats_server, ok, start, Proc};
 use foundry_bus::{consumer_name, NatsLedgerClient, NatsOptions, STREAM};
 use foundry_events::{MetricPoint, MetricsLogged};
 use foundry_ledger::{AppendRequest, NewEvent};
 use foundry_runner::LedgerClient;
-
-/// Starts `ledger --home HOME args…` and waits for `ready` on its stderr.
-fn start(
-    home: &std::path::Path,
-    args: &[&str],
-    ready: &str,
-) -> (Proc, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("FOUNDRY_HOME")
-        .env_remove("FOUNDRY_NATS_URL")
-        .env("FOUNDRY_ACTOR", "tester")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains(ready), "{line}");
-    (Proc(child), err)
-}
 
 fn signal(p: &mut Proc, sig: &str) -> std::process::ExitStatus {
     Command::new("kill")
@@ -51,7 +26,7 @@ fn serve_shares_the_ledger_and_stops_cleanly_on_ctrl_c() {
     let home = dir.path().join("home");
     let (_nats, url) = nats_server(&dir.path().join("js"));
     ok(&home, &["init"]);
-    let (mut serve, mut err) = start(&home, &["serve", "--nats", &url], "serving");
+    let (mut serve, mut err) = start(&home, &["serve", "--nats", &url], &[], "serving");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -79,6 +54,7 @@ fn serve_shares_the_ledger_and_stops_cleanly_on_ctrl_c() {
         let (mut runner, _runner_err) = start(
             &dir.path().join("runner-home"),
             &["runner", "--nats", &url, "--only", "promoter"],
+            &[],
             "running promoter",
         );
         let js = async_nats::jetstream::new(NatsOptions::url(&url).connect().await.unwrap());

@@ -142,3 +142,55 @@ pub fn nats_server(store: &std::path::Path) -> (Proc, String) {
     }
     (Proc(child), format!("nats://127.0.0.1:{port}"))
 }
+
+/// Recipe overrides that keep test runs of the tiny model to seconds.
+pub const QUICK_RUN: &[(&str, &str)] = &[
+    ("FOUNDRY_TRAINING_MAX_STEPS", "4"),
+    ("FOUNDRY_TRAINING_WARMUP_STEPS", "1"),
+    ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
+    ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
+    ("FOUNDRY_EVAL_MAX_EXAMPLES", "2"),
+    ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6"),
+];
+
+/// `recipes/tiny-cpu.toml` with its staging gate opened (a random model
+/// passes it), written to `dir/recipe.toml`.
+pub fn open_staging_recipe(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(repo("recipes/tiny-cpu.toml"))
+        .expect("tiny-cpu recipe")
+        .replace(
+            "gates = [\"json_valid_rate >= 0.5\"]",
+            "gates = [\"json_valid_rate >= 0.0\"]",
+        );
+    let p = dir.join("recipe.toml");
+    std::fs::write(&p, text).expect("write recipe");
+    p
+}
+
+/// Starts `ledger --home HOME args…` with `env` and waits for `ready` on
+/// the first line of its stderr; returns the process and the rest of it.
+pub fn start(
+    home: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    ready: &str,
+) -> (Proc, std::io::BufReader<std::process::ChildStderr>) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("FOUNDRY_HOME")
+        .env_remove("FOUNDRY_NATS_URL")
+        .env("FOUNDRY_ACTOR", "tester")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ledger");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    err.read_line(&mut line).expect("first line");
+    assert!(line.contains(ready), "{line}");
+    (Proc(child), err)
+}

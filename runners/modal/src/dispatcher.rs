@@ -71,34 +71,16 @@ impl ModalOptions {
     }
 }
 
-/// The recipe's `[backend]` as the dispatcher needs it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Backend {
-    /// `modal`.
-    pub kind: String,
-    /// GPU type.
-    pub gpu: Option<String>,
-    /// Per-attempt timeout.
-    pub timeout_s: i64,
-    /// Retries.
-    pub retries: i64,
-    /// App name.
-    pub app_name: String,
-    /// Checkpoints volume.
-    pub checkpoint_volume: String,
-    /// Data volume.
-    pub data_volume: String,
-}
+/// The recipe's `[backend]` (kind, gpu, timeout, retries, app, volumes).
+pub use foundry_recipes::Backend;
 
-impl Backend {
-    /// The `[backend]` of a recipe's resolved config.
-    pub fn of(config: &serde_json::Value) -> Result<Backend> {
-        serde_json::from_value(config["backend"].clone()).map_err(|e| {
-            ModalError::Invalid(format!(
-                "the recipe's [backend] is not a modal backend: {e}"
-            ))
-        })
-    }
+/// The `[backend]` of a recipe's resolved config.
+pub fn backend_of(config: &serde_json::Value) -> Result<Backend> {
+    serde_json::from_value(config["backend"].clone()).map_err(|e| {
+        ModalError::Invalid(format!(
+            "the recipe's [backend] is not a modal backend: {e}"
+        ))
+    })
 }
 
 /// One directory to upload into a Volume before submitting.
@@ -196,7 +178,7 @@ pub async fn prepare(
     model: &BaseModelPinned,
     work: &Path,
 ) -> Result<DispatchPlan> {
-    let backend = Backend::of(config)?;
+    let backend = backend_of(config)?;
     if backend.kind != "modal" {
         return Err(ModalError::Invalid(format!(
             "backend.kind is {:?}, not \"modal\"",
@@ -518,7 +500,7 @@ impl ModalRunner {
             }
             Err(e) => return Err(e),
         };
-        let backend = match Backend::of(&recipe.resolved_config) {
+        let backend = match backend_of(&recipe.resolved_config) {
             Ok(b) => b,
             Err(e) => {
                 return self
@@ -676,7 +658,7 @@ impl ModalRunner {
         sub: &Submission,
         work: &Path,
     ) -> Result<()> {
-        let backend = Backend::of(config)?;
+        let backend = backend_of(config)?;
         let launcher = work.join("launcher.py");
         let bundle = work.join("bundle.foundry");
         let image_digest = format!(

@@ -32,7 +32,9 @@ pub mod launcher;
 pub mod outbox;
 
 pub use cli::ModalCli;
-pub use dispatcher::{prepare, Backend, DispatchPlan, ModalOptions, ModalRunner, Stage};
+pub use dispatcher::{
+    backend_of, prepare, Backend, DispatchPlan, ModalOptions, ModalRunner, Stage,
+};
 pub use launcher::LauncherSpec;
 
 /// Why a Modal operation failed; one line.

@@ -34,14 +34,6 @@ pub struct TrainArgs {
     work: PathBuf,
 }
 
-fn lease() -> Duration {
-    std::env::var("FOUNDRY_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(30))
-}
-
 /// Opens the scratch ledger, importing the snapshot unless a previous
 /// attempt already did (a partial import is redone).
 fn open_scratch(home: &Home, bundle: &Path) -> Result<(Ledger, foundry_modal::outbox::Anchor)> {
@@ -139,7 +131,7 @@ async fn train(
         _ => bail!("run/{run} does not start with RunRequested"),
     };
     let trainer = TrainerRunner::new(Arc::new(foundry_engine::QloraEngine::new()))
-        .with_lease(lease())
+        .with_lease(super::embedded::lease())
         .for_backend(&backend);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let rctx = RunnerContext {

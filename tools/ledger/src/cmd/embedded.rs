@@ -46,7 +46,7 @@ pub struct Embedded {
 }
 
 /// The lease the embedded trainer takes on a run, from FOUNDRY_LEASE_MS.
-fn lease() -> Duration {
+pub fn lease() -> Duration {
     std::env::var("FOUNDRY_LEASE_MS")
         .ok()
         .and_then(|v| v.parse().ok())

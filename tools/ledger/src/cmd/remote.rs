@@ -64,15 +64,6 @@ pub struct Engines {
     pub evaluator: Option<Arc<dyn EvalEngine>>,
 }
 
-/// The lease the trainer takes on a run, from FOUNDRY_LEASE_MS.
-fn lease() -> Duration {
-    std::env::var("FOUNDRY_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(30))
-}
-
 /// The feed options, with the ack wait from FOUNDRY_ACK_WAIT_MS (how soon
 /// JetStream redelivers what a runner that died had in hand; default 30 s).
 fn feed_options() -> FeedOptions {
@@ -95,7 +86,9 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         let Some(engine) = engines.trainer else {
             bail!("this build has no training engine; start another runner with --only evaluator|promoter");
         };
-        runners.push(Arc::new(TrainerRunner::new(engine).with_lease(lease())));
+        runners.push(Arc::new(
+            TrainerRunner::new(engine).with_lease(super::embedded::lease()),
+        ));
     }
     if want(Only::Evaluator) {
         let Some(engine) = engines.evaluator else {

@@ -205,6 +205,30 @@ fn first_event(ledger: &Ledger, stream: &str) -> Result<Event> {
     Ok(rec.decode_event()?)
 }
 
+/// The declared recipe and the pinned dataset and model a run would use.
+fn pinned_inputs(
+    ledger: &Ledger,
+    recipe_id: &str,
+    dataset_id: &str,
+    model_id: &str,
+) -> Result<(
+    foundry_events::RecipeDeclared,
+    foundry_events::DatasetPinned,
+    foundry_events::BaseModelPinned,
+)> {
+    let Event::RecipeDeclared(recipe) = first_event(ledger, &format!("recipe/{recipe_id}"))? else {
+        bail!("recipe/{recipe_id} does not start with RecipeDeclared");
+    };
+    let Event::DatasetPinned(dataset) = first_event(ledger, &format!("dataset/{dataset_id}"))?
+    else {
+        bail!("dataset/{dataset_id} does not start with DatasetPinned");
+    };
+    let Event::BaseModelPinned(model) = first_event(ledger, &format!("model/{model_id}"))? else {
+        bail!("model/{model_id} does not start with BaseModelPinned");
+    };
+    Ok((recipe, dataset, model))
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
@@ -217,16 +241,7 @@ fn dry_run(
     dataset_id: &str,
     model_id: &str,
 ) -> Result<()> {
-    let Event::RecipeDeclared(recipe) = first_event(ledger, &format!("recipe/{recipe_id}"))? else {
-        bail!("recipe/{recipe_id} does not start with RecipeDeclared");
-    };
-    let Event::DatasetPinned(dataset) = first_event(ledger, &format!("dataset/{dataset_id}"))?
-    else {
-        bail!("dataset/{dataset_id} does not start with DatasetPinned");
-    };
-    let Event::BaseModelPinned(model) = first_event(ledger, &format!("model/{model_id}"))? else {
-        bail!("model/{model_id} does not start with BaseModelPinned");
-    };
+    let (recipe, dataset, model) = pinned_inputs(ledger, recipe_id, dataset_id, model_id)?;
     let out = tempfile::tempdir()?;
     let job = foundry_runner::TrainJob {
         run_id: "dry-run".into(),
@@ -314,16 +329,7 @@ fn modal_dry_run(
     dataset_id: &str,
     model_id: &str,
 ) -> Result<()> {
-    let Event::RecipeDeclared(recipe) = first_event(ledger, &format!("recipe/{recipe_id}"))? else {
-        bail!("recipe/{recipe_id} does not start with RecipeDeclared");
-    };
-    let Event::DatasetPinned(dataset) = first_event(ledger, &format!("dataset/{dataset_id}"))?
-    else {
-        bail!("dataset/{dataset_id} does not start with DatasetPinned");
-    };
-    let Event::BaseModelPinned(model) = first_event(ledger, &format!("model/{model_id}"))? else {
-        bail!("model/{model_id} does not start with BaseModelPinned");
-    };
+    let (recipe, dataset, model) = pinned_inputs(ledger, recipe_id, dataset_id, model_id)?;
     let id = format!("dry-run-{}", uuid::Uuid::now_v7().simple());
     let work = ctx.home.root().join("dry-runs").join(&id);
     let opts = foundry_modal::ModalOptions::from_env();
