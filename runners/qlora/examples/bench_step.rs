@@ -24,6 +24,7 @@ fn peak_rss_mib() -> u64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    foundry_qlora::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(
         args.get(1)

@@ -96,6 +96,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Training and inference allocate and free large tensors every step.
+    foundry_qlora::tune_allocator();
     let cli = Cli::parse();
     let ctx = match Context::new(cli.home, cli.actor, cli.json, cli.nats.options()) {
         Ok(c) => c,
