@@ -24,6 +24,7 @@ pub fn ledger_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .arg(home)
         .args(args)
         .env_remove("FOUNDRY_HOME")
+        .env_remove("FOUNDRY_NATS_URL")
         .env("FOUNDRY_ACTOR", "tester")
         .envs(env.iter().copied())
         .output()
