@@ -48,6 +48,29 @@ pub fn outcome_key(runner: &str, trigger: &foundry_events::EventId, what: &str) 
     format!("{runner}/{trigger}/{what}")
 }
 
+/// Appends `events` as the outcome of `trigger` (caused by it, in its
+/// correlation), under the idempotency `key` when given: how every runner
+/// records what it did.
+pub async fn append_outcome(
+    ctx: &RunnerContext,
+    trigger: &foundry_events::RecordedEvent,
+    key: Option<String>,
+    events: Vec<foundry_events::Event>,
+) -> Result<()> {
+    let events = events
+        .into_iter()
+        .map(|e| {
+            foundry_ledger::NewEvent::new(e).caused_by(trigger.event_id, trigger.correlation_id)
+        })
+        .collect();
+    let mut req = foundry_ledger::AppendRequest::new(ctx.actor.clone(), events);
+    if let Some(k) = key {
+        req = req.idempotent(k);
+    }
+    ctx.client.append(req).await?;
+    Ok(())
+}
+
 /// Facts about the machine a runner runs on, for the events it appends.
 pub fn host_info() -> foundry_events::HostInfo {
     let hostname = std::fs::read_to_string("/etc/hostname")

@@ -343,16 +343,7 @@ impl TrainerRunner {
         events: Vec<Event>,
         cause: &RecordedEvent,
     ) -> Result<()> {
-        let events = events
-            .into_iter()
-            .map(|e| NewEvent::new(e).caused_by(cause.event_id, cause.correlation_id))
-            .collect();
-        let mut req = AppendRequest::new(ctx.actor.clone(), events);
-        if let Some(k) = key {
-            req = req.idempotent(k);
-        }
-        ctx.client.append(req).await?;
-        Ok(())
+        crate::append_outcome(ctx, cause, key, events).await
     }
 
     #[allow(clippy::too_many_arguments)]

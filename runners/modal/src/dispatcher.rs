@@ -10,7 +10,6 @@ use foundry_events::{
     BaseModelPinned, CheckpointCommitted, DatasetPinned, Event, EventType, ModalJobSubmitted,
     ModalJobUpdated, RecordedEvent, RunFailed, RunRequested, Timestamp,
 };
-use foundry_ledger::{AppendRequest, NewEvent};
 use foundry_runner::{lookup, Delivery, Runner, RunnerContext, RunnerError};
 use serde::{Deserialize, Serialize};
 
@@ -305,18 +304,8 @@ impl Job<'_> {
     }
 
     async fn append(&self, what: Option<String>, ev: Event) -> Result<()> {
-        let mut req = AppendRequest::new(
-            self.ctx.actor.clone(),
-            vec![NewEvent::new(ev).caused_by(self.trigger.event_id, self.trigger.correlation_id)],
-        );
-        if let Some(w) = what {
-            req = req.idempotent(foundry_runner::outcome_key(
-                "modal",
-                &self.trigger.event_id,
-                &w,
-            ));
-        }
-        self.ctx.client.append(req).await?;
+        let key = what.map(|w| foundry_runner::outcome_key("modal", &self.trigger.event_id, &w));
+        foundry_runner::append_outcome(self.ctx, self.trigger, key, vec![ev]).await?;
         Ok(())
     }
 
@@ -461,17 +450,8 @@ impl ModalRunner {
             step: None,
             retryable,
         });
-        let req = AppendRequest::new(
-            ctx.actor.clone(),
-            vec![NewEvent::new(ev).caused_by(trigger.event_id, trigger.correlation_id)],
-        )
-        .idempotent(foundry_runner::outcome_key(
-            "modal",
-            &trigger.event_id,
-            "failed",
-        ));
-        ctx.client.append(req).await?;
-        Ok(())
+        let key = foundry_runner::outcome_key("modal", &trigger.event_id, "failed");
+        foundry_runner::append_outcome(ctx, trigger, Some(key), vec![ev]).await
     }
 
     async fn dispatch(
@@ -713,17 +693,9 @@ impl ModalRunner {
         trigger: &RecordedEvent,
         ev: ModalJobSubmitted,
     ) -> Result<()> {
-        let req = AppendRequest::new(
-            ctx.actor.clone(),
-            vec![NewEvent::new(Event::ModalJobSubmitted(ev))
-                .caused_by(trigger.event_id, trigger.correlation_id)],
-        )
-        .idempotent(foundry_runner::outcome_key(
-            "modal",
-            &trigger.event_id,
-            "submitted",
-        ));
-        ctx.client.append(req).await?;
+        let key = foundry_runner::outcome_key("modal", &trigger.event_id, "submitted");
+        foundry_runner::append_outcome(ctx, trigger, Some(key), vec![Event::ModalJobSubmitted(ev)])
+            .await?;
         Ok(())
     }
 
