@@ -36,9 +36,11 @@ pub struct TrainArgs {
 
 /// Opens the scratch ledger, importing the snapshot unless a previous
 /// attempt already did (a partial import is redone).
-fn open_scratch(home: &Home, bundle: &Path) -> Result<(Ledger, foundry_modal::outbox::Anchor)> {
-    let anchor = foundry_modal::outbox::anchor_of(bundle)
-        .with_context(|| format!("snapshot {}", bundle.display()))?;
+fn open_scratch(
+    home: &Home,
+    bundle: &Path,
+    anchor: foundry_modal::outbox::Anchor,
+) -> Result<Ledger> {
     let mut ledger = if home.ledger_dir().exists() {
         home.open_ledger()?
     } else {
@@ -67,7 +69,7 @@ fn open_scratch(home: &Home, bundle: &Path) -> Result<(Ledger, foundry_modal::ou
             );
         }
     }
-    Ok((ledger, anchor))
+    Ok(ledger)
 }
 
 /// One outbox write at a time (the watcher's and the final one share the
@@ -168,6 +170,12 @@ async fn announce_checkpoints(client: Arc<dyn LedgerClient>, run: String) {
 
 /// Runs `ledger runner train`.
 pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
+    if !a.bundle.is_file() {
+        bail!("{}: no such snapshot file (--bundle)", a.bundle.display());
+    }
+    // Verified before anything is written.
+    let anchor = foundry_modal::outbox::anchor_of(&a.bundle)
+        .map_err(|e| anyhow!("snapshot {}: {e}", a.bundle.display()))?;
     std::fs::create_dir_all(&a.work)
         .with_context(|| format!("cannot create {}", a.work.display()))?;
     let home = Home::at(a.work.join("home"));
@@ -198,7 +206,7 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
                 }
             }
         }
-        let (ledger, anchor) = open_scratch(&home, &a.bundle)?;
+        let ledger = open_scratch(&home, &a.bundle, anchor)?;
         let outbox = a.work.join("outbox.foundry");
         // After each checkpoint (and start, and end), rewrite the outbox.
         let watch_ledger = ledger.clone();
