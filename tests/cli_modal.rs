@@ -406,3 +406,35 @@ fn a_bad_modal_backend_is_refused_with_a_clear_error() {
         .map(|mut d| d.next().is_some())
         .unwrap_or(false));
 }
+
+#[test]
+fn runner_train_refuses_a_bad_snapshot_before_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let work = dir.path().join("work");
+    let garbage = dir.path().join("bad.foundry");
+    std::fs::write(&garbage, "FOUNDRY-LEDGER-EXPORT\nnot json\n").unwrap();
+    for (bundle, says) in [
+        (dir.path().join("missing.foundry"), "no such snapshot file"),
+        (garbage, "snapshot "),
+    ] {
+        let out = common::ledger(
+            &home,
+            &[
+                "runner",
+                "train",
+                "--run",
+                "r1",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--work",
+                work.to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.starts_with("error: ") && err.contains(says), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!work.exists(), "wrote {}", work.display());
+    }
+}
