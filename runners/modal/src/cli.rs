@@ -109,6 +109,16 @@ impl ModalCli {
         }
     }
 
+    /// Whether the executable can be found (an absolute or relative path
+    /// that exists, or a name on PATH).
+    pub fn available(&self) -> bool {
+        if self.bin.components().count() > 1 {
+            return self.bin.is_file();
+        }
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(&self.bin).is_file()))
+    }
+
     /// The argv of a call, for printing and recording.
     pub fn argv(&self, args: &[&str]) -> Vec<String> {
         std::iter::once(self.bin.display().to_string())
@@ -239,6 +249,19 @@ mod tests {
         assert!(e.contains("FOUNDRY_FUNCTION_CALL_ID"), "{e}");
         // "map-…" is not an app id.
         assert_eq!(find_id("heatmap-12 ap-9", "ap-").as_deref(), Some("ap-9"));
+    }
+
+    #[test]
+    fn finds_the_executable_on_path_or_by_path() {
+        let cli = |bin: &str| ModalCli {
+            bin: PathBuf::from(bin),
+            timeout: Duration::from_secs(1),
+            env: Vec::new(),
+        };
+        assert!(cli("sh").available());
+        assert!(!cli("no-such-modal-cli-here").available());
+        assert!(cli("/bin/sh").available());
+        assert!(!cli("/nonexistent/modal").available());
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub enum RunnerCommand {
 /// Arguments of `ledger runner`.
 #[derive(Args, Debug)]
 pub struct RunnerArgs {
-    /// Run only this runner (default: all four).
+    /// Run only this runner (default: all four; the Modal dispatcher only
+    /// where the `modal` CLI is found).
     #[arg(long, value_enum)]
     only: Option<Only>,
 }
@@ -99,7 +100,11 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
     if want(Only::Promoter) {
         runners.push(Arc::new(PromoterRunner::new()));
     }
-    if want(Only::Modal) {
+    // Without --only, a machine without the `modal` CLI leaves Modal runs to
+    // a dispatcher that has it.
+    if want(Only::Modal)
+        && (args.only == Some(Only::Modal) || foundry_modal::ModalCli::from_env().available())
+    {
         runners.push(Arc::new(foundry_modal::ModalRunner::new(
             foundry_modal::ModalOptions::from_env(),
         )));
