@@ -16,7 +16,11 @@ Status (29 Nov 2026, 2 cores): it does not learn to read yet. Two runs:
   falls to 0.55 per answer token within ~100 steps (the JSON format, years, months) and stays
   there to step 3,000 (9 min). Greedy doc and field EM are 0.00 on train and held-out layouts.
 - --latents 64 --vision-hidden 128 --lr 1e-3 --warmup 300: the same plateau (0.54–0.56) to step 1,100.
-The answer's digits are not being read from the image. Next to try: a reading curriculum (one big
+- --latents 32 --vision-hidden 128 --lr 5e-4 --warmup 200 --batch 32: the same plateau (0.540 at
+  step 1,300, 12 min).
+The answer's digits are not being read from the image (not even on the training layouts), so
+whether the image reaches the answer at all should be checked first (a task that depends on one
+large glyph). Next to try: a reading curriculum (one big
 number per image, then the page), a vision tower without the perceiver bottleneck at first, or
 many more steps.
 """
