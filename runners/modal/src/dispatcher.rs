@@ -793,6 +793,8 @@ impl ModalRunner {
         let exit_code = status.as_ref().and_then(|s| s.exit_code);
         match job.run_terminal().await? {
             Some(Event::RunCompleted(_)) => job.updated("succeeded", exit_code, logs, "end").await,
+            // Cancelled here while the container, which saw it too, wound down.
+            Some(Event::RunCancelled(_)) => job.updated("cancelled", exit_code, logs, "end").await,
             Some(_) => job.updated("failed", exit_code, logs, "end").await,
             None => {
                 let (state, how) = match &status {
