@@ -97,20 +97,28 @@ impl ViewStore {
             reason: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            // Every write ends with an explicit flush (see `finish`); no
-            // background flusher competing for the CPU while views are written.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| {
-                if e.to_string().contains("could not acquire lock") {
-                    ProjectionError::Locked(dir.to_path_buf())
-                } else {
-                    err(&e)
+        // A store just closed (here or by a short-lived command) is released
+        // by sled's threads a moment later: wait briefly for the lock.
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput)
+                // Every write ends with an explicit flush (see `finish`); no
+                // background flusher competing for the CPU while views are written.
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    if started.elapsed() >= std::time::Duration::from_secs(2) {
+                        return Err(ProjectionError::Locked(dir.to_path_buf()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-            })?;
+                Err(e) => return Err(err(&e)),
+            }
+        };
         let meta = db.open_tree("meta").map_err(|e| err(&e))?;
         let trees = ViewKind::ALL
             .iter()

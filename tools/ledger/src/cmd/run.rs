@@ -63,18 +63,23 @@ pub fn run(ctx: &Context, c: RunCommand) -> Result<()> {
     }
 }
 
-/// Catches the views up and resolves an id prefix of `kind`.
-fn resolve_id(ctx: &Context, ledger: &Ledger, kind: ViewKind, prefix: &str) -> Result<String> {
+/// The views, caught up with the ledger.
+fn views(ctx: &Context, ledger: &Ledger) -> Result<ViewStore> {
     let mut views = ViewStore::open(&ctx.home)?;
     views.catch_up(ledger)?;
-    Ok(resolve(&views, kind, prefix)?)
+    Ok(views)
 }
 
 fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let recipe_id = resolve_id(ctx, &ledger, ViewKind::Recipes, &a.recipe)?;
-    let dataset_id = resolve_id(ctx, &ledger, ViewKind::Datasets, &a.dataset)?;
-    let model_id = resolve_id(ctx, &ledger, ViewKind::Models, &a.model)?;
+    let (recipe_id, dataset_id, model_id) = {
+        let v = views(ctx, &ledger)?;
+        (
+            resolve(&v, ViewKind::Recipes, &a.recipe)?,
+            resolve(&v, ViewKind::Datasets, &a.dataset)?,
+            resolve(&v, ViewKind::Models, &a.model)?,
+        )
+    };
     let recipe = foundry_runner_lookup_recipe(&ledger, &recipe_id)?;
     if a.dry_run {
         if recipe["backend"]["kind"].as_str() == Some("modal") {
@@ -460,9 +465,8 @@ fn run_id_of(stream: &str) -> &str {
 
 fn cancel(ctx: &Context, a: CancelArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let run_id = resolve_id(ctx, &ledger, ViewKind::Runs, &a.run)?;
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(&ledger)?;
+    let views = views(ctx, &ledger)?;
+    let run_id = resolve(&views, ViewKind::Runs, &a.run)?;
     if let Some(v) = foundry_projections::ViewRead::run(&views, &run_id)? {
         if v.is_terminal() {
             bail!("run {run_id} already ended ({})", v.status);
