@@ -39,6 +39,23 @@ struct Client {
 }
 
 impl Client {
+    /// `--json run start` of a recipe on the pinned inputs, with one more flag.
+    fn start(&self, recipe: &str, dataset: &str, model: &str, flag: &str) -> serde_json::Value {
+        let args = [
+            "--json",
+            "run",
+            "start",
+            "--recipe",
+            recipe,
+            "--dataset",
+            dataset,
+            "--model",
+            model,
+            flag,
+        ];
+        serde_json::from_str(&self.ok(&args, &[])).expect("json output")
+    }
+
     /// Synthesizes 12 tiny documents into `data` and pins them, and pins the
     /// tiny base model: (dataset id, model id).
     fn pin_inputs(&self, data: &Path, seed: &str) -> (String, String) {
@@ -170,22 +187,7 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
     let recipe = first_word(&client.ok(&["recipe", "declare", recipe_file.to_str().unwrap()], &[]));
 
     // Start in the foreground: it follows the replica until the run ends.
-    let out = client.ok(
-        &[
-            "--json",
-            "run",
-            "start",
-            "--recipe",
-            &recipe,
-            "--dataset",
-            &dataset,
-            "--model",
-            &model,
-            "--quiet",
-        ],
-        &[],
-    );
-    let started: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let started = client.start(&recipe, &dataset, &model, "--quiet");
     assert_eq!(started["status"], "completed", "{started}");
     let run_id = started["run_id"].as_str().unwrap().to_string();
 
@@ -249,22 +251,7 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
         &["recipe", "declare", recipe_file.to_str().unwrap()],
         &[("FOUNDRY_TRAINING_MAX_STEPS", "100000")],
     ));
-    let out = client.ok(
-        &[
-            "--json",
-            "run",
-            "start",
-            "--recipe",
-            &long,
-            "--dataset",
-            &dataset,
-            "--model",
-            &model,
-            "--detach",
-        ],
-        &[],
-    );
-    let long_run = serde_json::from_str::<serde_json::Value>(&out).unwrap()["run_id"]
+    let long_run = client.start(&long, &dataset, &model, "--detach")["run_id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -340,22 +327,7 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     std::fs::write(&recipe_file, text).unwrap();
     let recipe = first_word(&client.ok(&["recipe", "declare", recipe_file.to_str().unwrap()], &[]));
 
-    let out = client.ok(
-        &[
-            "--json",
-            "run",
-            "start",
-            "--recipe",
-            &recipe,
-            "--dataset",
-            &dataset,
-            "--model",
-            &model,
-            "--detach",
-        ],
-        &[],
-    );
-    let run_id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["run_id"]
+    let run_id = client.start(&recipe, &dataset, &model, "--detach")["run_id"]
         .as_str()
         .unwrap()
         .to_string();

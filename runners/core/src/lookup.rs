@@ -26,6 +26,17 @@ pub async fn stream_events(
     Ok(out)
 }
 
+/// The declared recipe and the pinned dataset and base model a run asks for.
+pub async fn run_inputs(
+    client: &dyn LedgerClient,
+    req: &RunRequested,
+) -> Result<(RecipeDeclared, DatasetPinned, BaseModelPinned)> {
+    let recipe = recipe(client, &req.recipe_id).await?;
+    let dataset = dataset(client, &req.dataset_id).await?;
+    let model = model(client, &req.model_id).await?;
+    Ok((recipe, dataset, model))
+}
+
 /// Every event of one type, decoded, in seq order.
 pub async fn all_of_type(
     client: &dyn LedgerClient,

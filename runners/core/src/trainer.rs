@@ -421,13 +421,7 @@ impl TrainerRunner {
         };
 
         let started_at = Instant::now();
-        let inputs = async {
-            let recipe = lookup::recipe(ctx.client.as_ref(), &req.recipe_id).await?;
-            let dataset = lookup::dataset(ctx.client.as_ref(), &req.dataset_id).await?;
-            let model = lookup::model(ctx.client.as_ref(), &req.model_id).await?;
-            Ok::<_, RunnerError>((recipe, dataset, model))
-        }
-        .await;
+        let inputs = lookup::run_inputs(ctx.client.as_ref(), &req).await;
         let (recipe, dataset, model) = match inputs {
             Ok(v) => v,
             Err(RunnerError::Missing(reason)) => {

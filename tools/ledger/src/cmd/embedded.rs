@@ -28,6 +28,14 @@ pub struct Which {
 }
 
 impl Which {
+    /// The evaluator and the promoter: what an eval or a promotion request needs.
+    pub const JUDGES: Which = Which {
+        trainer: false,
+        evaluator: true,
+        promoter: true,
+        modal: false,
+    };
+
     /// All of them.
     pub const ALL: Which = Which {
         trainer: true,

@@ -87,21 +87,11 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
         AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(request)]),
     )?;
     let stream = format!("eval/{eval_id}");
-    embedded::drive_until(
-        ctx,
-        &ledger,
-        Which {
-            trainer: false,
-            evaluator: true,
-            promoter: true,
-            modal: false,
-        },
-        |l| {
-            Ok(l.read_stream(&stream, 1)?
-                .iter()
-                .any(|r| r.event_type == "EvalScored"))
-        },
-    )?;
+    embedded::drive_until(ctx, &ledger, Which::JUDGES, |l| {
+        Ok(l.read_stream(&stream, 1)?
+            .iter()
+            .any(|r| r.event_type == "EvalScored"))
+    })?;
     let scored = ledger
         .read_stream(&format!("eval/{eval_id}"), 1)?
         .into_iter()

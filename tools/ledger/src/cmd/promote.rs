@@ -59,21 +59,11 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
         return Ok(());
     }
     let stream = format!("channel/{}", a.channel);
-    embedded::drive_until(
-        ctx,
-        &ledger,
-        Which {
-            trainer: false,
-            evaluator: true,
-            promoter: true,
-            modal: false,
-        },
-        |l| {
-            Ok(l.read_stream(&stream, 1)?
-                .iter()
-                .any(|r| r.causation_id == Some(rec.event_id)))
-        },
-    )?;
+    embedded::drive_until(ctx, &ledger, Which::JUDGES, |l| {
+        Ok(l.read_stream(&stream, 1)?
+            .iter()
+            .any(|r| r.causation_id == Some(rec.event_id)))
+    })?;
     // The decision is the event caused by the request.
     for r in ledger.read_stream(&format!("channel/{}", a.channel), 1)? {
         if r.causation_id != Some(rec.event_id) {
