@@ -314,3 +314,75 @@ fn bad_input_is_a_one_line_error() {
     let err = infer(&tiny, &img, &["--offline"]);
     assert!(err.contains("--offline"), "{err}");
 }
+
+/// The demo's base (`fixtures/reader`, pretrained in PyTorch by tools/pretrain/make_reader.sh on
+/// transcription only) reads, in candle, new cards of the layouts it was pretrained on.
+#[test]
+fn the_reader_base_transcribes_new_cards_in_candle() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("cards");
+    let data_s = data.to_string_lossy().into_owned();
+    ok(
+        home.path(),
+        &[
+            "synth",
+            "--out",
+            &data_s,
+            "--count",
+            "8",
+            "--seed",
+            "5",
+            "--profile",
+            "tiny",
+            "--layouts",
+            "invoice-a,invoice-b,invoice-c",
+            "--with-text",
+        ],
+    );
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for split in ["train", "validation", "test"] {
+        let p = data.join(format!("data/{split}-00000-of-00001.jsonl"));
+        if let Ok(t) = std::fs::read_to_string(p) {
+            rows.extend(
+                t.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
+        }
+    }
+    let model = model_dir("reader");
+    let (mut exact, mut values, mut values_read) = (0, 0, 0);
+    let cards = rows.iter().take(8).collect::<Vec<_>>();
+    assert_eq!(cards.len(), 8);
+    for r in &cards {
+        let img = data.join("data").join(r["image"].as_str().unwrap());
+        let out = ok(
+            home.path(),
+            &[
+                "infer",
+                "--model",
+                &model,
+                "--image",
+                &img.to_string_lossy(),
+                "--prompt",
+                "Read the text.",
+                "--max-new-tokens",
+                "64",
+                "--json",
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let got = v["text"].as_str().unwrap().trim().to_string();
+        let want = r["text"].as_str().unwrap();
+        exact += usize::from(got == want);
+        for value in r["target"].as_object().unwrap().values() {
+            values += 1;
+            values_read += usize::from(got.contains(value.as_str().unwrap()));
+        }
+        eprintln!("want {want:?}\n got {got:?}");
+    }
+    assert!(exact >= 7, "{exact}/8 exact transcriptions");
+    assert!(
+        values_read * 10 >= values * 9,
+        "{values_read}/{values} values read"
+    );
+}

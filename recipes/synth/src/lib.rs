@@ -203,6 +203,10 @@ pub struct SynthConfig {
     pub format: Format,
     /// Rows per shard.
     pub shard_rows: u64,
+    /// Also write each page's transcription (`text`, JSON Lines only): the
+    /// reading task the demo's base model is pretrained on.
+    #[serde(default)]
+    pub with_text: bool,
 }
 
 impl SynthConfig {
@@ -233,6 +237,7 @@ impl SynthConfig {
             holdout_layouts: Vec::new(),
             format: Format::Jsonl,
             shard_rows: 10_000,
+            with_text: false,
         }
     }
 
@@ -403,6 +408,12 @@ pub struct Document {
     pub png: Vec<u8>,
     /// Ground truth, restricted to the kept fields.
     pub target: serde_json::Value,
+    /// Every string printed on the page, one per line in drawing order: the
+    /// transcription a reading model is pretrained on.
+    pub text: String,
+    /// The centre (x, y) in pixels of each character of `text` other than the
+    /// line breaks, in order (before any skew).
+    pub centres: Vec<[i32; 2]>,
 }
 
 /// Draws document `index` of `cfg` (which must be valid).
@@ -441,6 +452,8 @@ fn draw(cfg: &SynthConfig, fams: &[Vec<&'static layout::Family>], index: u64) ->
         layout: fam.name,
         png,
         target: serde_json::Value::Object(target),
+        text: canvas.drawn.join("\n"),
+        centres: canvas.centres,
     })
 }
 
@@ -567,12 +580,16 @@ pub fn generate(cfg: &SynthConfig, out: &Path) -> Result<Summary> {
                     let rel = format!("images/{}/{name}", d.split);
                     let img = data.join(&rel);
                     std::fs::write(&img, &d.png).map_err(|e| io_err(&img, e))?;
-                    let row = serde_json::json!({
+                    let mut row = serde_json::json!({
                         "image": rel,
                         "doc_type": d.doc_type.as_str(),
                         "layout": d.layout,
                         "target": d.target,
                     });
+                    if cfg.with_text {
+                        row["text"] = serde_json::Value::String(d.text);
+                        row["centres"] = serde_json::json!(d.centres);
+                    }
                     writeln!(w, "{row}").map_err(|e| io_err(&o.path, e))?;
                 }
                 Sink::Parquet(w) => {

@@ -79,6 +79,11 @@ pub(crate) struct Canvas {
     pub img: GrayImage,
     ink: u8,
     cache: Cache,
+    /// Every string drawn, in drawing order (the page's transcription).
+    pub drawn: Vec<String>,
+    /// The centre (x, y) of every character drawn, in the same order: where a
+    /// reading model should look for it.
+    pub centres: Vec<[i32; 2]>,
 }
 
 impl Canvas {
@@ -88,6 +93,8 @@ impl Canvas {
             img: GrayImage::from_pixel(w.max(1), h.max(1), Luma([paper])),
             ink,
             cache: HashMap::new(),
+            drawn: Vec::new(),
+            centres: Vec::new(),
         }
     }
 
@@ -132,7 +139,15 @@ impl Canvas {
         let baseline = y + sf.ascent().round() as i32;
         let mut pen = x as f32;
         let mut prev: Option<GlyphId> = None;
-        let Canvas { img, ink, cache } = self;
+        self.drawn.push(text.to_string());
+        let mid_y = y + (sf.ascent() * 0.6).round() as i32;
+        let Canvas {
+            img,
+            ink,
+            cache,
+            centres,
+            ..
+        } = self;
         let ink = i32::from(*ink);
         let (iw, ih) = (img.width() as i32, img.height() as i32);
         for c in text.chars() {
@@ -142,6 +157,7 @@ impl Canvas {
             }
             let ox = pen.round() as i32;
             pen += sf.h_advance(gid);
+            centres.push([((ox as f32 + pen) / 2.0).round() as i32, mid_y]);
             prev = Some(gid);
             let Some(g) = glyph(cache, font, px, c) else {
                 continue;

@@ -238,3 +238,53 @@ fn bad_configs_are_rejected_with_the_setting_and_reason() {
         "unknown profile \"huge\" (known: standard, tiny)"
     );
 }
+
+#[test]
+fn with_text_writes_the_transcription_and_a_centre_per_character() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = SynthConfig::new(Profile::Tiny, 9, 24);
+    cfg.with_text = true;
+    generate(&cfg, d.path()).unwrap();
+    let mut rows = Vec::new();
+    for s in ["train", "validation", "test"] {
+        let p = d.path().join(format!("data/{s}-00000-of-00001.jsonl"));
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            rows.extend(
+                t.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
+        }
+    }
+    assert_eq!(rows.len(), 24);
+    for r in &rows {
+        let text = r["text"].as_str().unwrap();
+        // Every target value is printed, so the transcription contains it.
+        for v in r["target"].as_object().unwrap().values() {
+            assert!(text.contains(v.as_str().unwrap()), "{v} not in {text:?}");
+        }
+        let centres = r["centres"].as_array().unwrap();
+        assert_eq!(centres.len(), text.chars().filter(|c| *c != '\n').count());
+        // Characters of one line go left to right on one height, inside the page.
+        let mut k = 0;
+        for line in text.split('\n') {
+            let xy: Vec<(i64, i64)> = centres[k..k + line.chars().count()]
+                .iter()
+                .map(|c| (c[0].as_i64().unwrap(), c[1].as_i64().unwrap()))
+                .collect();
+            k += xy.len();
+            assert!(
+                xy.windows(2).all(|w| w[1].0 > w[0].0 && w[1].1 == w[0].1),
+                "{line:?} {xy:?}"
+            );
+            assert!(xy
+                .iter()
+                .all(|(x, y)| (0..160).contains(x) && (0..96).contains(y)));
+        }
+    }
+    // Without the flag the rows are as before.
+    let plain = tempfile::tempdir().unwrap();
+    cfg.with_text = false;
+    generate(&cfg, plain.path()).unwrap();
+    let t = std::fs::read_to_string(plain.path().join("data/train-00000-of-00001.jsonl")).unwrap();
+    assert!(!t.contains("\"text\"") && !t.contains("centres"));
+}

@@ -10,7 +10,7 @@ use foundry_runner::{EvalEngine, EvalJob, EvalOutcome};
 use sha2::{Digest, Sha256};
 
 use crate::inputs::{load_split, model_dir, recipe_of, select_device, verify_model};
-use crate::train::{processor_for, QUANTIZED_MODULES};
+use crate::train::{processor_for, quantized_linears};
 use crate::{EngineError, Result};
 
 /// Scores checkpoints (or the base alone) on a pinned split.
@@ -75,8 +75,8 @@ fn run(job: &EvalJob) -> Result<EvalOutcome> {
     let mut model = Idefics2::load_dir(&dir, DType::F32, &device)?;
     let processor = match &recipe {
         Some(r) => {
-            if r.quantization.method == "nf4" {
-                foundry_qlora::quantize_model(&mut model, QUANTIZED_MODULES)?;
+            if let Some(q) = quantized_linears(&mut model, r)? {
+                foundry_qlora::quantize_model(&mut model, &q)?;
             }
             processor_for(&dir, r)?
         }

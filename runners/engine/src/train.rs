@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use candle_core::DType;
 use foundry_events::MetricPoint;
+use foundry_idefics2::linear::LinearVisitor;
 use foundry_idefics2::processor::{Processor, RgbImage};
 use foundry_idefics2::Idefics2;
 use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
@@ -20,8 +21,27 @@ use crate::inputs::{
 };
 use crate::{EngineError, Result};
 
-/// Everything but `lm_head` is quantized, as transformers + bitsandbytes do.
-pub(crate) const QUANTIZED_MODULES: &str = r"model\..*";
+/// The regex (PEFT `fullmatch`) of the linears the recipe holds in NF4: every linear but those
+/// named in `quantization.skip_modules`, as bitsandbytes' `llm_int8_skip_modules` does (a linear
+/// stays dense when a skip entry is its name or a dotted run of its name's components:
+/// `lm_head`, `vision_model`, `text_model.layers.0`). None when the recipe does not quantize.
+pub(crate) fn quantized_linears(model: &mut Idefics2, recipe: &Recipe) -> Result<Option<String>> {
+    if recipe.quantization.method != "nf4" {
+        return Ok(None);
+    }
+    let skip = &recipe.quantization.skip_modules;
+    let kept: Vec<String> = model
+        .linear_names()?
+        .into_iter()
+        .filter(|name| {
+            let dotted = format!(".{name}.");
+            !skip.iter().any(|s| dotted.contains(&format!(".{s}.")))
+        })
+        .map(|name| regex::escape(&name))
+        .collect();
+    // An empty alternation would match the empty name only, i.e. nothing.
+    Ok(Some(format!("(?:{})", kept.join("|"))))
+}
 
 /// QLoRA fine-tuning of an Idefics2 base on a pinned dataset.
 #[derive(Debug, Default, Clone)]
@@ -218,8 +238,8 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     let p = prepare(job)?;
     let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
     let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
-    if p.recipe.quantization.method == "nf4" {
-        foundry_qlora::quantize_model(&mut model, QUANTIZED_MODULES)?;
+    if let Some(q) = quantized_linears(&mut model, &p.recipe)? {
+        foundry_qlora::quantize_model(&mut model, &q)?;
     }
     let processor = processor_for(&p.dir, &p.recipe)?;
     let rows = load_split(&job.dataset, "train", None)?;
@@ -305,7 +325,7 @@ pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
     let p = prepare(job)?;
     let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
     let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
-    let quantize = (p.recipe.quantization.method == "nf4").then_some(QUANTIZED_MODULES);
+    let quantize = quantized_linears(&mut model, &p.recipe)?;
     let processor = processor_for(&p.dir, &p.recipe)?;
     let rows = load_split(&job.dataset, "train", Some(sample.max(1)))?;
     let source = RowSource {
@@ -321,8 +341,14 @@ pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
     stats.tokens = (stats.tokens as f64 * scale).round() as u64;
     stats.answer_tokens = (stats.answer_tokens as f64 * scale).round() as u64;
     stats.examples = p.train_rows;
-    let plan = foundry_qlora::plan::plan(&config, &model.config, quantize, &stats, DType::F32)?;
-    if let Some(q) = quantize {
+    let plan = foundry_qlora::plan::plan(
+        &config,
+        &model.config,
+        quantize.as_deref(),
+        &stats,
+        DType::F32,
+    )?;
+    if let Some(q) = &quantize {
         foundry_qlora::quantize_model(&mut model, q)?;
     }
     let report = foundry_qlora::plan::dry_run(model, &config, &source, 4)?;
@@ -351,5 +377,59 @@ impl TrainingEngine for QloraEngine {
         sink: &mut dyn TrainSink,
     ) -> std::result::Result<TrainSummary, String> {
         run(job, sink).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn repo(rel: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel)
+    }
+
+    fn recipe_with(method: &str, skip: &str) -> Recipe {
+        let overrides: BTreeMap<String, String> = [
+            ("FOUNDRY_QUANTIZATION_METHOD", method),
+            ("FOUNDRY_QUANTIZATION_SKIP_MODULES", skip),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        foundry_recipes::resolve_file(&repo("recipes/tiny-cpu.toml"), &overrides, None)
+            .unwrap()
+            .recipe
+    }
+
+    #[test]
+    fn skip_modules_keep_those_linears_dense() {
+        let dir = repo("runners/idefics2/fixtures/tiny");
+        let mut model = Idefics2::load_dir(&dir, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let names = model.linear_names().unwrap();
+        let re = |p: &str| foundry_idefics2::linear::full_match_regex(p).unwrap();
+        let default = quantized_linears(&mut model, &recipe_with("nf4", "lm_head"))
+            .unwrap()
+            .unwrap();
+        let q: Vec<&String> = names.iter().filter(|n| re(&default).is_match(n)).collect();
+        let not_head = names.iter().filter(|n| *n != "lm_head").count();
+        assert_eq!(q.len(), not_head, "all but lm_head");
+        assert!(!q.iter().any(|n| *n == "lm_head"));
+        let vision = quantized_linears(&mut model, &recipe_with("nf4", "lm_head,vision_model"))
+            .unwrap()
+            .unwrap();
+        let q: Vec<&String> = names.iter().filter(|n| re(&vision).is_match(n)).collect();
+        assert!(!q.is_empty());
+        assert!(q.iter().all(|n| !n.contains(".vision_model.")), "{q:?}");
+        assert!(names
+            .iter()
+            .filter(|n| n.contains(".vision_model."))
+            .all(|n| !re(&vision).is_match(n)));
+        assert_eq!(
+            quantized_linears(&mut model, &recipe_with("none", "lm_head")).unwrap(),
+            None
+        );
     }
 }

@@ -59,6 +59,10 @@ pub struct SynthArgs {
     /// Rows per shard.
     #[arg(long)]
     shard_rows: Option<u64>,
+    /// Also write each page's transcription as `text` (JSON Lines only): the
+    /// reading task `tools/pretrain` trains the demo's base model on.
+    #[arg(long)]
+    with_text: bool,
 }
 
 #[derive(Tabled)]
@@ -93,6 +97,10 @@ fn config(a: &SynthArgs) -> Result<SynthConfig> {
     c.noise = a.noise.unwrap_or(c.noise);
     c.max_skew_deg = a.skew.unwrap_or(c.max_skew_deg);
     c.shard_rows = a.shard_rows.unwrap_or(c.shard_rows);
+    if a.with_text && c.format != Format::Jsonl {
+        anyhow::bail!("--with-text: only the jsonl format carries the transcription");
+    }
+    c.with_text = a.with_text;
     c.validate()?;
     Ok(c)
 }
