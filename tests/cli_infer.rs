@@ -315,10 +315,11 @@ fn bad_input_is_a_one_line_error() {
     assert!(err.contains("--offline"), "{err}");
 }
 
-/// The demo's base (`fixtures/reader`, pretrained in PyTorch by tools/pretrain/make_reader.sh on
-/// transcription only) reads, in candle, new cards of the layouts it was pretrained on.
+/// The demo's base (`fixtures/reader`, pretrained in PyTorch by tools/pretrain/make_reader.sh to
+/// transcribe cards and answer one-field questions) reads, in candle, new cards of layouts it was
+/// pretrained on, and answers a question about each.
 #[test]
-fn the_reader_base_transcribes_new_cards_in_candle() {
+fn the_reader_base_transcribes_and_answers_questions_in_candle() {
     let home = tempfile::tempdir().unwrap();
     let data = home.path().join("cards");
     let data_s = data.to_string_lossy().into_owned();
@@ -350,11 +351,7 @@ fn the_reader_base_transcribes_new_cards_in_candle() {
         }
     }
     let model = model_dir("reader");
-    let (mut exact, mut values, mut values_read) = (0, 0, 0);
-    let cards = rows.iter().take(8).collect::<Vec<_>>();
-    assert_eq!(cards.len(), 8);
-    for r in &cards {
-        let img = data.join("data").join(r["image"].as_str().unwrap());
+    let ask = |img: &std::path::Path, prompt: &str| {
         let out = ok(
             home.path(),
             &[
@@ -364,25 +361,39 @@ fn the_reader_base_transcribes_new_cards_in_candle() {
                 "--image",
                 &img.to_string_lossy(),
                 "--prompt",
-                "Read the text.",
+                prompt,
                 "--max-new-tokens",
                 "64",
                 "--json",
             ],
         );
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let got = v["text"].as_str().unwrap().trim().to_string();
+        v["text"].as_str().unwrap().trim().to_string()
+    };
+    let (mut exact, mut values, mut values_read, mut answered) = (0, 0, 0, 0);
+    let cards = rows.iter().take(8).collect::<Vec<_>>();
+    assert_eq!(cards.len(), 8);
+    for (k, r) in cards.iter().enumerate() {
+        let img = data.join("data").join(r["image"].as_str().unwrap());
+        let got = ask(&img, "Read the text.");
         let want = r["text"].as_str().unwrap();
         exact += usize::from(got == want);
-        for value in r["target"].as_object().unwrap().values() {
+        let target = r["target"].as_object().unwrap();
+        for value in target.values() {
             values += 1;
             values_read += usize::from(got.contains(value.as_str().unwrap()));
         }
         eprintln!("want {want:?}\n got {got:?}");
+        // One field per card, in turn: "What is the invoice number?" and so on.
+        let (key, value) = target.iter().nth(k % target.len()).unwrap();
+        let answer = ask(&img, &format!("What is the {}?", key.replace('_', " ")));
+        eprintln!("{key}: want {value} got {answer:?}");
+        answered += usize::from(value.as_str() == Some(answer.as_str()));
     }
     assert!(exact >= 7, "{exact}/8 exact transcriptions");
     assert!(
         values_read * 10 >= values * 9,
         "{values_read}/{values} values read"
     );
+    assert!(answered >= 7, "{answered}/8 questions answered exactly");
 }

@@ -568,6 +568,45 @@ pub(crate) fn standard(cfg: &SynthConfig, fam: &Family, c: &Content, r: &mut Rng
     cv
 }
 
+/// A tiny card's width, margin and base font size (jittered per card).
+fn tiny_metrics(cfg: &SynthConfig, r: &mut Rng) -> (i32, i32, f32) {
+    let w = cfg.width as i32;
+    let base = cfg.font_px * (1.0 + cfg.font_jitter * (r.unit() * 2.0 - 1.0));
+    (w, (w / 16).max(2), base)
+}
+
+/// The height of a tiny card's lines, stacked.
+fn lines_height(cv: &Canvas, font: FontId, lines: &[(String, f32)]) -> i32 {
+    lines.iter().map(|(_, p)| cv.line_height(font, *p)).sum()
+}
+
+/// Draws a tiny card's lines (text, font size) downwards from `y`, each shrunk
+/// to fit between the margins and placed by `align` give or take 2 px; returns
+/// the height below the last line.
+fn draw_lines(
+    cv: &mut Canvas,
+    lines: Vec<(String, f32)>,
+    font: FontId,
+    align: Align,
+    margin: i32,
+    mut y: i32,
+    r: &mut Rng,
+) -> i32 {
+    let w = cv.width() as i32;
+    for (text, p) in lines {
+        let mut p = p;
+        let mut tw = cv.measure(&text, font, p);
+        if tw > w - 2 * margin {
+            p *= (w - 2 * margin) as f32 / tw as f32;
+            tw = cv.measure(&text, font, p);
+        }
+        let x = (align_x(cv, align, tw, margin) + jitter(r, 2)).clamp(0, (w - tw).max(0));
+        cv.text(x, y, &text, font, p);
+        y += cv.line_height(font, p);
+    }
+    y
+}
+
 /// Draws the tiny profile's card: only the target's scalar fields, large,
 /// placed, worded and ordered by the family.
 pub(crate) fn tiny(
@@ -598,9 +637,7 @@ pub(crate) fn tiny(
         FontId::MonoBold,
     ][v % 4];
     let stacked = v == 2;
-    let w = cfg.width as i32;
-    let margin = (w / 16).max(2);
-    let base = cfg.font_px * (1.0 + cfg.font_jitter * (r.unit() * 2.0 - 1.0));
+    let (w, margin, base) = tiny_metrics(cfg, r);
     let mut lines: Vec<(String, f32)> = Vec::new();
     for k in &order {
         let Some(val) = printed(c, k) else { continue };
@@ -614,25 +651,79 @@ pub(crate) fn tiny(
             lines.push((format!("{l} {val}"), base));
         }
     }
-    let total_h: i32 = lines
-        .iter()
-        .map(|(_, p)| cv.line_height(font, *p))
-        .sum::<i32>();
+    let total_h = lines_height(&cv, font, &lines);
     let spare = (cfg.height as i32 - total_h - 2 * margin).max(0);
-    let mut y = margin + if v == 1 { spare } else { spare / 4 } + jitter(r, 2);
+    let y = margin + if v == 1 { spare } else { spare / 4 } + jitter(r, 2);
     if v == 3 {
         cv.hline(margin, w - margin, (y - 3).max(0), 1);
     }
-    for (text, p) in lines {
-        let mut p = p;
-        let mut tw = cv.measure(&text, font, p);
-        if tw > w - 2 * margin {
-            p *= (w - 2 * margin) as f32 / tw as f32;
-            tw = cv.measure(&text, font, p);
+    draw_lines(&mut cv, lines, font, align, margin, y, r);
+    cv
+}
+
+/// Labels a freely arranged tiny card draws from. None of them is a `-d`
+/// family's label, and a line may carry no label at all, so a model taught on
+/// these cards must tell fields apart by what their values look like.
+fn free_labels(key: &str) -> &'static [&'static str] {
+    match key {
+        "invoice_number" | "po_number" => &["No", "Ref", "NUMBER", "Inv", "Order", "ID", "Doc", ""],
+        "account_number" => &["Acct", "No", "ACCOUNT", "Account", "ID", "Acc", ""],
+        "date" | "period_end" | "period_start" => {
+            &["Date", "On", "DATE", "Dated", "Issued", "Dt", ""]
         }
-        let x = (align_x(&cv, align, tw, margin) + jitter(r, 2)).clamp(0, (w - tw).max(0));
-        cv.text(x, y, &text, font, p);
-        y += cv.line_height(font, p);
+        "due_date" | "delivery_date" => &["Due", "By", "DUE", "Pay by", ""],
+        "time" => &["Time", "At", "TIME", "Clock", "Hour", ""],
+        "total" | "closing_balance" => &["Total", "Sum", "TOTAL", "Pay", "Paid", "Bal", ""],
+        "subtotal" | "opening_balance" => &["Net", "Sub", "NET", "Open", ""],
+        "tax" => &["Tax", "VAT", "TAX", "Levy", ""],
+        "currency" => &["Cur", "In", "CURRENCY", "Ccy", ""],
+        _ => &[""],
+    }
+}
+
+/// Draws a tiny card with an arrangement chosen at random for this card
+/// rather than by its family: field order, labels (or none), label before or
+/// after the value or stacked above it, alignment, weight, vertical position
+/// and an optional rule. The demo's base is pretrained on these so that its
+/// reading does not depend on a layout it memorized.
+pub(crate) fn tiny_free(cfg: &SynthConfig, c: &Content, keys: &[&str], r: &mut Rng) -> Canvas {
+    let paper = 255 - r.range(0, 6) as u8;
+    let ink = r.range(0, 30) as u8;
+    let mut cv = Canvas::new(cfg.width, cfg.height, paper, ink);
+    let mut order: Vec<&str> = keys.to_vec();
+    for i in (1..order.len()).rev() {
+        let j = r.below(i as u64 + 1) as usize;
+        order.swap(i, j);
+    }
+    // 0: label value, 1: value label, 2: label stacked above the value.
+    let mode = r.below(3);
+    let align = r.pick(&[Align::Left, Align::Center, Align::Right]);
+    let font = r.pick(&[FontId::Mono, FontId::MonoBold]);
+    let (w, margin, base) = tiny_metrics(cfg, r);
+    let mut lines: Vec<(String, f32)> = Vec::new();
+    for k in &order {
+        let Some(val) = printed(c, k) else { continue };
+        let l = r.pick(free_labels(k));
+        match (mode, l.is_empty()) {
+            (_, true) => lines.push((val.to_string(), base)),
+            (0, false) => lines.push((format!("{l} {val}"), base)),
+            (1, false) => lines.push((format!("{val} {l}"), base)),
+            _ => {
+                lines.push((l.to_string(), base * 0.75));
+                lines.push((val.to_string(), base));
+            }
+        }
+    }
+    let total_h = lines_height(&cv, font, &lines);
+    let spare = (cfg.height as i32 - total_h - 2 * margin).max(0);
+    let y = margin + r.range(0, i64::from(spare) + 1) as i32;
+    let rule = r.below(4);
+    if rule == 1 {
+        cv.hline(margin, w - margin, (y - 3).max(0), 1);
+    }
+    let y = draw_lines(&mut cv, lines, font, align, margin, y, r);
+    if rule == 2 {
+        cv.hline(margin, w - margin, (y + 1).min(cfg.height as i32 - 1), 1);
     }
     cv
 }

@@ -111,6 +111,16 @@ impl DocType {
             .map_or(&[], |(_, f)| *f)
     }
 
+    /// The layout name of this type's freely arranged tiny cards.
+    pub fn free_layout(self) -> &'static str {
+        match self {
+            DocType::Invoice => "invoice-free",
+            DocType::Receipt => "receipt-free",
+            DocType::BankStatement => "bank_statement-free",
+            DocType::PurchaseOrder => "purchase_order-free",
+        }
+    }
+
     /// The fields the tiny profile keeps by default (short scalars).
     pub fn tiny_fields(self) -> &'static [&'static str] {
         match self {
@@ -207,6 +217,14 @@ pub struct SynthConfig {
     /// reading task the demo's base model is pretrained on.
     #[serde(default)]
     pub with_text: bool,
+    /// Tiny profile only: arrange each card at random (field order, labels or
+    /// none, label before, after or above the value, alignment, weight,
+    /// position) instead of by its family; rows name their layout
+    /// `<type>-free`. Held-out families keep their own arrangement (they are
+    /// the test). The demo's base is pretrained on such cards, and the demo
+    /// fine-tunes on them.
+    #[serde(default)]
+    pub free_arrangement: bool,
 }
 
 impl SynthConfig {
@@ -238,6 +256,7 @@ impl SynthConfig {
             format: Format::Jsonl,
             shard_rows: 10_000,
             with_text: false,
+            free_arrangement: false,
         }
     }
 
@@ -318,6 +337,9 @@ impl SynthConfig {
                     ));
                 }
             }
+        }
+        if self.free_arrangement && self.profile != Profile::Tiny {
+            return bad("free_arrangement: only the tiny profile arranges cards freely".into());
         }
         if !(16..=8192).contains(&self.width) || !(16..=8192).contains(&self.height) {
             return bad(format!(
@@ -434,9 +456,17 @@ fn draw(cfg: &SynthConfig, fams: &[Vec<&'static layout::Family>], index: u64) ->
         .iter()
         .filter_map(|k| c.target.get(*k).map(|v| (k.to_string(), v.clone())))
         .collect();
+    // Held-out families keep their own arrangement: they are the test.
+    let free = cfg.free_arrangement && !cfg.holdout_layouts.iter().any(|l| l == fam.name);
     let mut canvas = match cfg.profile {
         Profile::Standard => layout::standard(cfg, fam, &c, &mut r),
+        Profile::Tiny if free => layout::tiny_free(cfg, &c, &kept, &mut r),
         Profile::Tiny => layout::tiny(cfg, fam, &c, &kept, &mut r),
+    };
+    let layout = if free {
+        fam.doc_type.free_layout()
+    } else {
+        fam.name
     };
     let paper = canvas.img.get_pixel(0, 0).0[0];
     canvas.noise(&mut r, cfg.noise);
@@ -449,7 +479,7 @@ fn draw(cfg: &SynthConfig, fams: &[Vec<&'static layout::Family>], index: u64) ->
         index,
         split: SPLITS[plan.split],
         doc_type: fam.doc_type,
-        layout: fam.name,
+        layout,
         png,
         target: serde_json::Value::Object(target),
         text: canvas.drawn.join("\n"),

@@ -288,3 +288,83 @@ fn with_text_writes_the_transcription_and_a_centre_per_character() {
     let t = std::fs::read_to_string(plain.path().join("data/train-00000-of-00001.jsonl")).unwrap();
     assert!(!t.contains("\"text\"") && !t.contains("centres"));
 }
+
+#[test]
+fn free_arrangement_varies_order_and_labels_and_never_uses_a_d_family_label() {
+    let mut cfg = SynthConfig::new(Profile::Tiny, 4, 200);
+    cfg.types = vec![DocType::Invoice];
+    cfg.with_text = true;
+    cfg.free_arrangement = true;
+    let mut first_lines = std::collections::BTreeSet::new();
+    let mut value_first = 0;
+    let mut unlabelled = 0;
+    for i in 0..cfg.count {
+        let d = document(&cfg, i).unwrap();
+        assert_eq!(d.layout, "invoice-free");
+        let lines: Vec<&str> = d.text.split('\n').collect();
+        let target = d.target.as_object().unwrap();
+        for v in target.values() {
+            assert!(
+                d.text.contains(v.as_str().unwrap()),
+                "{v} not in {:?}",
+                d.text
+            );
+        }
+        // Which field comes first varies from card to card.
+        let first = target
+            .iter()
+            .min_by_key(|(_, v)| d.text.find(v.as_str().unwrap()))
+            .map(|(k, _)| k.clone())
+            .unwrap();
+        first_lines.insert(first);
+        for l in &lines {
+            let words: Vec<&str> = l.split(' ').collect();
+            // invoice-d's labels stay unseen.
+            assert!(
+                !words.iter().any(|w| ["#", "Day", "Amt"].contains(w)),
+                "{l:?}"
+            );
+            if target.values().any(|v| v.as_str() == Some(*l)) {
+                unlabelled += 1;
+            }
+            if words.len() == 2 && target.values().any(|v| v.as_str() == Some(words[0])) {
+                value_first += 1;
+            }
+        }
+    }
+    assert_eq!(first_lines.len(), 3, "{first_lines:?}");
+    assert!(
+        value_first > 50 && unlabelled > 50,
+        "{value_first} {unlabelled}"
+    );
+    // The same seed draws the same cards.
+    assert_eq!(
+        document(&cfg, 17).unwrap().png,
+        document(&cfg, 17).unwrap().png
+    );
+    // A held-out family keeps its own arrangement: it is the test split.
+    cfg.holdout_layouts = vec!["invoice-d".into()];
+    let docs: Vec<Document> = (0..40).map(|i| document(&cfg, i).unwrap()).collect();
+    assert!(docs.iter().any(|d| d.split == "test"));
+    for d in &docs {
+        let want = if d.split == "test" {
+            "invoice-d"
+        } else {
+            "invoice-free"
+        };
+        assert_eq!(d.layout, want);
+    }
+    let held_out = docs.iter().find(|d| d.split == "test").unwrap();
+    let date = held_out.target["date"].as_str().unwrap();
+    assert!(
+        held_out.text.ends_with(&format!("{date} Day")),
+        "{:?}",
+        held_out.text
+    );
+    let mut standard = SynthConfig::new(Profile::Standard, 1, 1);
+    standard.free_arrangement = true;
+    assert_eq!(
+        standard.validate().unwrap_err().to_string(),
+        "free_arrangement: only the tiny profile arranges cards freely"
+    );
+}

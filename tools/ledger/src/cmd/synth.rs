@@ -63,6 +63,12 @@ pub struct SynthArgs {
     /// reading task `tools/pretrain` trains the demo's base model on.
     #[arg(long)]
     with_text: bool,
+    /// Tiny profile: arrange every card at random (order, labels or none,
+    /// label placement, alignment, weight, position) instead of by its layout
+    /// family; rows name their layout `<type>-free`. Held-out families
+    /// (`--holdout`) keep their own arrangement: they are the test.
+    #[arg(long)]
+    free_arrangement: bool,
 }
 
 #[derive(Tabled)]
@@ -101,6 +107,7 @@ fn config(a: &SynthArgs) -> Result<SynthConfig> {
         anyhow::bail!("--with-text: only the jsonl format carries the transcription");
     }
     c.with_text = a.with_text;
+    c.free_arrangement = a.free_arrangement;
     c.validate()?;
     Ok(c)
 }
