@@ -140,7 +140,7 @@ fn modal_recipe(dir: &Path) -> PathBuf {
 #[test]
 fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses_nats() {
     let dir = tempfile::tempdir().unwrap();
-    let (_nats, url) = nats_server(&dir.path().join("js"));
+    let (_nats, url) = nats_server();
     let server = dir.path().join("server");
     common::ok(&server, &["init"]);
     let _serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
@@ -271,7 +271,7 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
 #[test]
 fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     let dir = tempfile::tempdir().unwrap();
-    let (_nats, url) = nats_server(&dir.path().join("js"));
+    let (_nats, url) = nats_server();
     let server = dir.path().join("server");
     common::ok(&server, &["init"]);
     let _serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");

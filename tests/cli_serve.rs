@@ -24,7 +24,7 @@ fn signal(p: &mut Proc, sig: &str) -> std::process::ExitStatus {
 fn serve_shares_the_ledger_and_stops_cleanly_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
-    let (_nats, url) = nats_server(&dir.path().join("js"));
+    let (_nats, url) = nats_server();
     ok(&home, &["init"]);
     let (mut serve, mut err) = start(&home, &["serve", "--nats", &url], &[], "serving");
 

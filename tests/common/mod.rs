@@ -1,10 +1,8 @@
 //! Helpers shared by the end-to-end tests: run the real `ledger` binary.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 /// Path of the `ledger` binary under test.
 pub fn bin() -> &'static str {
@@ -123,25 +121,16 @@ impl Drop for Proc {
     }
 }
 
-/// A nats-server with JetStream on a free port, its store in `store`.
-pub fn nats_server(store: &std::path::Path) -> (Proc, String) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server is installed (tools/test.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Proc(child), format!("nats://127.0.0.1:{port}"))
+#[path = "../../runners/bus/tests/common/nats.rs"]
+mod nats;
+pub use nats::NatsServer;
+
+/// A nats-server with JetStream on a free port (killed when the first value
+/// drops), and its URL.
+pub fn nats_server() -> (NatsServer, String) {
+    let server = NatsServer::start();
+    let url = server.url();
+    (server, url)
 }
 
 /// Recipe overrides that keep test runs of the tiny model to seconds.

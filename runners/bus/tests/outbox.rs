@@ -4,77 +4,10 @@
 use foundry_bus::{ensure_stream, NatsOptions, OutboxPublisher, STREAM};
 use foundry_events::{MetricPoint, MetricsLogged, RecordedEvent};
 use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+mod common;
+use common::NatsServer;
 use std::time::{Duration, Instant};
-
-struct NatsServer {
-    port: u16,
-    store: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut s = NatsServer {
-            port,
-            store: tempfile::tempdir().expect("tempdir"),
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let store: PathBuf = self.store.path().to_path_buf();
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (tools/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Graceful stop (SIGTERM), as an operator's restart would do.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn append(l: &Ledger, from: u64, n: u64) {
     let events = (from..from + n)
