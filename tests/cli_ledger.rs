@@ -236,3 +236,31 @@ fn unknown_type_or_newer_schema_in_an_import_is_refused_naming_the_seq() {
         &["import", file.to_str().unwrap()],
     );
 }
+
+/// A closed stdout (`ledger … | head`) ends the command quietly, the way it
+/// ends other Unix tools, after the work is done: no panic, files written.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_command_quietly_after_its_work() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cards");
+    let mut child = Command::new(common::bin())
+        .arg("--home")
+        .arg(dir.path().join("h"))
+        .args(["synth", "--count", "2", "--profile", "tiny", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the summary table is printed.
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Ended by SIGPIPE (13), not by a panic's exit code.
+    assert_eq!(done.status.signal(), Some(13), "{stderr}");
+    let shards = std::fs::read_dir(out.join("data")).unwrap().count();
+    assert!(shards >= 1);
+}

@@ -95,7 +95,22 @@ enum Command {
     Synth(cmd::synth::SynthArgs),
 }
 
+/// Lets a closed stdout (`ledger … | head`) end the process quietly, as it
+/// does other Unix tools, instead of panicking in `println!` (Rust ignores
+/// SIGPIPE by default). Output is printed after the work is recorded, so
+/// nothing is lost. Safe for the rest: std and tokio send on sockets with
+/// MSG_NOSIGNAL, and nothing here writes to a child's pipe.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first in main, before any other thread exists; it only
+    // restores the default disposition of one signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     // Training and inference allocate and free large tensors every step.
     foundry_qlora::tune_allocator();
     let cli = Cli::parse();
