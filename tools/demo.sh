@@ -38,7 +38,8 @@ took() {
   last=$now
 }
 first_word() { awk 'NR==1 {print $1}'; }
-field_em() { awk '$2 == "field_exact_match" {print $4; exit}'; }
+# Reads all of its input (an early exit would break the pipe behind `tee`).
+field_em() { awk '$2 == "field_exact_match" && v == "" {v = $4} END {print v}'; }
 
 step "1. synthesize $COUNT small invoices: freely arranged ones to train on; the layout family invoice-d, held out, is the test split"
 $L init

@@ -6,7 +6,7 @@
 #
 #   tools/pretrain/make_reader.sh [OUT_DIR]
 #
-# Four stages, each continuing from the last (about 42 + 14 + 22 + 24 minutes on 2 cores):
+# Four stages, each continuing from the last (about 42 + 14 + 22 + 30 minutes on 2 cores):
 #   1. transcription only, from random weights, on cards of the a-c families of all four types;
 #   2-4. transcription and field questions on freely arranged cards (`synth --free-arrangement`:
 #      random field order, labels or none, label before/after/above the value, alignment, weight,
