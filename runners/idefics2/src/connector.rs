@@ -4,7 +4,8 @@ use candle_core::{DType, Module, Result as CResult, Tensor};
 
 use crate::config::Idefics2Config;
 use crate::error::Result;
-use crate::layers::{attention, key_padding_mask, linear, GatedMlp, RmsNorm};
+use crate::kernels::AttentionShape;
+use crate::layers::{key_padding_mask, linear, mha, GatedMlp, RmsNorm};
 use crate::linear::SeamLinear;
 use crate::weights::Weights;
 
@@ -26,25 +27,17 @@ pub struct PerceiverAttention {
 
 impl PerceiverAttention {
     fn forward(&self, latents: &Tensor, context: &Tensor, mask: &Tensor) -> CResult<Tensor> {
-        let (b, q_len, _) = latents.dims3()?;
-        let kv_len = q_len + context.dim(1)?;
         let hs = Tensor::cat(&[context, latents], 1)?;
-        let q = self
-            .q_proj
-            .forward(latents)?
-            .reshape((b, q_len, self.heads, self.head_dim))?
-            .transpose(1, 2)?;
-        let k = self
-            .k_proj
-            .forward(&hs)?
-            .reshape((b, kv_len, self.kv_heads, self.head_dim))?
-            .transpose(1, 2)?;
-        let v = self
-            .v_proj
-            .forward(&hs)?
-            .reshape((b, kv_len, self.kv_heads, self.head_dim))?
-            .transpose(1, 2)?;
-        let o = attention(&q, &k, &v, Some(mask), (self.head_dim as f64).powf(-0.5))?;
+        let q = self.q_proj.forward(latents)?;
+        let k = self.k_proj.forward(&hs)?;
+        let v = self.v_proj.forward(&hs)?;
+        let shape = AttentionShape {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: (self.head_dim as f64).powf(-0.5),
+        };
+        let o = mha(&q, &k, &v, shape, None, Some(mask))?;
         self.o_proj.forward(&o)
     }
 }

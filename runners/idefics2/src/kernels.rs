@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -135,11 +134,23 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 struct RmsNormalize {
     eps: f32,
+    /// The per-feature weight multiplied in after normalising (not trained).
+    weight: Option<Vec<f32>>,
 }
 
 fn rms_inv(r: &[f32], eps: f32) -> f32 {
     let ms = r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32;
     1.0 / (ms + eps).sqrt()
+}
+
+/// Checks that a per-feature parameter has one value per element of the last dimension.
+fn check_features(p: &Option<Vec<f32>>, d: usize, op: &str) -> Result<()> {
+    match p {
+        Some(w) if w.len() != d => {
+            candle_core::bail!("{op}: {} parameters for rows of {d}", w.len())
+        }
+        _ => Ok(()),
+    }
 }
 
 impl CustomOp1 for RmsNormalize {
@@ -150,24 +161,51 @@ impl CustomOp1 for RmsNormalize {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
         let eps = self.eps;
+        check_features(&self.weight, last_dim(l), self.name())?;
         let out = rows_map(x, last_dim(l), |r, o| {
             let inv = rms_inv(r, eps);
-            for (o, v) in o.iter_mut().zip(r) {
-                *o = v * inv;
+            match &self.weight {
+                // (x · inv) · w, in transformers' order.
+                Some(w) => {
+                    for ((o, v), w) in o.iter_mut().zip(r).zip(w) {
+                        *o = (v * inv) * w;
+                    }
+                }
+                None => {
+                    for (o, v) in o.iter_mut().zip(r) {
+                        *o = v * inv;
+                    }
+                }
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // y = x r; dx = r (g - y <g, y> / d)
+        // y = x r w; with gw = g w: dx = r (gw - x r <gw, x r> / d)
         let eps = self.eps;
         let dx = map2_tensors(grad, arg, |g, x, o| {
             let inv = rms_inv(x, eps);
             let d = x.len() as f32;
-            let gy: f32 = g.iter().zip(x).map(|(a, b)| a * b * inv).sum::<f32>() / d;
-            for ((o, g), x) in o.iter_mut().zip(g).zip(x) {
-                *o = inv * (g - x * inv * gy);
+            match &self.weight {
+                Some(w) => {
+                    let gy: f32 = g
+                        .iter()
+                        .zip(w)
+                        .zip(x)
+                        .map(|((g, w), x)| g * w * x * inv)
+                        .sum::<f32>()
+                        / d;
+                    for (((o, g), w), x) in o.iter_mut().zip(g).zip(w).zip(x) {
+                        *o = inv * (g * w - x * inv * gy);
+                    }
+                }
+                None => {
+                    let gy: f32 = g.iter().zip(x).map(|(a, b)| a * b * inv).sum::<f32>() / d;
+                    for ((o, g), x) in o.iter_mut().zip(g).zip(x) {
+                        *o = inv * (g - x * inv * gy);
+                    }
+                }
             }
         })?;
         Ok(Some(dx))
@@ -176,7 +214,25 @@ impl CustomOp1 for RmsNormalize {
 
 /// `x / sqrt(mean(x²) + eps)` over the last dimension (f32, CPU), with backward.
 pub fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(RmsNormalize { eps: eps as f32 })
+    x.contiguous()?.apply_op1(RmsNormalize {
+        eps: eps as f32,
+        weight: None,
+    })
+}
+
+/// `x / sqrt(mean(x²) + eps) · weight` in one op (f32, CPU); the backward gives `x` its
+/// gradient and the weight, which is not trained, none.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(RmsNormalize {
+        eps: eps as f32,
+        weight: Some(
+            weight
+                .detach()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?,
+        ),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -336,6 +392,8 @@ impl FrozenSource {
 
 struct FrozenLinear {
     src: FrozenSource,
+    /// A bias added to every output row (not trained), written before the product accumulates.
+    bias: Option<Vec<f32>>,
 }
 
 impl CustomOp1 for FrozenLinear {
@@ -350,17 +408,29 @@ impl CustomOp1 for FrozenLinear {
         if wk != k {
             candle_core::bail!("frozen linear: input width {k} does not fit weight [{n}, {wk}]");
         }
-        let wt = w.contiguous()?.t()?;
-        let (sw, lw) = wt.storage_and_layout();
-        let out = match &*sw {
-            Storage::Cpu(cw) => s.matmul(cw, (1, m, n, k), l, lw)?,
-            _ => candle_core::bail!("frozen linear: cpu weight expected"),
-        };
-        Ok((out, Shape::from((m, n))))
+        check_features(&self.bias, n, self.name())?;
+        let x = contiguous_f32(s, l, self.name())?;
+        let w = w.contiguous()?;
+        let (sw, lw) = w.storage_and_layout();
+        let wv = storage_f32(&sw, lw, self.name())?;
+        let mut y = vec![0f32; m * n];
+        if let Some(b) = &self.bias {
+            y.chunks_mut(n.max(1))
+                .for_each(|row| row.copy_from_slice(b));
+        }
+        sgemm(
+            &mut y,
+            (m, n, k),
+            view(x, k, 1),
+            view(wv, 1, k),
+            1.0,
+            self.bias.is_some(),
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // Only the input gradient: dx = g W. The weight gets none.
+        // Only the input gradient: dx = g W. The weight and bias get none.
         let w = self.src.weight(DType::F32, arg.device())?;
         Ok(Some(grad.detach().matmul(&w)?))
     }
@@ -369,5 +439,1069 @@ impl CustomOp1 for FrozenLinear {
 /// `x · Wᵀ` for a 2-D f32 CPU input `[n, in]` and a frozen `[out, in]` weight. The backward
 /// returns only the input gradient (candle's matmul would also compute the weight's).
 pub fn frozen_linear(x: &Tensor, src: FrozenSource) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenLinear { src })
+    x.contiguous()?.apply_op1(FrozenLinear { src, bias: None })
+}
+
+/// `x · Wᵀ + bias` for a frozen weight and a bias `[out]` that is not trained, in one op (the
+/// product accumulates onto the bias rows, so no separate pass adds it).
+pub fn frozen_linear_bias(x: &Tensor, src: FrozenSource, bias: &Tensor) -> Result<Tensor> {
+    let bias = bias
+        .detach()
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    x.contiguous()?.apply_op1(FrozenLinear {
+        src,
+        bias: Some(bias),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 GEMM on slices
+
+/// A strided read-only view of an f32 matrix: `data[i * rows + j * cols]` is element `(i, j)`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+fn view(data: &[f32], rows: usize, cols: usize) -> View<'_> {
+    View { data, rows, cols }
+}
+
+/// `dst[m × n] (row-major) = (accumulate ? dst : 0) + beta · lhs[m × k] · rhs[k × n]`, with the
+/// gemm crate (the same kernels candle's matmul uses), after checking that every view stays
+/// inside its slice. Large products run on the rayon pool.
+#[allow(clippy::too_many_arguments)]
+fn sgemm(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: View<'_>,
+    rhs: View<'_>,
+    beta: f32,
+    accumulate: bool,
+) -> Result<()> {
+    let last = |v: View<'_>, r: usize, c: usize| (r.max(1) - 1) * v.rows + (c.max(1) - 1) * v.cols;
+    if dst.len() != m * n
+        || (m * k > 0 && last(lhs, m, k) >= lhs.data.len())
+        || (k * n > 0 && last(rhs, k, n) >= rhs.data.len())
+    {
+        candle_core::bail!("sgemm: views do not fit their buffers ({m}×{k} · {k}×{n})");
+    }
+    if m * n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.iter_mut().for_each(|v| *v = 0.0);
+        }
+        return Ok(());
+    }
+    let threads = rayon::current_num_threads();
+    let parallelism = if PARALLEL_GEMM.with(|p| p.get()) && threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the bounds of all three views were checked above, dst is exclusively borrowed and
+    // does not alias the shared lhs / rhs slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cols as isize,
+            lhs.rows as isize,
+            rhs.data.as_ptr(),
+            rhs.cols as isize,
+            rhs.rows as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Whether [`sgemm`] may split a product over the rayon pool (off inside tasks that are
+    /// already parallel, e.g. one attention head group each).
+    static PARALLEL_GEMM: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Runs `f` with [`sgemm`] kept on the calling thread.
+fn serial_gemm<R>(f: impl FnOnce() -> R) -> R {
+    let before = PARALLEL_GEMM.with(|p| p.replace(false));
+    let r = f();
+    PARALLEL_GEMM.with(|p| p.set(before));
+    r
+}
+
+/// A detached, contiguous f32 CPU copy-free handle on a tensor, to borrow its data.
+fn cpu_contiguous(t: &Tensor, op: &str) -> Result<Tensor> {
+    if t.dtype() != DType::F32 || !t.device().is_cpu() {
+        candle_core::bail!("{op}: f32 CPU tensors expected, got {:?}", t.dtype());
+    }
+    t.detach().contiguous()
+}
+
+fn storage_f32<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => contiguous_f32(c, l, op),
+        _ => candle_core::bail!("{op}: cpu storage expected"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused QLoRA linear
+
+struct LoraLinear {
+    src: FrozenSource,
+    scale: f32,
+    /// The inverted-dropout mask of the adapter's input (same shape as x), when training with
+    /// dropout.
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+/// `x ⊙ mask`, or `x` itself without a mask.
+fn masked<'a>(x: &'a [f32], mask: &Option<Arc<Vec<f32>>>) -> std::borrow::Cow<'a, [f32]> {
+    match mask {
+        Some(m) => std::borrow::Cow::Owned(x.iter().zip(m.iter()).map(|(a, b)| a * b).collect()),
+        None => std::borrow::Cow::Borrowed(x),
+    }
+}
+
+impl candle_core::CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "foundry-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = lx.shape().dims2()?;
+        let (r, ka) = la.shape().dims2()?;
+        let (n, rb) = lb.shape().dims2()?;
+        let w = self.src.weight(DType::F32, &candle_core::Device::Cpu)?;
+        let (wn, wk) = w.dims2()?;
+        if ka != k || rb != r || wk != k || wn != n {
+            candle_core::bail!(
+                "lora linear: x [{m}, {k}], A [{r}, {ka}], B [{n}, {rb}] and weight [{wn}, {wk}] do not fit"
+            );
+        }
+        if self.mask.as_ref().is_some_and(|mk| mk.len() != m * k) {
+            candle_core::bail!("lora linear: dropout mask does not fit x [{m}, {k}]");
+        }
+        let x = contiguous_f32(sx, lx, self.name())?;
+        let a = contiguous_f32(sa, la, self.name())?;
+        let b = contiguous_f32(sb, lb, self.name())?;
+        let w = w.contiguous()?;
+        let (sw, lw) = w.storage_and_layout();
+        let wv = storage_f32(&sw, lw, self.name())?;
+        let mut y = vec![0f32; m * n];
+        // y = x Wᵀ
+        sgemm(&mut y, (m, n, k), view(x, k, 1), view(wv, 1, k), 1.0, false)?;
+        // h = dropout(x) Aᵀ; y += scale · h Bᵀ
+        let xd = masked(x, &self.mask);
+        let mut h = vec![0f32; m * r];
+        sgemm(
+            &mut h,
+            (m, r, k),
+            view(&xd, k, 1),
+            view(a, 1, k),
+            1.0,
+            false,
+        )?;
+        sgemm(
+            &mut y,
+            (m, n, r),
+            view(&h, r, 1),
+            view(b, 1, r),
+            self.scale,
+            true,
+        )?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let (m, k) = x.dims2()?;
+        let (r, _) = a.dims2()?;
+        let (n, _) = b.dims2()?;
+        let (xt, at, bt, gt) = (
+            cpu_contiguous(x, name)?,
+            cpu_contiguous(a, name)?,
+            cpu_contiguous(b, name)?,
+            cpu_contiguous(grad, name)?,
+        );
+        let (sx, lx) = xt.storage_and_layout();
+        let (sa, la) = at.storage_and_layout();
+        let (sb, lb) = bt.storage_and_layout();
+        let (sg, lg) = gt.storage_and_layout();
+        let xv = storage_f32(&sx, lx, name)?;
+        let av = storage_f32(&sa, la, name)?;
+        let bv = storage_f32(&sb, lb, name)?;
+        let g = storage_f32(&sg, lg, name)?;
+        let s = self.scale;
+        // gb = g B  [m, r]
+        let mut gb = vec![0f32; m * r];
+        sgemm(
+            &mut gb,
+            (m, r, n),
+            view(g, n, 1),
+            view(bv, r, 1),
+            1.0,
+            false,
+        )?;
+        // dx = g W + scale · (gb A) ⊙ mask, only when x needs a gradient.
+        let dx = if x.track_op() {
+            let w = self
+                .src
+                .weight(DType::F32, &candle_core::Device::Cpu)?
+                .contiguous()?;
+            let (sw, lw) = w.storage_and_layout();
+            let wv = storage_f32(&sw, lw, name)?;
+            let mut dx = vec![0f32; m * k];
+            sgemm(
+                &mut dx,
+                (m, k, n),
+                view(g, n, 1),
+                view(wv, k, 1),
+                1.0,
+                false,
+            )?;
+            match &self.mask {
+                None => sgemm(&mut dx, (m, k, r), view(&gb, r, 1), view(av, k, 1), s, true)?,
+                Some(mask) => {
+                    let mut t = vec![0f32; m * k];
+                    sgemm(&mut t, (m, k, r), view(&gb, r, 1), view(av, k, 1), s, false)?;
+                    dx.iter_mut()
+                        .zip(t.iter().zip(mask.iter()))
+                        .for_each(|(d, (t, mk))| *d += t * mk);
+                }
+            }
+            Some(Tensor::from_vec(dx, (m, k), x.device())?)
+        } else {
+            None
+        };
+        let xd = masked(xv, &self.mask);
+        // dA = scale · gbᵀ dropout(x)  [r, k]
+        let mut da = vec![0f32; r * k];
+        sgemm(
+            &mut da,
+            (r, k, m),
+            view(&gb, 1, r),
+            view(&xd, k, 1),
+            s,
+            false,
+        )?;
+        // dB = scale · gᵀ h, h = dropout(x) Aᵀ  [n, r]
+        let mut h = vec![0f32; m * r];
+        sgemm(
+            &mut h,
+            (m, r, k),
+            view(&xd, k, 1),
+            view(av, 1, k),
+            1.0,
+            false,
+        )?;
+        let mut db = vec![0f32; n * r];
+        sgemm(&mut db, (n, r, m), view(g, 1, n), view(&h, r, 1), s, false)?;
+        Ok((
+            dx,
+            Some(Tensor::from_vec(da, (r, k), a.device())?),
+            Some(Tensor::from_vec(db, (n, r), b.device())?),
+        ))
+    }
+}
+
+/// `x · Wᵀ + scale · (dropout(x) · Aᵀ) · Bᵀ` in one op for a 2-D f32 CPU input `[m, in]`, a
+/// frozen `[out, in]` weight and LoRA `A` `[r, in]`, `B` `[out, r]`: one output tensor instead
+/// of four, so that the autograd graph keeps a quarter of the activations. The backward gives
+/// `A` and `B` their gradients, and `x` its gradient only when `x` needs one (never the
+/// weight). `mask` is the inverted-dropout mask of `x`'s elements (`None`: no dropout).
+pub fn lora_linear(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    src: FrozenSource,
+    scale: f64,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let op = LoraLinear {
+        src,
+        scale: scale as f32,
+        mask: mask.map(Arc::new),
+    };
+    x.contiguous()?
+        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: silu(gate) · up
+
+struct SiluMul;
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// Runs `f(chunk_index_offset, out_chunk)` over `out` in parallel chunks for large inputs.
+fn par_fill(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    const CHUNK: usize = 1 << 14;
+    if out.len() >= MIN_PAR_ELEMS {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, o)| f(i * CHUNK, o));
+    } else {
+        f(0, out);
+    }
+}
+
+impl candle_core::CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "foundry-silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        su: &CpuStorage,
+        lu: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if lg.shape() != lu.shape() {
+            candle_core::bail!(
+                "silu·mul: gate {:?} and up {:?} differ",
+                lg.shape(),
+                lu.shape()
+            );
+        }
+        let g = contiguous_f32(sg, lg, self.name())?;
+        let u = contiguous_f32(su, lu, self.name())?;
+        let mut out = vec![0f32; g.len()];
+        par_fill(&mut out, |off, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                let x = g[off + i];
+                *o = x * sigmoid(x) * u[off + i];
+            }
+        });
+        Ok((CpuStorage::F32(out), lg.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let (gt, ut, dt) = (
+            cpu_contiguous(gate, name)?,
+            cpu_contiguous(up, name)?,
+            cpu_contiguous(grad, name)?,
+        );
+        let (sg, lg) = gt.storage_and_layout();
+        let (su, lu) = ut.storage_and_layout();
+        let (sd, ld) = dt.storage_and_layout();
+        let g = storage_f32(&sg, lg, name)?;
+        let u = storage_f32(&su, lu, name)?;
+        let d = storage_f32(&sd, ld, name)?;
+        let dgate = if gate.track_op() {
+            // d/dx silu(x) = s(x) (1 + x (1 - s(x)))
+            let mut out = vec![0f32; g.len()];
+            par_fill(&mut out, |off, o| {
+                for (i, o) in o.iter_mut().enumerate() {
+                    let (x, j) = (g[off + i], off + i);
+                    let s = sigmoid(x);
+                    *o = d[j] * u[j] * s * (1.0 + x * (1.0 - s));
+                }
+            });
+            Some(Tensor::from_vec(out, gate.shape(), gate.device())?)
+        } else {
+            None
+        };
+        let dup = if up.track_op() {
+            let mut out = vec![0f32; g.len()];
+            par_fill(&mut out, |off, o| {
+                for (i, o) in o.iter_mut().enumerate() {
+                    let x = g[off + i];
+                    *o = d[off + i] * x * sigmoid(x);
+                }
+            });
+            Some(Tensor::from_vec(out, up.shape(), up.device())?)
+        } else {
+            None
+        };
+        Ok((dgate, dup))
+    }
+}
+
+/// `silu(gate) · up` for two same-shaped f32 CPU tensors in one op (one saved output instead of
+/// three), with a backward for both inputs.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention probabilities: softmax(scale · scores + mask)
+
+/// An additive mask broadcast over `[b, h, q, k]` scores: its own dims, each 1 or the scores'.
+struct MaskData {
+    data: Vec<f32>,
+    dims: [usize; 4],
+}
+
+struct AttentionProbs {
+    scale: f32,
+    mask: Option<MaskData>,
+}
+
+impl CustomOp1 for AttentionProbs {
+    fn name(&self) -> &'static str {
+        "foundry-attention-probs"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, h, q, k) = l.shape().dims4()?;
+        let x = contiguous_f32(s, l, self.name())?;
+        let scale = self.scale;
+        let mut out = vec![0f32; x.len()];
+        let row = |ri: usize, r: &[f32], o: &mut [f32]| {
+            match &self.mask {
+                Some(m) => {
+                    let [mb, mh, mq, _] = m.dims;
+                    let (bi, hi, qi) = (ri / (h * q), (ri / q) % h, ri % q);
+                    let mi = (((bi % mb) * mh + hi % mh) * mq + qi % mq) * k;
+                    let mrow = &m.data[mi..mi + k];
+                    for ((o, v), mv) in o.iter_mut().zip(r).zip(mrow) {
+                        *o = v * scale + mv;
+                    }
+                }
+                None => o.iter_mut().zip(r).for_each(|(o, v)| *o = v * scale),
+            }
+            let mx = o.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+            let mut sum = 0f32;
+            for v in o.iter_mut() {
+                *v = (*v - mx).exp();
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
+        };
+        if k > 0 {
+            if x.len() >= MIN_PAR_ELEMS {
+                out.par_chunks_mut(k)
+                    .zip(x.par_chunks(k))
+                    .enumerate()
+                    .for_each(|(ri, (o, r))| row(ri, r, o));
+            } else {
+                out.chunks_mut(k)
+                    .zip(x.chunks(k))
+                    .enumerate()
+                    .for_each(|(ri, (o, r))| row(ri, r, o));
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // dx = scale · y ⊙ (g − ⟨g, y⟩)
+        let scale = self.scale;
+        let dx = map2_tensors(grad, res, |g, y, o| {
+            let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+            for ((o, g), y) in o.iter_mut().zip(g).zip(y) {
+                *o = scale * y * (g - dot);
+            }
+        })?;
+        Ok(Some(dx))
+    }
+}
+
+/// `softmax(scale · scores + mask)` over the last dimension of f32 CPU `scores` `[b, h, q, k]`
+/// in one op (eager attention's weights, computed in the same order as transformers), with the
+/// scores' backward. `mask` (no gradient) has 4 dims, each 1 or equal to the scores'.
+pub fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let sd = scores.dims4()?;
+    let mask = match mask {
+        Some(m) => {
+            let md = m.dims4()?;
+            let fits = [md.0, md.1, md.2, md.3]
+                .iter()
+                .zip([sd.0, sd.1, sd.2, sd.3])
+                .enumerate()
+                .all(|(i, (a, b))| *a == b || (*a == 1 && i < 3));
+            if !fits {
+                candle_core::bail!(
+                    "attention mask {:?} does not broadcast to scores {:?}",
+                    m.dims(),
+                    scores.dims()
+                );
+            }
+            Some(MaskData {
+                data: m.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                dims: [md.0, md.1, md.2, md.3],
+            })
+        }
+        None => None,
+    };
+    scores.contiguous()?.apply_op1(AttentionProbs {
+        scale: scale as f32,
+        mask,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross-entropy
+
+struct CrossEntropySum {
+    targets: Vec<u32>,
+}
+
+/// `(max, log Σ exp(x − max))` of a row.
+fn row_lse(r: &[f32]) -> (f32, f32) {
+    let mx = r.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+    let s: f32 = r.iter().map(|v| (v - mx).exp()).sum();
+    (mx, s.ln())
+}
+
+impl CustomOp1 for CrossEntropySum {
+    fn name(&self) -> &'static str {
+        "foundry-cross-entropy-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, v) = l.shape().dims2()?;
+        if self.targets.len() != n || self.targets.iter().any(|&t| t as usize >= v) {
+            candle_core::bail!(
+                "cross-entropy: {} targets for {n} rows of {v} classes (or one out of range)",
+                self.targets.len()
+            );
+        }
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut nll = vec![0f32; n];
+        let per_row = |(i, o): (usize, &mut f32)| {
+            let r = &x[i * v..(i + 1) * v];
+            let (mx, lse) = row_lse(r);
+            // -(x_t - max - lse), the same order as log_softmax then gather.
+            *o = -((r[self.targets[i] as usize] - mx) - lse);
+        };
+        if x.len() >= MIN_PAR_ELEMS {
+            nll.par_iter_mut().enumerate().for_each(per_row);
+        } else {
+            nll.iter_mut().enumerate().for_each(per_row);
+        }
+        let total: f32 = nll.iter().sum();
+        Ok((CpuStorage::F32(vec![total]), Shape::from(())))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // d/dx_j = g · (softmax(x)_j − [j = t])
+        let g = grad.detach().to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let (n, v) = arg.dims2()?;
+        let xt = cpu_contiguous(arg, self.name())?;
+        let (sx, lx) = xt.storage_and_layout();
+        let x = storage_f32(&sx, lx, self.name())?;
+        let mut out = vec![0f32; n * v];
+        let per_row = |(i, o): (usize, &mut [f32])| {
+            let r = &x[i * v..(i + 1) * v];
+            let (mx, lse) = row_lse(r);
+            for (o, xv) in o.iter_mut().zip(r) {
+                *o = g * ((xv - mx) - lse).exp();
+            }
+            o[self.targets[i] as usize] -= g;
+        };
+        if v > 0 {
+            if out.len() >= MIN_PAR_ELEMS {
+                out.par_chunks_mut(v).enumerate().for_each(per_row);
+            } else {
+                out.chunks_mut(v).enumerate().for_each(per_row);
+            }
+        }
+        Ok(Some(Tensor::from_vec(out, (n, v), arg.device())?))
+    }
+}
+
+/// `Σᵢ −log softmax(logits)ᵢ[targetᵢ]` over the rows of f32 CPU `logits` `[n, vocab]`, as one
+/// op: no `[n, vocab]` intermediate is kept for the backward, which recomputes the softmax.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    logits.contiguous()?.apply_op1(CrossEntropySum {
+        targets: targets.to_vec(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU, tanh approximation
+
+struct GeluTanh;
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// tanh through one exp: `1 − 2 / (e^{2x} + 1)`, saturated beyond |x| > 15.
+fn fast_tanh(x: f32) -> f32 {
+    if x.abs() > 15.0 {
+        return x.signum();
+    }
+    1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
+}
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "foundry-gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        par_fill(&mut out, |off, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                let v = x[off + i];
+                *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)));
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = map2_tensors(grad, arg, |g, x, o| {
+            for ((o, g), v) in o.iter_mut().zip(g).zip(x) {
+                let u = SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v);
+                let t = fast_tanh(u);
+                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+                *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
+            }
+        })?;
+        Ok(Some(dx))
+    }
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`) on f32 CPU data, parallel, with
+/// backward.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluTanh)
+}
+
+// ---------------------------------------------------------------------------------------------
+// fused multi-head attention (GQA, optional RoPE, additive mask)
+
+/// The shape of a fused attention: heads, key/value heads, head size and score scale.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key / value heads (a divisor of `heads`).
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Multiplies the scores before the mask is added (usually `head_dim^-0.5`).
+    pub scale: f64,
+}
+
+struct FusedAttention {
+    shape: AttentionShape,
+    /// RoPE tables `[seq, head_dim / 2]` (cos, sin) applied to queries and keys at the same
+    /// positions (self-attention).
+    rope: Option<(Vec<f32>, Vec<f32>)>,
+    mask: Option<MaskData>,
+}
+
+/// Rotates (`sign` 1) or un-rotates (`sign` −1) one `[s, d]` slab in place, rotate-half layout.
+fn rope_slab(x: &mut [f32], d: usize, cos: &[f32], sin: &[f32], sign: f32) {
+    let h = d / 2;
+    for (p, r) in x.chunks_mut(d).enumerate() {
+        let (c, sn) = (&cos[p * h..(p + 1) * h], &sin[p * h..(p + 1) * h]);
+        for i in 0..h {
+            let (a, b) = (r[i], r[i + h]);
+            let si = sign * sn[i];
+            r[i] = a * c[i] - b * si;
+            r[i + h] = b * c[i] + a * si;
+        }
+    }
+}
+
+/// Copies head `head` of batch row `bi` out of `x` `[b, s, heads * d]` into a `[s, d]` slab.
+fn gather_head(x: &[f32], bi: usize, s: usize, heads: usize, d: usize, head: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(s * d);
+    for p in 0..s {
+        let o = (bi * s + p) * heads * d + head * d;
+        out.extend_from_slice(&x[o..o + d]);
+    }
+    out
+}
+
+/// Adds (or writes) a `[s, d]` slab back into head `head` of batch row `bi` of `x`.
+fn scatter_head(
+    x: &mut [f32],
+    slab: &[f32],
+    bi: usize,
+    s: usize,
+    heads: usize,
+    d: usize,
+    head: usize,
+) {
+    for p in 0..s {
+        let o = (bi * s + p) * heads * d + head * d;
+        x[o..o + d].copy_from_slice(&slab[p * d..(p + 1) * d]);
+    }
+}
+
+/// What one (batch row, key/value head) task of the attention works on.
+struct HeadGroup {
+    /// Rotated keys and the values, `[sk, d]` each.
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl FusedAttention {
+    fn dims(&self, q: &Layout, k: &Layout, v: &Layout) -> Result<(usize, usize, usize)> {
+        let AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+            ..
+        } = self.shape;
+        let (b, sq, qw) = q.shape().dims3()?;
+        let (kb, sk, kw) = k.shape().dims3()?;
+        if kv_heads == 0
+            || heads % kv_heads != 0
+            || qw != heads * d
+            || kw != kv_heads * d
+            || kb != b
+            || v.shape() != k.shape()
+        {
+            candle_core::bail!(
+                "fused attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads / {kv_heads} kv heads of {d}",
+                q.dims(), k.dims(), v.dims()
+            );
+        }
+        if let Some((c, _)) = &self.rope {
+            if sq != sk || c.len() != sq * d / 2 || d % 2 != 0 {
+                candle_core::bail!("fused attention: RoPE tables do not fit {sq} positions of {d}");
+            }
+        }
+        if let Some(m) = &self.mask {
+            let [mb, mh, mq, mk] = m.dims;
+            if !(mb == 1 || mb == b)
+                || !(mh == 1 || mh == heads)
+                || !(mq == 1 || mq == sq)
+                || mk != sk
+            {
+                candle_core::bail!(
+                    "fused attention: mask {:?} does not fit [{b}, {heads}, {sq}, {sk}]",
+                    m.dims
+                );
+            }
+        }
+        Ok((b, sq, sk))
+    }
+
+    fn group(&self, k: &[f32], v: &[f32], bi: usize, sk: usize, g: usize) -> HeadGroup {
+        let (kvh, d) = (self.shape.kv_heads, self.shape.head_dim);
+        let mut kr = gather_head(k, bi, sk, kvh, d, g);
+        if let Some((c, sn)) = &self.rope {
+            rope_slab(&mut kr, d, c, sn, 1.0);
+        }
+        HeadGroup {
+            k: kr,
+            v: gather_head(v, bi, sk, kvh, d, g),
+        }
+    }
+
+    /// Rotated queries `[sq, d]` and attention weights `[sq, sk]` of head `hh`.
+    fn probs(
+        &self,
+        q: &[f32],
+        grp: &HeadGroup,
+        bi: usize,
+        sq: usize,
+        sk: usize,
+        hh: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (h, d) = (self.shape.heads, self.shape.head_dim);
+        let mut qr = gather_head(q, bi, sq, h, d, hh);
+        if let Some((c, sn)) = &self.rope {
+            rope_slab(&mut qr, d, c, sn, 1.0);
+        }
+        let mut p = vec![0f32; sq * sk];
+        sgemm(
+            &mut p,
+            (sq, sk, d),
+            view(&qr, d, 1),
+            view(&grp.k, 1, d),
+            1.0,
+            false,
+        )?;
+        let scale = self.shape.scale as f32;
+        for (qi, row) in p.chunks_mut(sk.max(1)).enumerate() {
+            match &self.mask {
+                Some(m) => {
+                    let [mb, mh, mq, _] = m.dims;
+                    let mi = (((bi % mb) * mh + hh % mh) * mq + qi % mq) * sk;
+                    for (v, mv) in row.iter_mut().zip(&m.data[mi..mi + sk]) {
+                        *v = *v * scale + mv;
+                    }
+                }
+                None => row.iter_mut().for_each(|v| *v *= scale),
+            }
+            let mx = row.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+            let mut sum = 0f32;
+            for v in row.iter_mut() {
+                *v = (*v - mx).exp();
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
+        Ok((qr, p))
+    }
+}
+
+impl candle_core::CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "foundry-fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq_: &CpuStorage,
+        lq: &Layout,
+        sk_: &CpuStorage,
+        lk: &Layout,
+        sv_: &CpuStorage,
+        lv: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, sq, sk) = self.dims(lq, lk, lv)?;
+        let AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+            ..
+        } = self.shape;
+        let rep = heads / kv_heads;
+        let (q, k, v) = (
+            contiguous_f32(sq_, lq, self.name())?,
+            contiguous_f32(sk_, lk, self.name())?,
+            contiguous_f32(sv_, lv, self.name())?,
+        );
+        let tasks: Vec<(usize, usize)> = (0..b)
+            .flat_map(|bi| (0..kv_heads).map(move |g| (bi, g)))
+            .collect();
+        let outs: Vec<Result<Vec<Vec<f32>>>> = tasks
+            .par_iter()
+            .map(|&(bi, g)| {
+                serial_gemm(|| {
+                    let grp = self.group(k, v, bi, sk, g);
+                    (0..rep)
+                        .map(|r| {
+                            let (_, p) = self.probs(q, &grp, bi, sq, sk, g * rep + r)?;
+                            let mut o = vec![0f32; sq * d];
+                            sgemm(
+                                &mut o,
+                                (sq, d, sk),
+                                view(&p, sk, 1),
+                                view(&grp.v, d, 1),
+                                1.0,
+                                false,
+                            )?;
+                            Ok(o)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        let mut out = vec![0f32; b * sq * heads * d];
+        for (&(bi, g), o) in tasks.iter().zip(outs) {
+            for (r, slab) in o?.iter().enumerate() {
+                scatter_head(&mut out, slab, bi, sq, heads, d, g * rep + r);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, sq, heads * d))))
+    }
+
+    fn bwd(
+        &self,
+        qt: &Tensor,
+        kt: &Tensor,
+        vt: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let (qc, kc, vc, gc) = (
+            cpu_contiguous(qt, name)?,
+            cpu_contiguous(kt, name)?,
+            cpu_contiguous(vt, name)?,
+            cpu_contiguous(grad, name)?,
+        );
+        let (sq_, lq) = qc.storage_and_layout();
+        let (sk_, lk) = kc.storage_and_layout();
+        let (sv_, lv) = vc.storage_and_layout();
+        let (sg, lg) = gc.storage_and_layout();
+        let (b, sq, sk) = self.dims(lq, lk, lv)?;
+        let (q, k, v, go) = (
+            storage_f32(&sq_, lq, name)?,
+            storage_f32(&sk_, lk, name)?,
+            storage_f32(&sv_, lv, name)?,
+            storage_f32(&sg, lg, name)?,
+        );
+        let AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+            scale,
+        } = self.shape;
+        let (scale, rep) = (scale as f32, heads / kv_heads);
+        let tasks: Vec<(usize, usize)> = (0..b)
+            .flat_map(|bi| (0..kv_heads).map(move |g| (bi, g)))
+            .collect();
+        type Grads = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+        let outs: Vec<Result<Grads>> = tasks
+            .par_iter()
+            .map(|&(bi, g)| {
+                serial_gemm(|| {
+                    let grp = self.group(k, v, bi, sk, g);
+                    let (mut dk, mut dv) = (vec![0f32; sk * d], vec![0f32; sk * d]);
+                    let mut dqs = Vec::with_capacity(rep);
+                    for r in 0..rep {
+                        let hh = g * rep + r;
+                        let (qr, p) = self.probs(q, &grp, bi, sq, sk, hh)?;
+                        let dout = gather_head(go, bi, sq, heads, d, hh);
+                        // dV += Pᵀ dO
+                        sgemm(
+                            &mut dv,
+                            (sk, d, sq),
+                            view(&p, 1, sk),
+                            view(&dout, d, 1),
+                            1.0,
+                            true,
+                        )?;
+                        // dP = dO Vᵀ; dS = scale · P ⊙ (dP − ⟨dP, P⟩)
+                        let mut ds = vec![0f32; sq * sk];
+                        sgemm(
+                            &mut ds,
+                            (sq, sk, d),
+                            view(&dout, d, 1),
+                            view(&grp.v, 1, d),
+                            1.0,
+                            false,
+                        )?;
+                        for (drow, prow) in ds.chunks_mut(sk.max(1)).zip(p.chunks(sk.max(1))) {
+                            let dot: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+                            for (dv_, pv) in drow.iter_mut().zip(prow) {
+                                *dv_ = scale * pv * (*dv_ - dot);
+                            }
+                        }
+                        // dQ = dS K (then un-rotated); dK += dSᵀ Q
+                        let mut dq = vec![0f32; sq * d];
+                        sgemm(
+                            &mut dq,
+                            (sq, d, sk),
+                            view(&ds, sk, 1),
+                            view(&grp.k, d, 1),
+                            1.0,
+                            false,
+                        )?;
+                        sgemm(
+                            &mut dk,
+                            (sk, d, sq),
+                            view(&ds, 1, sk),
+                            view(&qr, d, 1),
+                            1.0,
+                            true,
+                        )?;
+                        if let Some((c, sn)) = &self.rope {
+                            rope_slab(&mut dq, d, c, sn, -1.0);
+                        }
+                        dqs.push(dq);
+                    }
+                    if let Some((c, sn)) = &self.rope {
+                        rope_slab(&mut dk, d, c, sn, -1.0);
+                    }
+                    Ok((dqs, dk, dv))
+                })
+            })
+            .collect();
+        let mut dq = vec![0f32; b * sq * heads * d];
+        let mut dk = vec![0f32; b * sk * kv_heads * d];
+        let mut dv = vec![0f32; b * sk * kv_heads * d];
+        for (&(bi, g), o) in tasks.iter().zip(outs) {
+            let (dqs, dkg, dvg) = o?;
+            for (r, slab) in dqs.iter().enumerate() {
+                scatter_head(&mut dq, slab, bi, sq, heads, d, g * rep + r);
+            }
+            scatter_head(&mut dk, &dkg, bi, sk, kv_heads, d, g);
+            scatter_head(&mut dv, &dvg, bi, sk, kv_heads, d, g);
+        }
+        let dev = qt.device();
+        let grad_if = |t: &Tensor, data: Vec<f32>| -> Result<Option<Tensor>> {
+            Ok(if t.track_op() {
+                Some(Tensor::from_vec(data, t.shape(), dev)?)
+            } else {
+                None
+            })
+        };
+        Ok((grad_if(qt, dq)?, grad_if(kt, dk)?, grad_if(vt, dv)?))
+    }
+}
+
+/// Eager multi-head attention in one op on f32 CPU data laid out as the projections give it:
+/// `q` `[b, sq, heads · d]`, `k`/`v` `[b, sk, kv_heads · d]` → `[b, sq, heads · d]`. Keys and
+/// values are shared by `heads / kv_heads` query heads (GQA); `rope` (`cos`, `sin`, each
+/// `[s, d / 2]`) rotates queries and keys at the same positions; `mask` (4 dims, each 1 or the
+/// scores' `[b, heads, sq, sk]`) is added to the scaled scores. Only the output is kept for the
+/// backward, which recomputes the weights per head.
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: AttentionShape,
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let flat = |t: &Tensor| -> Result<Vec<f32>> {
+        t.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+    };
+    let rope = match rope {
+        Some((c, s)) => Some((flat(c)?, flat(s)?)),
+        None => None,
+    };
+    let mask = match mask {
+        Some(m) => {
+            let md = m.dims4()?;
+            Some(MaskData {
+                data: flat(m)?,
+                dims: [md.0, md.1, md.2, md.3],
+            })
+        }
+        None => None,
+    };
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        FusedAttention { shape, rope, mask },
+    )
 }

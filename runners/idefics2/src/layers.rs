@@ -112,9 +112,9 @@ impl GatedMlp {
 
 impl Module for GatedMlp {
     fn forward(&self, x: &Tensor) -> CResult<Tensor> {
-        let g = ops::activation(&self.act, &self.gate_proj.forward(x)?)?;
+        let g = self.gate_proj.forward(x)?;
         let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        self.down_proj.forward(&ops::gated(&self.act, &g, &u)?)
     }
 }
 
@@ -143,13 +143,39 @@ pub(crate) fn attention(
     let n_rep = h / k.dim(1)?;
     let k = repeat_kv(k, n_rep)?.contiguous()?;
     let v = repeat_kv(v, n_rep)?.contiguous()?;
-    let mut w = (ops::matmul(&q.contiguous()?, &k.t()?)? * scale)?;
-    if let Some(m) = mask {
-        w = w.broadcast_add(m)?;
-    }
-    let p = ops::softmax_last_dim(&w)?;
+    let scores = ops::matmul(&q.contiguous()?, &k.t()?)?;
+    let p = ops::attention_probs(&scores, scale, mask)?;
     let o = ops::matmul(&p, &v)?;
     o.transpose(1, 2)?.reshape((b, sq, h * d))
+}
+
+/// Multi-head attention on projection outputs: `q` `[b, sq, heads · d]`, `k`/`v`
+/// `[b, sk, kv_heads · d]` → `[b, sq, heads · d]`, with optional RoPE (`cos`, `sin` `[s, d/2]`,
+/// self-attention) and an additive mask broadcastable to `[b, heads, sq, sk]`. On the CPU in f32
+/// this is one fused op ([`crate::kernels::fused_attention`]); elsewhere the composed ops.
+pub(crate) fn mha(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: crate::kernels::AttentionShape,
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: Option<&Tensor>,
+) -> CResult<Tensor> {
+    let fast = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+    if fast(q) && fast(k) && fast(v) && mask.is_none_or(|m| m.rank() == 4) {
+        return crate::kernels::fused_attention(q, k, v, shape, rope, mask);
+    }
+    let (b, sq, _) = q.dims3()?;
+    let sk = k.dim(1)?;
+    let d = shape.head_dim;
+    let q = q.reshape((b, sq, shape.heads, d))?.transpose(1, 2)?;
+    let k = k.reshape((b, sk, shape.kv_heads, d))?.transpose(1, 2)?;
+    let v = v.reshape((b, sk, shape.kv_heads, d))?.transpose(1, 2)?;
+    let (q, k) = match rope {
+        Some((cos, sin)) => (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?),
+        None => (q, k),
+    };
+    attention(&q, &k, &v, mask, shape.scale)
 }
 
 /// An additive key-padding mask `[b, 1, 1, k]` from a 0/1 mask `[b, k]`:

@@ -71,25 +71,40 @@ pub type DropoutRng = Arc<std::sync::Mutex<rand::rngs::StdRng>>;
 /// Inverted dropout with a mask drawn from `rng`: keeps each value with probability `1 - p` and
 /// scales it by `1 / (1 - p)`.
 pub fn seeded_dropout(x: &Tensor, p: f32, rng: &DropoutRng) -> Result<Tensor> {
-    use rand::Rng;
     if !(0.0..1.0).contains(&p) {
         candle_core::bail!("dropout probability has to be in [0, 1), got {p}");
     }
-    let scale = 1.0 / (1.0 - p);
-    let n = x.elem_count();
-    let mask: Vec<f32> = {
-        let mut g = rng
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
-        (0..n)
-            .map(|_| if g.gen::<f32>() >= p { scale } else { 0.0 })
-            .collect()
-    };
+    let mask = dropout_mask(x.elem_count(), p, rng)?;
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }
 
+/// `n` inverted-dropout factors drawn from `rng`: `1 / (1 - p)` with probability `1 - p`, else 0.
+fn dropout_mask(n: usize, p: f32, rng: &DropoutRng) -> Result<Vec<f32>> {
+    use rand::Rng;
+    let scale = 1.0 / (1.0 - p);
+    let mut g = rng
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("dropout rng poisoned".into()))?;
+    Ok((0..n)
+        .map(|_| if g.gen::<f32>() >= p { scale } else { 0.0 })
+        .collect())
+}
+
 impl LoraAdapter {
+    /// Whether the fused CPU kernel ([`crate::kernels::lora_linear`]) computes this adapter
+    /// with its base: f32 on the CPU, a base weight that is not trained, and dropout (if any)
+    /// drawn from the seeded generator.
+    fn fuses_with(&self, x: &Tensor, base: &crate::kernels::FrozenSource) -> bool {
+        let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+        let frozen_base = match base {
+            crate::kernels::FrozenSource::Dense(w) => !w.track_op(),
+            crate::kernels::FrozenSource::Frozen(_) => true,
+        };
+        let dropout_ok = !(self.training && self.dropout > 0.0) || self.rng.is_some();
+        f32_cpu(x) && f32_cpu(&self.a) && f32_cpu(&self.b) && frozen_base && dropout_ok
+    }
+
     /// The delta `scale * B(A(dropout(x)))` for a 2-D input `[n, in]`.
     fn delta(&self, x: &Tensor) -> Result<Tensor> {
         let x = if self.training && self.dropout > 0.0 {
@@ -210,18 +225,35 @@ impl Module for SeamLinear {
             BaseWeight::Dense(w) => crate::kernels::FrozenSource::Dense(w.clone()),
             BaseWeight::Frozen(f) => crate::kernels::FrozenSource::Frozen(f.clone()),
         };
-        let mut y = crate::ops::frozen_linear(&x2, src)?;
+        let mut y = match &self.lora {
+            Some(l) if l.fuses_with(&x2, &src) => {
+                let mask = match (&l.rng, l.training && l.dropout > 0.0) {
+                    (Some(rng), true) => Some(dropout_mask(x2.elem_count(), l.dropout, rng)?),
+                    _ => None,
+                };
+                crate::kernels::lora_linear(&x2, &l.a, &l.b, src, l.scale, mask)?
+            }
+            Some(l) => (crate::ops::frozen_linear(&x2, src)? + l.delta(&x2)?)?,
+            None => match &self.bias {
+                Some(b) => return reshape_out(crate::ops::frozen_linear_bias(&x2, src, b)?, dims),
+                None => crate::ops::frozen_linear(&x2, src)?,
+            },
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
-        if let Some(l) = &self.lora {
-            y = (y + l.delta(&x2)?)?;
-        }
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = y.dim(1)?;
-        y.reshape(out_dims)
+        reshape_out(y, dims)
     }
+}
+
+/// `y` `[rows, out]` back to the input's leading dims with `out` last.
+fn reshape_out(y: Tensor, mut dims: Vec<usize>) -> Result<Tensor> {
+    let last = dims.len().saturating_sub(1);
+    match dims.get_mut(last) {
+        Some(d) => *d = y.dim(1)?,
+        None => candle_core::bail!("linear: a 0-d input"),
+    }
+    y.reshape(dims)
 }
 
 /// A visitor over all the seam linears of a model, with their full names.

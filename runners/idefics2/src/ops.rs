@@ -21,10 +21,26 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&s)?.to_dtype(dtype)
 }
 
+/// Eager attention's weights: `softmax(scores · scale + mask)` over the last dimension, computed
+/// in f32 and cast back (one fused op on the CPU in f32). `mask` broadcasts to `scores`.
+pub fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    if fast(scores) && scores.rank() == 4 && mask.is_none_or(|m| m.rank() == 4) {
+        return crate::kernels::attention_probs(scores, scale, mask);
+    }
+    let mut w = (scores * scale)?;
+    if let Some(m) = mask {
+        w = w.broadcast_add(m)?;
+    }
+    softmax_last_dim(&w)
+}
+
 /// RMSNorm as in transformers' Mistral/Idefics2: normalise in f32, cast back to the
 /// input dtype, then multiply by `weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
+    if fast(x) && weight.dtype() == DType::F32 && !weight.track_op() && weight.rank() == 1 {
+        return crate::kernels::rms_norm(x, weight, eps);
+    }
     let xf = x.to_dtype(DType::F32)?;
     let y = if fast(&xf) {
         crate::kernels::rms_normalize(&xf, eps)?
@@ -87,6 +103,21 @@ pub fn frozen_linear(x: &Tensor, w: crate::kernels::FrozenSource) -> Result<Tens
     crate::kernels::frozen_linear(&x.to_dtype(DType::F32)?, w)?.to_dtype(dtype)
 }
 
+/// `x · wᵀ + bias` for a base weight that is not trained; on the CPU in f32 with a bias that
+/// is not trained either, one op that accumulates the product onto the bias.
+pub fn frozen_linear_bias(
+    x: &Tensor,
+    w: crate::kernels::FrozenSource,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    use crate::kernels::FrozenSource;
+    let dense_trained = matches!(&w, FrozenSource::Dense(t) if t.track_op());
+    if fast(x) && !dense_trained && !bias.track_op() && bias.rank() == 1 {
+        return crate::kernels::frozen_linear_bias(x, w, bias);
+    }
+    frozen_linear(x, w)?.broadcast_add(bias)
+}
+
 /// SiLU activation.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     x.silu()
@@ -94,12 +125,24 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
 
 /// GELU with the tanh approximation (`gelu_pytorch_tanh`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if fast(x) {
+        return crate::kernels::gelu_tanh(x);
+    }
     x.gelu()
 }
 
 /// Exact (erf) GELU.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.gelu_erf()
+}
+
+/// `act(gate) · up`, the gated MLP's product; SiLU on the CPU in f32 runs as one fused op
+/// ([`crate::kernels::silu_mul`]).
+pub fn gated(act: &str, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if matches!(act, "silu" | "swish") && fast(gate) && fast(up) && gate.dims() == up.dims() {
+        return crate::kernels::silu_mul(gate, up);
+    }
+    activation(act, gate)? * up
 }
 
 /// Applies a named activation from a Hugging Face config (`silu`, `gelu`, `gelu_pytorch_tanh`, ...).

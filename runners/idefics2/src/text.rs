@@ -4,7 +4,8 @@ use candle_core::{DType, Device, Module, Result as CResult, Tensor};
 
 use crate::config::TextConfig;
 use crate::error::Result;
-use crate::layers::{attention, linear, min_value, GatedMlp, RmsNorm};
+use crate::kernels::AttentionShape;
+use crate::layers::{attention, linear, mha, min_value, GatedMlp, RmsNorm};
 use crate::linear::SeamLinear;
 use crate::ops;
 use crate::weights::Weights;
@@ -208,6 +209,25 @@ impl TextModel {
             let a = &l.self_attn;
             let hn = l.input_layernorm.forward(&x)?;
             let (b, s, _) = hn.dims3()?;
+            if cache.is_none() {
+                // Training and scoring: one fused op from the projections to the output.
+                let shape = AttentionShape {
+                    heads: a.heads,
+                    kv_heads: a.kv_heads,
+                    head_dim: a.head_dim,
+                    scale: (a.head_dim as f64).powf(-0.5),
+                };
+                let (q, k, v) = (
+                    a.q_proj.forward(&hn)?,
+                    a.k_proj.forward(&hn)?,
+                    a.v_proj.forward(&hn)?,
+                );
+                let o = mha(&q, &k, &v, shape, Some((&cos, &sin)), mask.as_ref())?;
+                x = (x + a.o_proj.forward(&o)?)?;
+                let h = l.mlp.forward(&l.post_attention_layernorm.forward(&x)?)?;
+                x = (x + h)?;
+                continue;
+            }
             let q = a
                 .q_proj
                 .forward(&hn)?

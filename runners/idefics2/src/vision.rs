@@ -4,7 +4,8 @@ use candle_core::{DType, Module, Result as CResult, Tensor};
 
 use crate::config::VisionConfig;
 use crate::error::Result;
-use crate::layers::{attention, key_padding_mask, linear, LayerNorm};
+use crate::kernels::AttentionShape;
+use crate::layers::{key_padding_mask, linear, mha, LayerNorm};
 use crate::linear::SeamLinear;
 use crate::ops;
 use crate::weights::Weights;
@@ -141,15 +142,16 @@ pub struct VisionAttention {
 
 impl VisionAttention {
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> CResult<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let shape = |t: Tensor| {
-            t.reshape((b, s, self.heads, self.head_dim))?
-                .transpose(1, 2)
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let shape = AttentionShape {
+            heads: self.heads,
+            kv_heads: self.heads,
+            head_dim: self.head_dim,
+            scale: (self.head_dim as f64).powf(-0.5),
         };
-        let q = shape(self.q_proj.forward(x)?)?;
-        let k = shape(self.k_proj.forward(x)?)?;
-        let v = shape(self.v_proj.forward(x)?)?;
-        let o = attention(&q, &k, &v, mask, (self.head_dim as f64).powf(-0.5))?;
+        let o = mha(&q, &k, &v, shape, None, mask)?;
         self.out_proj.forward(&o)
     }
 }

@@ -180,3 +180,373 @@ fn frozen_linear_gives_input_gradient_only() {
         "the frozen weight got a gradient"
     );
 }
+
+/// The composed reference of the fused LoRA linear: `x Wᵀ + s · ((x ⊙ mask) Aᵀ) Bᵀ`.
+fn lora_reference(
+    x: &Tensor,
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    s: f64,
+    mask: Option<&Tensor>,
+) -> Tensor {
+    let xd = match mask {
+        Some(m) => (x * m).unwrap(),
+        None => x.clone(),
+    };
+    let base = x.matmul(&w.t().unwrap()).unwrap();
+    let delta = xd
+        .matmul(&a.t().unwrap())
+        .unwrap()
+        .matmul(&b.t().unwrap())
+        .unwrap();
+    (base + (delta * s).unwrap()).unwrap()
+}
+
+#[test]
+fn lora_linear_gradients_for_input_a_and_b() {
+    // Small (serial gemm) and large enough for the parallel gemm path; with and without dropout.
+    for (m, k, n, r, seed) in [(9, 40, 24, 4, 10u64), (300, 64, 48, 8, 20)] {
+        let w = rand(&[n, k], seed);
+        let x = rand(&[m, k], seed + 1);
+        let a = rand(&[r, k], seed + 2);
+        let b = rand(&[n, r], seed + 3);
+        let s = 2.0;
+        let keep: Vec<f32> = (0..m * k)
+            .map(|i| if (i * 7919) % 10 < 2 { 0.0 } else { 1.25 })
+            .collect();
+        let mask_t = Tensor::from_vec(keep.clone(), (m, k), &Device::Cpu).unwrap();
+        for mask in [None, Some(&mask_t)] {
+            let mv = mask.map(|_| keep.clone());
+            let src = || FrozenSource::Dense(w.clone());
+            let tag = format!("lora_linear {m}x{k}x{n} r{r} mask {}", mask.is_some());
+            check(
+                &format!("{tag}: x"),
+                x.clone(),
+                &|x| kernels::lora_linear(x, &a, &b, src(), s, mv.clone()).unwrap(),
+                &|x| lora_reference(x, &w, &a, &b, s, mask),
+            );
+            check(
+                &format!("{tag}: A"),
+                a.clone(),
+                &|a| kernels::lora_linear(&x, a, &b, src(), s, mv.clone()).unwrap(),
+                &|a| lora_reference(&x, &w, a, &b, s, mask),
+            );
+            check(
+                &format!("{tag}: B"),
+                b.clone(),
+                &|b| kernels::lora_linear(&x, &a, b, src(), s, mv.clone()).unwrap(),
+                &|b| lora_reference(&x, &w, &a, b, s, mask),
+            );
+        }
+    }
+}
+
+#[test]
+fn lora_linear_skips_the_gradient_of_an_input_that_needs_none() {
+    let (w, x) = (rand(&[24, 40], 30), rand(&[9, 40], 31));
+    let av = Var::from_tensor(&rand(&[4, 40], 32)).unwrap();
+    let bv = Var::from_tensor(&rand(&[24, 4], 33)).unwrap();
+    let y = kernels::lora_linear(
+        &x,
+        av.as_tensor(),
+        bv.as_tensor(),
+        FrozenSource::Dense(w.clone()),
+        0.5,
+        None,
+    )
+    .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(
+        g.get(&x).is_none(),
+        "an input without history got a gradient"
+    );
+    let reference = lora_reference(&x, &w, av.as_tensor(), bv.as_tensor(), 0.5, None);
+    let gr = reference.sum_all().unwrap().backward().unwrap();
+    for v in [&av, &bv] {
+        let d = max_diff(
+            g.get(v.as_tensor()).unwrap(),
+            gr.get(v.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-4, "adapter gradient differs by {d}");
+    }
+    // Mismatched shapes are an error, not a panic.
+    let bad = kernels::lora_linear(
+        &x,
+        &rand(&[4, 39], 1),
+        bv.as_tensor(),
+        FrozenSource::Dense(w),
+        0.5,
+        None,
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
+fn silu_mul_gradients() {
+    let up = rand(&[6, 50], 40);
+    let gate = (rand(&[6, 50], 41) * 4.0).unwrap();
+    let reference = |g: &Tensor, u: &Tensor| (g.silu().unwrap() * u).unwrap();
+    check(
+        "silu_mul: gate",
+        gate.clone(),
+        &|g| kernels::silu_mul(g, &up).unwrap(),
+        &|g| reference(g, &up),
+    );
+    check(
+        "silu_mul: up",
+        up.clone(),
+        &|u| kernels::silu_mul(&gate, u).unwrap(),
+        &|u| reference(&gate, u),
+    );
+    let big_gate = (rand(&[64, 400], 42) * 4.0).unwrap();
+    let big_up = rand(&[64, 400], 43);
+    check(
+        "silu_mul (parallel): gate",
+        big_gate.clone(),
+        &|g| kernels::silu_mul(g, &big_up).unwrap(),
+        &|g| reference(g, &big_up),
+    );
+}
+
+#[test]
+fn attention_probs_gradient_with_broadcast_masks() {
+    let (b, h, q, k) = (2, 3, 5, 7);
+    let min = f32::MIN;
+    // A causal mask [1, 1, q, k] and a key-padding mask [b, 1, 1, k].
+    let causal: Vec<f32> = (0..q * k)
+        .map(|i| if i % k > i / k + 2 { min } else { 0.0 })
+        .collect();
+    let causal = Tensor::from_vec(causal, (1, 1, q, k), &Device::Cpu).unwrap();
+    let pad: Vec<f32> = (0..b * k)
+        .map(|i| {
+            if i == k - 1 || i == 2 * k - 2 {
+                min
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let pad = Tensor::from_vec(pad, (b, 1, 1, k), &Device::Cpu).unwrap();
+    let scores = (rand(&[b, h, q, k], 50) * 3.0).unwrap();
+    for (name, mask) in [
+        ("none", None),
+        ("causal", Some(&causal)),
+        ("padding", Some(&pad)),
+    ] {
+        let reference = |x: &Tensor| {
+            let mut w = (x * 0.125).unwrap();
+            if let Some(m) = mask {
+                w = w.broadcast_add(m).unwrap();
+            }
+            candle_nn::ops::softmax(&w, D::Minus1).unwrap()
+        };
+        check(
+            &format!("attention_probs ({name} mask)"),
+            scores.clone(),
+            &|x| kernels::attention_probs(x, 0.125, mask).unwrap(),
+            &reference,
+        );
+    }
+    let bad = Tensor::zeros((3, 1, 1, k), DType::F32, &Device::Cpu).unwrap();
+    assert!(kernels::attention_probs(&scores, 1.0, Some(&bad)).is_err());
+}
+
+#[test]
+fn cross_entropy_sum_gradient() {
+    let targets = [3u32, 0, 16, 7, 7];
+    let tgt = Tensor::new(&targets, &Device::Cpu)
+        .unwrap()
+        .reshape((5, 1))
+        .unwrap();
+    check(
+        "cross_entropy_sum",
+        (rand(&[5, 17], 60) * 4.0).unwrap(),
+        &|x| kernels::cross_entropy_sum(x, &targets).unwrap(),
+        &|x| {
+            let logp = candle_nn::ops::log_softmax(x, D::Minus1).unwrap();
+            logp.gather(&tgt, 1)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .neg()
+                .unwrap()
+        },
+    );
+    assert!(kernels::cross_entropy_sum(&rand(&[5, 17], 1), &[0, 1, 2, 3, 17]).is_err());
+    assert!(kernels::cross_entropy_sum(&rand(&[5, 17], 1), &[0, 1]).is_err());
+}
+
+#[test]
+fn gelu_tanh_gradient() {
+    check(
+        "gelu_tanh",
+        (rand(&[4, 300], 70) * 6.0).unwrap(),
+        &|x| kernels::gelu_tanh(x).unwrap(),
+        &|x| x.gelu().unwrap(),
+    );
+}
+
+#[test]
+fn rms_norm_with_weight_gradient() {
+    let w = (rand(&[32], 80) + 1.5).unwrap();
+    check(
+        "rms_norm with weight",
+        rand(&[4, 6, 32], 81),
+        &|x| kernels::rms_norm(x, &w, 1e-5).unwrap(),
+        &|x| {
+            let var = x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            x.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(&w)
+                .unwrap()
+        },
+    );
+    assert!(kernels::rms_norm(&rand(&[4, 31], 1), &w, 1e-5).is_err());
+}
+
+/// The composed reference of the fused attention: heads split and transposed, RoPE, repeated
+/// key/value heads, softmax(q kᵀ · scale + mask) v, heads merged back.
+#[allow(clippy::too_many_arguments)]
+fn attention_reference(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: kernels::AttentionShape,
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: Option<&Tensor>,
+) -> Tensor {
+    let (b, sq, _) = q.dims3().unwrap();
+    let sk = k.dim(1).unwrap();
+    let d = shape.head_dim;
+    let rep = shape.heads / shape.kv_heads;
+    let split = |t: &Tensor, s: usize, h: usize| {
+        t.reshape((b, s, h, d))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (mut qh, mut kh, vh) = (
+        split(q, sq, shape.heads),
+        split(k, sk, shape.kv_heads),
+        split(v, sk, shape.kv_heads),
+    );
+    if let Some((c, s)) = rope {
+        qh = candle_nn::rotary_emb::rope_slow(&qh, c, s).unwrap();
+        kh = candle_nn::rotary_emb::rope_slow(&kh, c, s).unwrap();
+    }
+    let expand = |t: &Tensor| {
+        t.unsqueeze(2)
+            .unwrap()
+            .broadcast_as((b, shape.kv_heads, rep, sk, d))
+            .unwrap()
+            .reshape((b, shape.heads, sk, d))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (kh, vh) = (expand(&kh), expand(&vh));
+    let mut w = (qh.matmul(&kh.t().unwrap()).unwrap() * shape.scale).unwrap();
+    if let Some(m) = mask {
+        w = w.broadcast_add(m).unwrap();
+    }
+    let p = candle_nn::ops::softmax(&w, D::Minus1).unwrap();
+    p.matmul(&vh)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, sq, shape.heads * d))
+        .unwrap()
+}
+
+#[test]
+fn fused_attention_gradients_for_q_k_and_v() {
+    let min = f32::MIN;
+    // Self-attention with RoPE, a causal mask and 2 query heads per kv head (the text model).
+    let (b, s, heads, kvh, d) = (2, 6, 4, 2, 8);
+    let shape = kernels::AttentionShape {
+        heads,
+        kv_heads: kvh,
+        head_dim: d,
+        scale: 0.35,
+    };
+    let pos = Tensor::arange(0f32, s as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((s, 1))
+        .unwrap();
+    let inv = rand(&[1, d / 2], 90).abs().unwrap();
+    let f = pos.broadcast_mul(&inv).unwrap();
+    let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
+    let causal: Vec<f32> = (0..s * s)
+        .map(|i| if i % s > i / s { min } else { 0.0 })
+        .collect();
+    let causal = Tensor::from_vec(causal, (1, 1, s, s), &Device::Cpu).unwrap();
+    let (q, k, v) = (
+        rand(&[b, s, heads * d], 91),
+        rand(&[b, s, kvh * d], 92),
+        rand(&[b, s, kvh * d], 93),
+    );
+    let rope = Some((&cos, &sin));
+    let mask = Some(&causal);
+    check(
+        "fused attention (rope, causal): q",
+        q.clone(),
+        &|q| kernels::fused_attention(q, &k, &v, shape, rope, mask).unwrap(),
+        &|q| attention_reference(q, &k, &v, shape, rope, mask),
+    );
+    check(
+        "fused attention (rope, causal): k",
+        k.clone(),
+        &|k| kernels::fused_attention(&q, k, &v, shape, rope, mask).unwrap(),
+        &|k| attention_reference(&q, k, &v, shape, rope, mask),
+    );
+    check(
+        "fused attention (rope, causal): v",
+        v.clone(),
+        &|v| kernels::fused_attention(&q, &k, v, shape, rope, mask).unwrap(),
+        &|v| attention_reference(&q, &k, v, shape, rope, mask),
+    );
+    // Cross-attention (the perceiver): fewer queries than keys, a key-padding mask [b, 1, 1, sk].
+    let (sq, sk) = (3, 9);
+    let shape = kernels::AttentionShape {
+        heads: 4,
+        kv_heads: 1,
+        head_dim: d,
+        scale: 0.5,
+    };
+    let pad: Vec<f32> = (0..b * sk)
+        .map(|i| if i == 2 || i == sk + 7 { min } else { 0.0 })
+        .collect();
+    let pad = Tensor::from_vec(pad, (b, 1, 1, sk), &Device::Cpu).unwrap();
+    let (q, k, v) = (
+        rand(&[b, sq, 4 * d], 94),
+        rand(&[b, sk, d], 95),
+        rand(&[b, sk, d], 96),
+    );
+    let mask = Some(&pad);
+    check(
+        "fused attention (cross, padding): q",
+        q.clone(),
+        &|q| kernels::fused_attention(q, &k, &v, shape, None, mask).unwrap(),
+        &|q| attention_reference(q, &k, &v, shape, None, mask),
+    );
+    check(
+        "fused attention (cross, padding): k",
+        k.clone(),
+        &|k| kernels::fused_attention(&q, k, &v, shape, None, mask).unwrap(),
+        &|k| attention_reference(&q, k, &v, shape, None, mask),
+    );
+    check(
+        "fused attention (cross, padding): v",
+        v.clone(),
+        &|v| kernels::fused_attention(&q, &k, v, shape, None, mask).unwrap(),
+        &|v| attention_reference(&q, &k, v, shape, None, mask),
+    );
+    // Shapes that do not fit are errors.
+    assert!(
+        kernels::fused_attention(&q, &rand(&[b, sk, d + 1], 1), &v, shape, None, None).is_err()
+    );
+    assert!(kernels::fused_attention(&q, &k, &v, shape, rope, None).is_err());
+}

@@ -11,6 +11,41 @@ use foundry_qlora::data::Example;
 use foundry_qlora::lora::{LoraConfig, LoraInit};
 use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
 
+/// Counts live heap bytes and their peak, to tell allocator retention from live tensors.
+struct CountingAlloc;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let p = std::alloc::System.alloc(l);
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        std::alloc::System.dealloc(p, l);
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn mib(b: usize) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Minor page faults of this process so far (each one is a freshly touched page).
+fn minor_faults() -> i64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_minflt
+}
+
 fn peak_rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -91,11 +126,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut t = Trainer::new(model, tc)?;
     let mut times = Vec::new();
+    eprintln!(
+        "ready: live heap {:.0} MiB, peak heap {:.0} MiB, peak RSS {} MiB",
+        mib(LIVE.load(std::sync::atomic::Ordering::Relaxed)),
+        mib(PEAK.load(std::sync::atomic::Ordering::Relaxed)),
+        peak_rss_mib()
+    );
     for i in 0..steps + warmup {
+        PEAK.store(
+            LIVE.load(std::sync::atomic::Ordering::Relaxed),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let f0 = minor_faults();
         let t0 = std::time::Instant::now();
         let m = t.train_step(&examples)?;
         let dt = t0.elapsed().as_secs_f64();
-        eprintln!("step {} loss {:.4} {:.3} s", m.step, m.loss, dt);
+        eprintln!(
+            "step {} loss {:.4} {:.3} s, peak heap {:.0} MiB, {} page faults",
+            m.step,
+            m.loss,
+            dt,
+            mib(PEAK.load(std::sync::atomic::Ordering::Relaxed)),
+            minor_faults() - f0
+        );
         if i >= warmup {
             times.push(dt);
         }

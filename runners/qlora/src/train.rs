@@ -304,6 +304,13 @@ impl Trainer {
         let flat = logits.reshape(((), v))?;
         let idx = Tensor::from_vec(batch.positions.clone(), n, dev)?;
         let rows = flat.index_select(&idx, 0)?.to_dtype(DType::F32)?;
+        if dev.is_cpu() {
+            // One fused op: no [n, vocab] log-probabilities kept for the backward.
+            return Ok((
+                foundry_idefics2::kernels::cross_entropy_sum(&rows, &batch.targets)?,
+                n,
+            ));
+        }
         let logp = Idefics2::log_softmax(&rows)?;
         let tgt = Tensor::from_vec(batch.targets.clone(), (n, 1), dev)?;
         let picked = logp.gather(&tgt, 1)?;
