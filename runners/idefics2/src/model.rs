@@ -233,13 +233,24 @@ impl Idefics2 {
         pixel_values: Option<&Tensor>,
         pixel_attention_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let h = self.forward_hidden(input_ids, pixel_values, pixel_attention_mask)?;
+        Ok(self.lm_head.forward(&h)?)
+    }
+
+    /// The full forward pass without `lm_head`: the final-normed hidden states `[b, s, hidden]`,
+    /// so that a trainer can project only the positions in its loss.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        pixel_values: Option<&Tensor>,
+        pixel_attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let feats = match pixel_values {
             Some(pv) => Some(self.image_features(pv, pixel_attention_mask)?),
             None => None,
         };
         let embeds = self.merge_embeddings(input_ids, feats.as_ref())?;
-        let h = self.text.forward_embeds(&embeds, None)?;
-        Ok(self.lm_head.forward(&h)?)
+        Ok(self.text.forward_embeds(&embeds, None)?)
     }
 
     /// One cached step: embeds `input_ids` (merging `image_features` if given), runs the

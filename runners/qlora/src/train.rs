@@ -290,20 +290,23 @@ impl Trainer {
     /// Mean cross entropy on the answer tokens of `examples` (no gradient bookkeeping beyond
     /// candle's graph): returns the summed loss tensor and the token count.
     fn micro_loss(&self, batch: &crate::data::Batch) -> Result<(Tensor, usize)> {
-        let logits = self.model.forward(
+        let hidden = self.model.forward_hidden(
             &batch.input_ids,
             batch.pixel_values.as_ref(),
             batch.pixel_attention_mask.as_ref(),
         )?;
-        let v = logits.dim(D::Minus1)?;
+        let width = hidden.dim(D::Minus1)?;
         let n = batch.positions.len();
+        let dev = hidden.device().clone();
         if n == 0 {
-            return Ok((Tensor::zeros((), DType::F32, logits.device())?, 0));
+            return Ok((Tensor::zeros((), DType::F32, &dev)?, 0));
         }
-        let dev = logits.device();
-        let flat = logits.reshape(((), v))?;
-        let idx = Tensor::from_vec(batch.positions.clone(), n, dev)?;
-        let rows = flat.index_select(&idx, 0)?.to_dtype(DType::F32)?;
+        // Only the positions in the loss go through lm_head (the answer tokens, usually a small
+        // part of the sequence): the same logits for those rows, far fewer FLOPs.
+        let idx = Tensor::from_vec(batch.positions.clone(), n, &dev)?;
+        let picked = hidden.reshape(((), width))?.index_select(&idx, 0)?;
+        let rows =
+            candle_core::Module::forward(&self.model.lm_head, &picked)?.to_dtype(DType::F32)?;
         if dev.is_cpu() {
             // One fused op: no [n, vocab] log-probabilities kept for the backward.
             return Ok((
@@ -312,7 +315,7 @@ impl Trainer {
             ));
         }
         let logp = Idefics2::log_softmax(&rows)?;
-        let tgt = Tensor::from_vec(batch.targets.clone(), (n, 1), dev)?;
+        let tgt = Tensor::from_vec(batch.targets.clone(), (n, 1), &dev)?;
         let picked = logp.gather(&tgt, 1)?;
         Ok((picked.sum_all()?.neg()?, n))
     }
