@@ -67,19 +67,14 @@ fn map2_tensors(
     b: &Tensor,
     f: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
 ) -> Result<Tensor> {
-    let a = a.detach().contiguous()?;
-    let b = b.detach().contiguous()?;
     let d = a.dim(candle_core::D::Minus1)?;
-    let (sa, la) = a.storage_and_layout();
-    let (sb, lb) = b.storage_and_layout();
-    let out = match (&*sa, &*sb) {
-        (Storage::Cpu(ca), Storage::Cpu(cb)) => {
-            let xa = contiguous_f32(ca, la, "backward")?;
-            let xb = contiguous_f32(cb, lb, "backward")?;
-            rows_map2(xa, xb, d, f)
-        }
-        _ => candle_core::bail!("kernel backward: cpu tensors expected"),
-    };
+    if a.shape() != b.shape() {
+        candle_core::bail!("kernel backward: {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    let out = with_f32(&[a, b], "kernel backward", |data| match data {
+        &[xa, xb] => Ok(rows_map2(xa, xb, d, f)),
+        _ => candle_core::bail!("kernel backward: two inputs expected"),
+    })?;
     Tensor::from_vec(out, a.shape(), a.device())
 }
 
@@ -562,6 +557,21 @@ fn storage_f32<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     }
 }
 
+/// Runs `f` on the f32 data of `tensors` (each detached and made contiguous, on the CPU), in
+/// order: how a backward reads its inputs and the incoming gradient.
+fn with_f32<R>(tensors: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let owned: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| cpu_contiguous(t, op))
+        .collect::<Result<_>>()?;
+    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+    let slices: Vec<&[f32]> = guards
+        .iter()
+        .map(|(s, l)| storage_f32(s, l, op))
+        .collect::<Result<_>>()?;
+    f(&slices)
+}
+
 // ---------------------------------------------------------------------------------------------
 // fused QLoRA linear
 
@@ -651,20 +661,26 @@ impl candle_core::CustomOp3 for LoraLinear {
         let (m, k) = x.dims2()?;
         let (r, _) = a.dims2()?;
         let (n, _) = b.dims2()?;
-        let (xt, at, bt, gt) = (
-            cpu_contiguous(x, name)?,
-            cpu_contiguous(a, name)?,
-            cpu_contiguous(b, name)?,
-            cpu_contiguous(grad, name)?,
-        );
-        let (sx, lx) = xt.storage_and_layout();
-        let (sa, la) = at.storage_and_layout();
-        let (sb, lb) = bt.storage_and_layout();
-        let (sg, lg) = gt.storage_and_layout();
-        let xv = storage_f32(&sx, lx, name)?;
-        let av = storage_f32(&sa, la, name)?;
-        let bv = storage_f32(&sb, lb, name)?;
-        let g = storage_f32(&sg, lg, name)?;
+        with_f32(&[x, a, b, grad], name, |data| {
+            self.backward(x, a, b, data, (m, k, r, n))
+        })
+    }
+}
+
+impl LoraLinear {
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        data: &[&[f32]],
+        (m, k, r, n): (usize, usize, usize, usize),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let &[xv, av, bv, g] = data else {
+            candle_core::bail!("lora linear backward: four inputs expected");
+        };
+        let name = "foundry-lora-linear";
         let s = self.scale;
         // gb = g B  [m, r]
         let mut gb = vec![0f32; m * r];
@@ -819,46 +835,50 @@ impl candle_core::CustomOp2 for SiluMul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let name = self.name();
-        let (gt, ut, dt) = (
-            cpu_contiguous(gate, name)?,
-            cpu_contiguous(up, name)?,
-            cpu_contiguous(grad, name)?,
-        );
-        let (sg, lg) = gt.storage_and_layout();
-        let (su, lu) = ut.storage_and_layout();
-        let (sd, ld) = dt.storage_and_layout();
-        let g = storage_f32(&sg, lg, name)?;
-        let u = storage_f32(&su, lu, name)?;
-        let d = storage_f32(&sd, ld, name)?;
-        let dgate = if gate.track_op() {
-            // d/dx silu(x) = s(x) (1 + x (1 - s(x)))
-            let mut out = vec![0f32; g.len()];
-            par_fill(&mut out, |off, o| {
-                for (i, o) in o.iter_mut().enumerate() {
-                    let (x, j) = (g[off + i], off + i);
-                    let s = sigmoid(x);
-                    *o = d[j] * u[j] * s * (1.0 + x * (1.0 - s));
-                }
-            });
-            Some(Tensor::from_vec(out, gate.shape(), gate.device())?)
-        } else {
-            None
-        };
-        let dup = if up.track_op() {
-            let mut out = vec![0f32; g.len()];
-            par_fill(&mut out, |off, o| {
-                for (i, o) in o.iter_mut().enumerate() {
-                    let x = g[off + i];
-                    *o = d[off + i] * x * sigmoid(x);
-                }
-            });
-            Some(Tensor::from_vec(out, up.shape(), up.device())?)
-        } else {
-            None
-        };
-        Ok((dgate, dup))
+        with_f32(&[gate, up, grad], self.name(), |data| {
+            let &[g, u, d] = data else {
+                candle_core::bail!("silu·mul backward: three inputs expected");
+            };
+            silu_mul_backward(gate, up, g, u, d)
+        })
     }
+}
+
+/// The gradients of `silu(gate) · up` for the inputs that need one.
+fn silu_mul_backward(
+    gate: &Tensor,
+    up: &Tensor,
+    g: &[f32],
+    u: &[f32],
+    d: &[f32],
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dgate = if gate.track_op() {
+        // d/dx silu(x) = s(x) (1 + x (1 - s(x)))
+        let mut out = vec![0f32; g.len()];
+        par_fill(&mut out, |off, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                let (x, j) = (g[off + i], off + i);
+                let s = sigmoid(x);
+                *o = d[j] * u[j] * s * (1.0 + x * (1.0 - s));
+            }
+        });
+        Some(Tensor::from_vec(out, gate.shape(), gate.device())?)
+    } else {
+        None
+    };
+    let dup = if up.track_op() {
+        let mut out = vec![0f32; g.len()];
+        par_fill(&mut out, |off, o| {
+            for (i, o) in o.iter_mut().enumerate() {
+                let x = g[off + i];
+                *o = d[off + i] * x * sigmoid(x);
+            }
+        });
+        Some(Tensor::from_vec(out, up.shape(), up.device())?)
+    } else {
+        None
+    };
+    Ok((dgate, dup))
 }
 
 /// `silu(gate) · up` for two same-shaped f32 CPU tensors in one op (one saved output instead of
@@ -1350,24 +1370,25 @@ impl candle_core::CustomOp3 for FusedAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let name = self.name();
-        let (qc, kc, vc, gc) = (
-            cpu_contiguous(qt, name)?,
-            cpu_contiguous(kt, name)?,
-            cpu_contiguous(vt, name)?,
-            cpu_contiguous(grad, name)?,
-        );
-        let (sq_, lq) = qc.storage_and_layout();
-        let (sk_, lk) = kc.storage_and_layout();
-        let (sv_, lv) = vc.storage_and_layout();
-        let (sg, lg) = gc.storage_and_layout();
+        let (lq, lk, lv) = (qt.layout(), kt.layout(), vt.layout());
         let (b, sq, sk) = self.dims(lq, lk, lv)?;
-        let (q, k, v, go) = (
-            storage_f32(&sq_, lq, name)?,
-            storage_f32(&sk_, lk, name)?,
-            storage_f32(&sv_, lv, name)?,
-            storage_f32(&sg, lg, name)?,
-        );
+        with_f32(&[qt, kt, vt, grad], self.name(), |data| {
+            let &[q, k, v, go] = data else {
+                candle_core::bail!("fused attention backward: four inputs expected");
+            };
+            self.backward((qt, kt, vt), (q, k, v, go), (b, sq, sk))
+        })
+    }
+}
+
+impl FusedAttention {
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        (qt, kt, vt): (&Tensor, &Tensor, &Tensor),
+        (q, k, v, go): (&[f32], &[f32], &[f32], &[f32]),
+        (b, sq, sk): (usize, usize, usize),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let AttentionShape {
             heads,
             kv_heads,

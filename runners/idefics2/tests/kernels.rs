@@ -461,6 +461,41 @@ fn attention_reference(
         .unwrap()
 }
 
+/// Checks the fused attention's gradient for each of q, k and v against the composed reference.
+fn check_qkv(
+    name: &str,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: kernels::AttentionShape,
+    rope: Option<(&Tensor, &Tensor)>,
+    mask: Option<&Tensor>,
+) {
+    let fused = |q: &Tensor, k: &Tensor, v: &Tensor| {
+        kernels::fused_attention(q, k, v, shape, rope, mask).unwrap()
+    };
+    let reference =
+        |q: &Tensor, k: &Tensor, v: &Tensor| attention_reference(q, k, v, shape, rope, mask);
+    check(
+        &format!("{name}: q"),
+        q.clone(),
+        &|x| fused(x, k, v),
+        &|x| reference(x, k, v),
+    );
+    check(
+        &format!("{name}: k"),
+        k.clone(),
+        &|x| fused(q, x, v),
+        &|x| reference(q, x, v),
+    );
+    check(
+        &format!("{name}: v"),
+        v.clone(),
+        &|x| fused(q, k, x),
+        &|x| reference(q, k, x),
+    );
+}
+
 #[test]
 fn fused_attention_gradients_for_q_k_and_v() {
     let min = f32::MIN;
@@ -490,23 +525,14 @@ fn fused_attention_gradients_for_q_k_and_v() {
     );
     let rope = Some((&cos, &sin));
     let mask = Some(&causal);
-    check(
-        "fused attention (rope, causal): q",
-        q.clone(),
-        &|q| kernels::fused_attention(q, &k, &v, shape, rope, mask).unwrap(),
-        &|q| attention_reference(q, &k, &v, shape, rope, mask),
-    );
-    check(
-        "fused attention (rope, causal): k",
-        k.clone(),
-        &|k| kernels::fused_attention(&q, k, &v, shape, rope, mask).unwrap(),
-        &|k| attention_reference(&q, k, &v, shape, rope, mask),
-    );
-    check(
-        "fused attention (rope, causal): v",
-        v.clone(),
-        &|v| kernels::fused_attention(&q, &k, v, shape, rope, mask).unwrap(),
-        &|v| attention_reference(&q, &k, v, shape, rope, mask),
+    check_qkv(
+        "fused attention (rope, causal)",
+        &q,
+        &k,
+        &v,
+        shape,
+        rope,
+        mask,
     );
     // Cross-attention (the perceiver): fewer queries than keys, a key-padding mask [b, 1, 1, sk].
     let (sq, sk) = (3, 9);
@@ -526,23 +552,14 @@ fn fused_attention_gradients_for_q_k_and_v() {
         rand(&[b, sk, d], 96),
     );
     let mask = Some(&pad);
-    check(
-        "fused attention (cross, padding): q",
-        q.clone(),
-        &|q| kernels::fused_attention(q, &k, &v, shape, None, mask).unwrap(),
-        &|q| attention_reference(q, &k, &v, shape, None, mask),
-    );
-    check(
-        "fused attention (cross, padding): k",
-        k.clone(),
-        &|k| kernels::fused_attention(&q, k, &v, shape, None, mask).unwrap(),
-        &|k| attention_reference(&q, k, &v, shape, None, mask),
-    );
-    check(
-        "fused attention (cross, padding): v",
-        v.clone(),
-        &|v| kernels::fused_attention(&q, &k, v, shape, None, mask).unwrap(),
-        &|v| attention_reference(&q, &k, v, shape, None, mask),
+    check_qkv(
+        "fused attention (cross, padding)",
+        &q,
+        &k,
+        &v,
+        shape,
+        None,
+        mask,
     );
     // Shapes that do not fit are errors.
     assert!(
