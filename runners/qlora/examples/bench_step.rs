@@ -124,6 +124,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             revision: None,
         },
     };
+    let stats = foundry_qlora::plan::DatasetStats::from_source(&examples)?;
+    let estimate =
+        foundry_qlora::plan::plan(&tc, &model.config, Some(r"model\..*"), &stats, DType::F32)?
+            .memory;
+    let live_before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
     let mut t = Trainer::new(model, tc)?;
     let mut times = Vec::new();
     eprintln!(
@@ -154,6 +159,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
+    eprintln!(
+        "plan's estimate: activations {:.0} MiB, total {:.0} MiB; measured: peak live heap {:.0} MiB ({:.0} MiB above the loaded model)",
+        mib(estimate.activations as usize),
+        mib(estimate.total as usize),
+        mib(PEAK.load(std::sync::atomic::Ordering::Relaxed)),
+        mib(PEAK.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(live_before)),
+    );
     println!(
         "{{\"method\": \"qlora\", \"median_step_s\": {:.4}, \"peak_rss_mib\": {}, \"nf4_linears\": {nq}, \"nf4_bits_per_param\": {:.4}, \"threads\": \"{}\"}}",
         times[times.len() / 2],

@@ -316,47 +316,65 @@ pub fn plan(
     })
 }
 
-/// Activations one micro-batch keeps for backward, in bytes: every intermediate tensor of the
-/// forward pass counted once (candle keeps the whole graph), worst case (every example as long
-/// as the longest, every example with the most images).
+/// Activations one micro-batch keeps for backward, in bytes, as the fused CPU kernels build the
+/// autograd graph (one output per op: norm, projection, attention, gated activation, residual),
+/// worst case (every example as long as the longest, every example with the most images). A
+/// tower with no LoRA target is not part of the graph: only one of its layers is alive at a time.
+/// The backward's gradients live alongside the graph; a quarter on top covers them.
 fn activation_bytes(cfg: &TrainConfig, m: &Idefics2Config, s: &DatasetStats, elt: u64) -> u64 {
     let b = cfg.batch_size as u64;
-    let r = cfg.lora.r as u64;
-    let dropout = cfg.lora.lora_dropout > 0.0;
     let lora_re = foundry_idefics2::linear::full_match_regex(&cfg.lora.target_modules).ok();
-    // LoRA: A's output per row, plus the dropout mask and masked input when dropout is on.
-    let mut lora_per_row: std::collections::HashMap<String, u64> = Default::default();
+    // LoRA with dropout keeps the mask of its input (one float per input element).
+    let mut mask_per_row: std::collections::HashMap<String, u64> = Default::default();
+    let mut targets: Vec<String> = Vec::new();
     for l in linear_shapes(m) {
         if lora_re.as_ref().is_some_and(|re| re.is_match(&l.name)) {
-            let extra = r + l.out as u64 + if dropout { 2 * l.inp as u64 } else { 0 };
-            lora_per_row.insert(l.name, extra);
+            let mask = if cfg.lora.lora_dropout > 0.0 {
+                l.inp as u64
+            } else {
+                0
+            };
+            mask_per_row.insert(l.name.clone(), mask);
+            targets.push(l.name);
         }
     }
-    let lora_rows = |prefix: &str, rows: u64| -> u64 {
-        lora_per_row
+    let masks = |prefix: &str, rows: u64| -> u64 {
+        mask_per_row
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, v)| v * rows)
             .sum()
     };
+    let trained = |prefix: &str| targets.iter().any(|t| t.starts_with(prefix));
+    // A tower's layers: all of them kept when trained (or when a later trained part needs the
+    // gradient through them), else the largest one alive at a time.
+    let layers = |per_layer: u64, n: usize, kept: bool| {
+        if kept {
+            per_layer * n as u64
+        } else {
+            per_layer
+        }
+    };
     let mut floats = 0u64;
-    // Text decoder.
+    // Text decoder: per row and layer, norm, q, k, v, attention output, o, residual, norm, gate,
+    // up, SiLU·up, down, residual.
     let t = &m.text_config;
-    let seq = s.max_tokens as u64;
-    let tok = b * seq;
+    let tok = b * s.max_tokens as u64;
     let (h, i) = (t.hidden_size as u64, t.intermediate_size as u64);
     let (a, kv, d) = (
         t.num_attention_heads as u64,
         t.kv_heads() as u64,
         t.head_dim() as u64,
     );
+    // The text model is downstream of every other tower: any target keeps its graph.
+    let per_layer = tok * (6 * h + 2 * a * d + 2 * kv * d + 3 * i);
+    floats += layers(per_layer, t.num_hidden_layers, !targets.is_empty());
     for l in 0..t.num_hidden_layers {
-        floats +=
-            tok * (8 * h + 3 * a * d + 3 * kv * d + 2 * a * d + 4 * i) + 2 * b * a * seq * seq;
-        floats += lora_rows(&format!("model.text_model.layers.{l}."), tok);
+        floats += masks(&format!("model.text_model.layers.{l}."), tok);
     }
-    let v = t.vocab_size as u64;
-    floats += tok * v + 3 * (s.answer_tokens.div_ceil(s.examples.max(1) as u64) * b) * v;
+    // Embeddings, final norm, and lm_head on the loss positions (the answers).
+    let answers = s.answer_tokens.div_ceil(s.examples.max(1) as u64) * b;
+    floats += 2 * tok * h + answers * (h + t.vocab_size as u64);
     // Vision encoder and connector, per image.
     let imgs = b * s.max_images as u64;
     if imgs > 0 {
@@ -368,19 +386,19 @@ fn activation_bytes(cfg: &TrainConfig, m: &Idefics2Config, s: &DatasetStats, elt
         };
         let patches = ((ih / vc.patch_size) * (iw / vc.patch_size)) as u64;
         let rows = imgs * patches;
-        let (vh, vi, vheads) = (
-            vc.hidden_size as u64,
-            vc.intermediate_size as u64,
-            vc.num_attention_heads as u64,
-        );
+        let (vh, vi) = (vc.hidden_size as u64, vc.intermediate_size as u64);
+        let vision_trained = trained("model.vision_model.");
         floats += rows * (vc.num_channels * vc.patch_size * vc.patch_size) as u64 + 2 * rows * vh;
-        for l in 0..vc.num_hidden_layers {
-            floats += rows * (12 * vh + 2 * vi) + 2 * imgs * vheads * patches * patches;
-            floats += lora_rows(&format!("model.vision_model.encoder.layers.{l}."), rows);
-        }
-        // Modality projection: gate, up, act, product, down.
-        floats += rows * (4 * i + h);
-        floats += lora_rows("model.connector.modality_projection.", rows);
+        // Per layer: norm, q, k, v, attention output, out_proj, residual, norm, fc1, GELU, fc2,
+        // residual.
+        floats += layers(
+            rows * (9 * vh + 2 * vi),
+            vc.num_hidden_layers,
+            vision_trained,
+        );
+        floats += masks("model.vision_model.", rows);
+        // Modality projection: gate, up, SiLU·up, down.
+        floats += rows * (3 * i + h) + masks("model.connector.modality_projection.", rows);
         let pc = &m.perceiver_config;
         let lat = pc.resampler_n_latents as u64;
         let hid = m.perceiver_hidden() as u64;
@@ -390,21 +408,20 @@ fn activation_bytes(cfg: &TrainConfig, m: &Idefics2Config, s: &DatasetStats, elt
             pc.resampler_head_dim as u64,
         );
         let ctx = lat + patches;
-        for l in 0..pc.resampler_depth {
-            floats += imgs
-                * (4 * ctx * hid
-                    + lat * ph * phd * 3
-                    + ctx * pkv * phd * 4
-                    + 2 * ph * lat * ctx
-                    + 4 * lat * hid
-                    + 4 * lat * 4 * hid);
-            floats += lora_rows(
-                &format!("model.connector.perceiver_resampler.layers.{l}."),
-                imgs * ctx,
-            );
-        }
+        // Per layer: the two norms and their concatenation, q, k, v, attention output, o,
+        // residual, norm, gate, up, SiLU·up (4 × hidden wide), down, residual.
+        let per_layer = imgs
+            * (lat * hid
+                + 2 * ctx * hid
+                + 2 * lat * ph * phd
+                + 2 * ctx * pkv * phd
+                + 4 * lat * hid
+                + 3 * lat * 4 * hid);
+        let connector_kept = vision_trained || trained("model.connector.");
+        floats += layers(per_layer, pc.resampler_depth, connector_kept);
+        floats += masks("model.connector.perceiver_resampler.", imgs * ctx);
     }
-    floats * elt
+    floats * 5 / 4 * elt
 }
 
 /// What a dry run did.
