@@ -5,7 +5,7 @@ same thread count, alternating runs in one session so that both see the same mac
     cargo build --release -p foundry-qlora --example bench_step
     /work/venv/bin/python tools/bench/qlora_ab.py --size small --pairs 3 [--threads 2] [--steps 3]
         [--warmup 1] [--peer ../shared/peers/pytorch_idefics2.py] [--bin target/release/examples/bench_step]
-        [--autocast-bf16]
+        [--autocast-bf16] [--foundry-bf16]
 
 The model folder (random init, f32, the peer's config for --size) is created with transformers
 under --dir when missing. Each pair runs Foundry then the peer (or the reverse on odd pairs), each
@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--autocast-bf16", action="store_true", help="run the peer with bf16 autocast")
+    ap.add_argument("--foundry-bf16", action="store_true",
+                    help="run Foundry with bf16 products (bench_step --bf16-products, AVX512-BF16)")
     ap.add_argument("--peer", default=os.path.join(ROOT, "../shared/peers/pytorch_idefics2.py"))
     ap.add_argument("--bin", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
                                                   "release/examples/bench_step"))
@@ -82,7 +84,7 @@ def main():
     if not os.path.exists(a.bin):
         raise SystemExit(f"{a.bin} not found: cargo build --release -p foundry-qlora --example bench_step")
     make_model(a.peer, a.size, d)
-    foundry = [a.bin, d, str(a.steps), str(a.warmup)]
+    foundry = [a.bin, d, str(a.steps), str(a.warmup)] + (["--bf16-products"] if a.foundry_bf16 else [])
     peer = [sys.executable, a.peer, "--size", a.size, "--method", "qlora", "--threads", str(a.threads),
             "--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--autocast-bf16"] if a.autocast_bf16 else [])
     pairs = []
@@ -103,7 +105,7 @@ def main():
         pairs.append(pair)
         print(json.dumps(pair), flush=True)
     summary = {"size": a.size, "threads": a.threads, "steps": a.steps, "pairs": len(pairs),
-               "peer_autocast_bf16": a.autocast_bf16,
+               "peer_autocast_bf16": a.autocast_bf16, "foundry_bf16_products": a.foundry_bf16,
                "median_step_ratio": statistics.median(p["step_ratio"] for p in pairs),
                "median_rss_ratio": statistics.median(p["rss_ratio"] for p in pairs),
                "load_avg_range": [min(min(p["load_avg"]) for p in pairs), max(max(p["load_avg"]) for p in pairs)]}

@@ -32,7 +32,7 @@ fn make(root: &Path) {
             k += 1;
             let img = format!("images/{k:04}.png");
             std::fs::write(root.join("data").join(&img), png(k as u8)).unwrap();
-            let layout = if k % 2 == 0 {
+            let layout = if k.is_multiple_of(2) {
                 "invoice/classic"
             } else {
                 "invoice/modern"

@@ -90,7 +90,7 @@ impl EvaluatorRunner {
             .iter()
             .filter(|(r, e)| matches!(e, Event::CheckpointCommitted(_)) && r.seq <= trigger.seq)
             .count() as u64;
-        if index % every != 0 {
+        if !index.is_multiple_of(every) {
             return Ok(());
         }
         let request = EvalRequested {

@@ -225,7 +225,7 @@ impl Idefics2Config {
         let t = &self.text_config;
         let p = &self.perceiver_config;
         let bad = |m: String| Err(Error::Config(m));
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return bad(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
@@ -239,7 +239,7 @@ impl Idefics2Config {
         }
         if t.num_attention_heads == 0
             || t.kv_heads() == 0
-            || t.num_attention_heads % t.kv_heads() != 0
+            || !t.num_attention_heads.is_multiple_of(t.kv_heads())
         {
             return bad(format!(
                 "text num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -247,13 +247,14 @@ impl Idefics2Config {
                 t.kv_heads()
             ));
         }
-        if t.head_dim() % 2 != 0 {
+        if !t.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "text head_dim {} must be even for RoPE",
                 t.head_dim()
             ));
         }
-        if p.num_key_value_heads == 0 || p.resampler_n_heads % p.num_key_value_heads != 0 {
+        if p.num_key_value_heads == 0 || !p.resampler_n_heads.is_multiple_of(p.num_key_value_heads)
+        {
             return bad(format!(
                 "perceiver resampler_n_heads {} is not a multiple of num_key_value_heads {}",
                 p.resampler_n_heads, p.num_key_value_heads

@@ -413,21 +413,24 @@ impl CustomOp1 for FrozenLinear {
             y.chunks_mut(n.max(1))
                 .for_each(|row| row.copy_from_slice(b));
         }
-        sgemm(
-            &mut y,
-            (m, n, k),
-            view(x, k, 1),
-            view(wv, 1, k),
-            1.0,
-            self.bias.is_some(),
-        )?;
+        times_wt(&mut y, (m, n, k), x, wv, self.bias.is_some())?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         // Only the input gradient: dx = g W. The weight and bias get none.
         let w = self.src.weight(DType::F32, arg.device())?;
-        Ok(Some(grad.detach().matmul(&w)?))
+        let (m, k) = arg.dims2()?;
+        let n = w.dim(0)?;
+        let dx = with_f32(&[grad, &w], self.name(), |data| {
+            let &[g, wv] = data else {
+                candle_core::bail!("frozen linear backward: two inputs expected");
+            };
+            let mut dx = vec![0f32; m * k];
+            times_w(&mut dx, (m, n, k), g, wv, false)?;
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, (m, k), arg.device())?))
     }
 }
 
@@ -573,6 +576,73 @@ fn with_f32<R>(tensors: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> Resul
 }
 
 // ---------------------------------------------------------------------------------------------
+// products with a frozen weight: f32, or bf16 where the CPU has AVX512-BF16 and it is asked for
+
+static BF16_PRODUCTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the products with frozen weights (the `x · Wᵀ` of every frozen and LoRA linear and their
+/// backward `g · W`) run in bf16 with f32 sums, as PyTorch's bf16 autocast does; everything else
+/// stays f32. Refused on a CPU without AVX512-BF16. Process-wide.
+pub fn set_bf16_products(on: bool) -> Result<()> {
+    if on && !crate::bf16gemm::available() {
+        candle_core::bail!("bf16 products on the CPU need AVX512-BF16, which this CPU lacks");
+    }
+    BF16_PRODUCTS.store(on, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the products with frozen weights run in bf16 ([`set_bf16_products`]).
+pub fn bf16_products() -> bool {
+    BF16_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `dst[m × n] (+)= x[m × k] · Wᵀ` for a frozen `W` `[n, k]`.
+fn times_wt(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    x: &[f32],
+    w: &[f32],
+    accumulate: bool,
+) -> Result<()> {
+    if bf16_products() {
+        let b = crate::bf16gemm::PackedB::new(k, n, |kk, j| w[j * k + kk]);
+        return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(x, m, k), m, &b, accumulate)
+            .map_err(candle_core::Error::Msg);
+    }
+    sgemm(
+        dst,
+        (m, n, k),
+        view(x, k, 1),
+        view(w, 1, k),
+        1.0,
+        accumulate,
+    )
+}
+
+/// `dst[m × k] (+)= g[m × n] · W` for a frozen `W` `[n, k]`.
+fn times_w(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    g: &[f32],
+    w: &[f32],
+    accumulate: bool,
+) -> Result<()> {
+    if bf16_products() {
+        let b = crate::bf16gemm::PackedB::new(n, k, |kk, j| w[kk * k + j]);
+        return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(g, m, n), m, &b, accumulate)
+            .map_err(candle_core::Error::Msg);
+    }
+    sgemm(
+        dst,
+        (m, k, n),
+        view(g, n, 1),
+        view(w, k, 1),
+        1.0,
+        accumulate,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // fused QLoRA linear
 
 struct LoraLinear {
@@ -626,7 +696,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         let wv = storage_f32(&sw, lw, self.name())?;
         let mut y = vec![0f32; m * n];
         // y = x Wᵀ
-        sgemm(&mut y, (m, n, k), view(x, k, 1), view(wv, 1, k), 1.0, false)?;
+        times_wt(&mut y, (m, n, k), x, wv, false)?;
         // h = dropout(x) Aᵀ; y += scale · h Bᵀ
         let xd = masked(x, &self.mask);
         let mut h = vec![0f32; m * r];
@@ -701,14 +771,7 @@ impl LoraLinear {
             let (sw, lw) = w.storage_and_layout();
             let wv = storage_f32(&sw, lw, name)?;
             let mut dx = vec![0f32; m * k];
-            sgemm(
-                &mut dx,
-                (m, k, n),
-                view(g, n, 1),
-                view(wv, k, 1),
-                1.0,
-                false,
-            )?;
+            times_w(&mut dx, (m, n, k), g, wv, false)?;
             match &self.mask {
                 None => sgemm(&mut dx, (m, k, r), view(&gb, r, 1), view(av, k, 1), s, true)?,
                 Some(mask) => {

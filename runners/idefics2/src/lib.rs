@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bf16gemm;
 pub mod config;
 pub mod connector;
 pub mod error;

@@ -3,7 +3,10 @@
 //! text tokens, loss on every position, LoRA r=8 alpha=16 on the connector and text linears,
 //! every linear but lm_head in NF4 with double quantization. Prints one JSON line.
 //!
-//! `cargo run --release -p foundry-qlora --example bench_step -- DIR [steps] [warmup]`
+//! `cargo run --release -p foundry-qlora --example bench_step -- DIR [steps] [warmup] [--bf16-products]`
+//!
+//! `--bf16-products` runs the products with the frozen weights in bf16 (AVX512-BF16), as the
+//! peer's `--autocast-bf16` does.
 
 use candle_core::{DType, Device, Tensor};
 use foundry_idefics2::Idefics2;
@@ -60,10 +63,13 @@ fn peak_rss_mib() -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     foundry_qlora::tune_allocator();
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let bf16 = args.iter().any(|a| a == "--bf16-products");
+    args.retain(|a| a != "--bf16-products");
+    foundry_idefics2::kernels::set_bf16_products(bf16)?;
     let dir = std::path::PathBuf::from(
         args.get(1)
-            .ok_or("usage: bench_step DIR [steps] [warmup]")?,
+            .ok_or("usage: bench_step DIR [steps] [warmup] [--bf16-products]")?,
     );
     let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let warmup: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2);
@@ -167,7 +173,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mib(PEAK.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(live_before)),
     );
     println!(
-        "{{\"method\": \"qlora\", \"median_step_s\": {:.4}, \"peak_rss_mib\": {}, \"nf4_linears\": {nq}, \"nf4_bits_per_param\": {:.4}, \"threads\": \"{}\"}}",
+        "{{\"method\": \"qlora\", \"bf16_products\": {bf16}, \"median_step_s\": {:.4}, \"peak_rss_mib\": {}, \"nf4_linears\": {nq}, \"nf4_bits_per_param\": {:.4}, \"threads\": \"{}\"}}",
         times[times.len() / 2],
         peak_rss_mib(),
         8.0 * bytes as f64 / nparams as f64,

@@ -531,7 +531,9 @@ impl Trainer {
             let m = self.train_step(data)?;
             on_step(&m);
             let every = self.config.save_every;
-            if (every > 0 && self.step % every == 0) || self.step == self.config.total_steps {
+            if (every > 0 && self.step.is_multiple_of(every))
+                || self.step == self.config.total_steps
+            {
                 let info = self.save_checkpoint(root)?;
                 on_checkpoint(&info);
             }
