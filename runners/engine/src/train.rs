@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use candle_core::DType;
 use foundry_events::MetricPoint;
+use foundry_idefics2::kernels::Products;
 use foundry_idefics2::linear::LinearVisitor;
 use foundry_idefics2::processor::{Processor, RgbImage};
 use foundry_idefics2::Idefics2;
@@ -180,6 +181,7 @@ struct Prepared {
     dir: std::path::PathBuf,
     device: candle_core::Device,
     device_info: foundry_events::DeviceInfo,
+    products: Products,
     train_rows: usize,
 }
 
@@ -190,7 +192,11 @@ fn prepare(job: &TrainJob) -> Result<Prepared> {
         .ok()
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| recipe.backend.device.clone());
-    let (device, device_info) = select_device(&device_name)?;
+    let (device, mut device_info) = select_device(&device_name)?;
+    let products = products_of(&recipe, &device)?;
+    if products == Products::Bf16 {
+        device_info.dtype = "f32, bf16 products".into();
+    }
     if recipe.quantization.method != "nf4" && recipe.quantization.method != "none" {
         return Err(EngineError::Invalid(format!(
             "quantization.method = {:?} is not supported (nf4, none)",
@@ -225,8 +231,31 @@ fn prepare(job: &TrainJob) -> Result<Prepared> {
         dir,
         device,
         device_info,
+        products,
         train_rows,
     })
+}
+
+/// The precision of the linears' products from `quantization.compute_dtype`: on the CPU, `bf16`
+/// means f32 activations with bf16 products (as PyTorch's bf16 autocast computes a linear) where
+/// the CPU has AVX512-BF16, and plain f32 where it has not (the RunStarted event records which);
+/// `f16` has no CPU path and is refused.
+fn products_of(recipe: &Recipe, device: &candle_core::Device) -> Result<Products> {
+    match recipe.quantization.compute_dtype.as_str() {
+        "f32" => Ok(Products::F32),
+        "bf16" if device.is_cpu() => Ok(Products::bf16_if_available(true)),
+        "bf16" => Ok(Products::F32),
+        other => Err(EngineError::Invalid(format!(
+            "quantization.compute_dtype = {other:?} is not supported on {} (f32, bf16)",
+            foundry_qlora::device::device_name(device)
+        ))),
+    }
+}
+
+/// Sets the products' precision of every linear of `model`.
+fn set_products(model: &mut Idefics2, products: Products) -> Result<()> {
+    model.visit_linears(&mut |l| l.set_products(products))?;
+    Ok(())
 }
 
 fn regex_full(pattern: &str) -> Result<regex::Regex> {
@@ -241,6 +270,7 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     if let Some(q) = quantized_linears(&mut model, &p.recipe)? {
         foundry_qlora::quantize_model(&mut model, &q)?;
     }
+    set_products(&mut model, p.products)?;
     let processor = processor_for(&p.dir, &p.recipe)?;
     let rows = load_split(&job.dataset, "train", None)?;
     let source = RowSource {
@@ -351,6 +381,7 @@ pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
     if let Some(q) = &quantize {
         foundry_qlora::quantize_model(&mut model, q)?;
     }
+    set_products(&mut model, p.products)?;
     let report = foundry_qlora::plan::dry_run(model, &config, &source, 4)?;
     Ok(DryRun {
         plan,
@@ -402,6 +433,46 @@ mod tests {
         foundry_recipes::resolve_file(&repo("recipes/tiny-cpu.toml"), &overrides, None)
             .unwrap()
             .recipe
+    }
+
+    #[test]
+    fn compute_dtype_sets_the_products_of_the_linears() {
+        let with = |dtype: &str| {
+            let overrides: BTreeMap<String, String> = [(
+                "FOUNDRY_QUANTIZATION_COMPUTE_DTYPE".to_string(),
+                dtype.to_string(),
+            )]
+            .into();
+            foundry_recipes::resolve_file(&repo("recipes/tiny-cpu.toml"), &overrides, None)
+                .unwrap()
+                .recipe
+        };
+        let cpu = candle_core::Device::Cpu;
+        assert_eq!(products_of(&with("f32"), &cpu).unwrap(), Products::F32);
+        let bf16 = products_of(&with("bf16"), &cpu).unwrap();
+        let expected = if foundry_idefics2::bf16gemm::available() {
+            Products::Bf16
+        } else {
+            Products::F32
+        };
+        assert_eq!(bf16, expected);
+        let e = products_of(&with("f16"), &cpu).unwrap_err().to_string();
+        assert!(
+            e.contains("compute_dtype") && e.contains("f16") && e.contains("cpu"),
+            "{e}"
+        );
+        // Every linear of the model takes the setting.
+        let dir = repo("runners/idefics2/fixtures/tiny");
+        let mut model = Idefics2::load_dir(&dir, DType::F32, &cpu).unwrap();
+        set_products(&mut model, bf16).unwrap();
+        let mut all = true;
+        model
+            .visit_linears(&mut |l| {
+                all &= l.products() == bf16;
+                Ok(())
+            })
+            .unwrap();
+        assert!(all);
     }
 
     #[test]

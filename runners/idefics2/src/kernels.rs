@@ -387,6 +387,7 @@ impl FrozenSource {
 
 struct FrozenLinear {
     src: FrozenSource,
+    products: Products,
     /// A bias added to every output row (not trained), written before the product accumulates.
     bias: Option<Vec<f32>>,
 }
@@ -413,7 +414,7 @@ impl CustomOp1 for FrozenLinear {
             y.chunks_mut(n.max(1))
                 .for_each(|row| row.copy_from_slice(b));
         }
-        times_wt(&mut y, (m, n, k), x, wv, self.bias.is_some())?;
+        times_wt(self.products, &mut y, (m, n, k), x, wv, self.bias.is_some())?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -427,7 +428,7 @@ impl CustomOp1 for FrozenLinear {
                 candle_core::bail!("frozen linear backward: two inputs expected");
             };
             let mut dx = vec![0f32; m * k];
-            times_w(&mut dx, (m, n, k), g, wv, false)?;
+            times_w(self.products, &mut dx, (m, n, k), g, wv, false)?;
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, (m, k), arg.device())?))
@@ -437,20 +438,25 @@ impl CustomOp1 for FrozenLinear {
 /// `x · Wᵀ` for a 2-D f32 CPU input `[n, in]` and a frozen `[out, in]` weight. The backward
 /// returns only the input gradient (candle's matmul would also compute the weight's).
 pub fn frozen_linear(x: &Tensor, src: FrozenSource) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(FrozenLinear { src, bias: None })
+    frozen_linear_with(x, src, None, Products::F32)
 }
 
-/// `x · Wᵀ + bias` for a frozen weight and a bias `[out]` that is not trained, in one op (the
-/// product accumulates onto the bias rows, so no separate pass adds it).
-pub fn frozen_linear_bias(x: &Tensor, src: FrozenSource, bias: &Tensor) -> Result<Tensor> {
-    let bias = bias
-        .detach()
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
+/// [`frozen_linear`] with an optional bias `[out]` that is not trained (the product accumulates
+/// onto the bias rows, so no separate pass adds it) and the precision of the products.
+pub fn frozen_linear_with(
+    x: &Tensor,
+    src: FrozenSource,
+    bias: Option<&Tensor>,
+    products: Products,
+) -> Result<Tensor> {
+    let bias = match bias {
+        Some(b) => Some(b.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+        None => None,
+    };
     x.contiguous()?.apply_op1(FrozenLinear {
         src,
-        bias: Some(bias),
+        products,
+        bias,
     })
 }
 
@@ -578,33 +584,37 @@ fn with_f32<R>(tensors: &[&Tensor], op: &str, f: impl FnOnce(&[&[f32]]) -> Resul
 // ---------------------------------------------------------------------------------------------
 // products with a frozen weight: f32, or bf16 where the CPU has AVX512-BF16 and it is asked for
 
-static BF16_PRODUCTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes the products with frozen weights (the `x · Wᵀ` of every frozen and LoRA linear and their
-/// backward `g · W`) run in bf16 with f32 sums, as PyTorch's bf16 autocast does; everything else
-/// stays f32. Refused on a CPU without AVX512-BF16. Process-wide.
-pub fn set_bf16_products(on: bool) -> Result<()> {
-    if on && !crate::bf16gemm::available() {
-        candle_core::bail!("bf16 products on the CPU need AVX512-BF16, which this CPU lacks");
-    }
-    BF16_PRODUCTS.store(on, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
+/// The precision of a linear's products with its frozen weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Products {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// bf16 operands, f32 sums (AVX512-BF16), as PyTorch's bf16 autocast computes a linear.
+    Bf16,
 }
 
-/// Whether the products with frozen weights run in bf16 ([`set_bf16_products`]).
-pub fn bf16_products() -> bool {
-    BF16_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed)
+impl Products {
+    /// `Bf16` when `bf16` and the CPU can run it, else `F32`.
+    pub fn bf16_if_available(bf16: bool) -> Self {
+        if bf16 && crate::bf16gemm::available() {
+            Products::Bf16
+        } else {
+            Products::F32
+        }
+    }
 }
 
 /// `dst[m × n] (+)= x[m × k] · Wᵀ` for a frozen `W` `[n, k]`.
 fn times_wt(
+    products: Products,
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     x: &[f32],
     w: &[f32],
     accumulate: bool,
 ) -> Result<()> {
-    if bf16_products() {
+    if products == Products::Bf16 {
         let b = crate::bf16gemm::PackedB::new(k, n, |kk, j| w[j * k + kk]);
         return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(x, m, k), m, &b, accumulate)
             .map_err(candle_core::Error::Msg);
@@ -621,13 +631,14 @@ fn times_wt(
 
 /// `dst[m × k] (+)= g[m × n] · W` for a frozen `W` `[n, k]`.
 fn times_w(
+    products: Products,
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     g: &[f32],
     w: &[f32],
     accumulate: bool,
 ) -> Result<()> {
-    if bf16_products() {
+    if products == Products::Bf16 {
         let b = crate::bf16gemm::PackedB::new(n, k, |kk, j| w[kk * k + j]);
         return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(g, m, n), m, &b, accumulate)
             .map_err(candle_core::Error::Msg);
@@ -647,6 +658,7 @@ fn times_w(
 
 struct LoraLinear {
     src: FrozenSource,
+    products: Products,
     scale: f32,
     /// The inverted-dropout mask of the adapter's input (same shape as x), when training with
     /// dropout.
@@ -696,7 +708,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         let wv = storage_f32(&sw, lw, self.name())?;
         let mut y = vec![0f32; m * n];
         // y = x Wᵀ
-        times_wt(&mut y, (m, n, k), x, wv, false)?;
+        times_wt(self.products, &mut y, (m, n, k), x, wv, false)?;
         // h = dropout(x) Aᵀ; y += scale · h Bᵀ
         let xd = masked(x, &self.mask);
         let mut h = vec![0f32; m * r];
@@ -771,7 +783,7 @@ impl LoraLinear {
             let (sw, lw) = w.storage_and_layout();
             let wv = storage_f32(&sw, lw, name)?;
             let mut dx = vec![0f32; m * k];
-            times_w(&mut dx, (m, n, k), g, wv, false)?;
+            times_w(self.products, &mut dx, (m, n, k), g, wv, false)?;
             match &self.mask {
                 None => sgemm(&mut dx, (m, k, r), view(&gb, r, 1), view(av, k, 1), s, true)?,
                 Some(mask) => {
@@ -829,9 +841,11 @@ pub fn lora_linear(
     src: FrozenSource,
     scale: f64,
     mask: Option<Vec<f32>>,
+    products: Products,
 ) -> Result<Tensor> {
     let op = LoraLinear {
         src,
+        products,
         scale: scale as f32,
         mask: mask.map(Arc::new),
     };

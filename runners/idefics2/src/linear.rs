@@ -128,6 +128,7 @@ pub struct SeamLinear {
     base: BaseWeight,
     bias: Option<Tensor>,
     lora: Option<LoraAdapter>,
+    products: crate::kernels::Products,
 }
 
 impl SeamLinear {
@@ -138,7 +139,26 @@ impl SeamLinear {
             base,
             bias,
             lora: None,
+            products: crate::kernels::Products::F32,
         }
+    }
+
+    /// The precision of the products with the base weight on the CPU ([`crate::kernels::Products`]):
+    /// bf16 needs AVX512-BF16 and is refused without it.
+    pub fn set_products(&mut self, products: crate::kernels::Products) -> Result<()> {
+        if products == crate::kernels::Products::Bf16 && !crate::bf16gemm::available() {
+            candle_core::bail!(
+                "{}: bf16 products need AVX512-BF16, which this CPU lacks",
+                self.name
+            );
+        }
+        self.products = products;
+        Ok(())
+    }
+
+    /// The precision of the products with the base weight.
+    pub fn products(&self) -> crate::kernels::Products {
+        self.products
     }
 
     /// The full module path, e.g. `model.text_model.layers.0.self_attn.q_proj`.
@@ -225,23 +245,25 @@ impl Module for SeamLinear {
             BaseWeight::Dense(w) => crate::kernels::FrozenSource::Dense(w.clone()),
             BaseWeight::Frozen(f) => crate::kernels::FrozenSource::Frozen(f.clone()),
         };
-        let mut y = match &self.lora {
+        let products = self.products;
+        let y = match &self.lora {
             Some(l) if l.fuses_with(&x2, &src) => {
                 let mask = match (&l.rng, l.training && l.dropout > 0.0) {
                     (Some(rng), true) => Some(dropout_mask(x2.elem_count(), l.dropout, rng)?),
                     _ => None,
                 };
-                crate::kernels::lora_linear(&x2, &l.a, &l.b, src, l.scale, mask)?
+                let y = crate::kernels::lora_linear(&x2, &l.a, &l.b, src, l.scale, mask, products)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
             }
-            Some(l) => (crate::ops::frozen_linear(&x2, src)? + l.delta(&x2)?)?,
-            None => match &self.bias {
-                Some(b) => return reshape_out(crate::ops::frozen_linear_bias(&x2, src, b)?, dims),
-                None => crate::ops::frozen_linear(&x2, src)?,
-            },
+            Some(l) => {
+                (crate::ops::frozen_linear(&x2, src, self.bias.as_ref(), products)?
+                    + l.delta(&x2)?)?
+            }
+            None => crate::ops::frozen_linear(&x2, src, self.bias.as_ref(), products)?,
         };
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
         reshape_out(y, dims)
     }
 }

@@ -83,39 +83,40 @@ fn fast(x: &Tensor) -> bool {
     x.dtype() == DType::F32 && x.device().is_cpu()
 }
 
-/// `x · wᵀ` for `x` `[n, in]` and a base weight `w` `[out, in]` that is not trained. On the CPU
-/// the backward computes only the input gradient; a weight that tracks gradients (a `Var`) goes
-/// through the ordinary differentiable matmul instead.
-pub fn frozen_linear(x: &Tensor, w: crate::kernels::FrozenSource) -> Result<Tensor> {
-    use crate::kernels::FrozenSource;
-    if let FrozenSource::Dense(t) = &w {
-        if t.track_op() || !x.device().is_cpu() {
-            return matmul(x, &t.to_dtype(x.dtype())?.t()?);
-        }
-    }
-    if !x.device().is_cpu() {
-        if let FrozenSource::Frozen(f) = &w {
-            let t = f.dequantize(x.dtype(), x.device())?.detach();
-            return matmul(x, &t.t()?);
-        }
-    }
-    let dtype = x.dtype();
-    crate::kernels::frozen_linear(&x.to_dtype(DType::F32)?, w)?.to_dtype(dtype)
-}
-
-/// `x · wᵀ + bias` for a base weight that is not trained; on the CPU in f32 with a bias that
-/// is not trained either, one op that accumulates the product onto the bias.
-pub fn frozen_linear_bias(
+/// `x · wᵀ (+ bias)` for `x` `[n, in]` and a base weight `w` `[out, in]` that is not trained,
+/// its products in `products` precision. On the CPU in f32 with a bias that is not trained
+/// either, one op whose backward computes only the input gradient (the bias accumulated in the
+/// GEMM); a weight that tracks gradients (a `Var`), or another device, goes through candle's
+/// differentiable matmul instead, in f32.
+pub fn frozen_linear(
     x: &Tensor,
     w: crate::kernels::FrozenSource,
-    bias: &Tensor,
+    bias: Option<&Tensor>,
+    products: crate::kernels::Products,
 ) -> Result<Tensor> {
     use crate::kernels::FrozenSource;
     let dense_trained = matches!(&w, FrozenSource::Dense(t) if t.track_op());
-    if fast(x) && !dense_trained && !bias.track_op() && bias.rank() == 1 {
-        return crate::kernels::frozen_linear_bias(x, w, bias);
+    if fast(x) && !dense_trained && bias.is_none_or(|b| !b.track_op() && b.rank() == 1) {
+        return crate::kernels::frozen_linear_with(x, w, bias, products);
     }
-    frozen_linear(x, w)?.broadcast_add(bias)
+    let y = match &w {
+        FrozenSource::Dense(t) if dense_trained || !x.device().is_cpu() => {
+            matmul(x, &t.to_dtype(x.dtype())?.t()?)?
+        }
+        FrozenSource::Frozen(f) if !x.device().is_cpu() => {
+            let t = f.dequantize(x.dtype(), x.device())?.detach();
+            matmul(x, &t.t()?)?
+        }
+        _ => {
+            let dtype = x.dtype();
+            crate::kernels::frozen_linear_with(&x.to_dtype(DType::F32)?, w, None, products)?
+                .to_dtype(dtype)?
+        }
+    };
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
 }
 
 /// SiLU activation.

@@ -1,8 +1,8 @@
 //! bf16 products (AVX512-BF16) in the linear kernels: close to the f32 result, gradients too.
-//! A test binary of its own because the switch is process-wide.
 
 use candle_core::{Device, Tensor, Var};
-use foundry_idefics2::kernels::{self, FrozenSource};
+use foundry_idefics2::kernels::{self, FrozenSource, Products};
+use foundry_idefics2::linear::{BaseWeight, SeamLinear};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -33,7 +33,7 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Output and gradients of the LoRA and frozen linears, f32 or bf16 products.
 fn run(bf16: bool) -> Vec<Tensor> {
-    kernels::set_bf16_products(bf16).unwrap();
+    let products = if bf16 { Products::Bf16 } else { Products::F32 };
     let (m, k, n, r) = (70, 96, 80, 8);
     let w = rand(&[n, k], 1);
     let xv = Var::from_tensor(&rand(&[m, k], 2)).unwrap();
@@ -46,23 +46,25 @@ fn run(bf16: bool) -> Vec<Tensor> {
         FrozenSource::Dense(w.clone()),
         2.0,
         None,
+        products,
     )
     .unwrap();
-    let z = kernels::frozen_linear(&y, FrozenSource::Dense(rand(&[40, n], 5))).unwrap();
+    let z = kernels::frozen_linear_with(&y, FrozenSource::Dense(rand(&[40, n], 5)), None, products)
+        .unwrap();
     let g = (z.sqr().unwrap()).sum_all().unwrap().backward().unwrap();
     let mut out = vec![z];
     for v in [&xv, &av, &bv] {
         out.push(g.get(v.as_tensor()).unwrap().clone());
     }
-    kernels::set_bf16_products(false).unwrap();
     out
 }
 
 #[test]
 fn bf16_products_stay_close_to_f32() {
     if !foundry_idefics2::bf16gemm::available() {
+        let mut l = SeamLinear::new("l", BaseWeight::Dense(rand(&[4, 4], 1)), None);
         assert!(
-            kernels::set_bf16_products(true).is_err(),
+            l.set_products(Products::Bf16).is_err(),
             "refused without AVX512-BF16"
         );
         println!("skip: this CPU has no AVX512-BF16");

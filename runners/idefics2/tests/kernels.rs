@@ -2,7 +2,7 @@
 //! autograd of the composed ops and against central finite differences.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use foundry_idefics2::kernels::{self, FrozenSource};
+use foundry_idefics2::kernels::{self, FrozenSource, Products};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // Deterministic pseudo-random values in [-1, 1).
@@ -223,19 +223,19 @@ fn lora_linear_gradients_for_input_a_and_b() {
             check(
                 &format!("{tag}: x"),
                 x.clone(),
-                &|x| kernels::lora_linear(x, &a, &b, src(), s, mv.clone()).unwrap(),
+                &|x| kernels::lora_linear(x, &a, &b, src(), s, mv.clone(), Products::F32).unwrap(),
                 &|x| lora_reference(x, &w, &a, &b, s, mask),
             );
             check(
                 &format!("{tag}: A"),
                 a.clone(),
-                &|a| kernels::lora_linear(&x, a, &b, src(), s, mv.clone()).unwrap(),
+                &|a| kernels::lora_linear(&x, a, &b, src(), s, mv.clone(), Products::F32).unwrap(),
                 &|a| lora_reference(&x, &w, a, &b, s, mask),
             );
             check(
                 &format!("{tag}: B"),
                 b.clone(),
-                &|b| kernels::lora_linear(&x, &a, b, src(), s, mv.clone()).unwrap(),
+                &|b| kernels::lora_linear(&x, &a, b, src(), s, mv.clone(), Products::F32).unwrap(),
                 &|b| lora_reference(&x, &w, &a, b, s, mask),
             );
         }
@@ -254,6 +254,7 @@ fn lora_linear_skips_the_gradient_of_an_input_that_needs_none() {
         FrozenSource::Dense(w.clone()),
         0.5,
         None,
+        Products::F32,
     )
     .unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
@@ -278,6 +279,7 @@ fn lora_linear_skips_the_gradient_of_an_input_that_needs_none() {
         FrozenSource::Dense(w),
         0.5,
         None,
+        Products::F32,
     );
     assert!(bad.is_err());
 }

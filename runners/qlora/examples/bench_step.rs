@@ -66,7 +66,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().collect();
     let bf16 = args.iter().any(|a| a == "--bf16-products");
     args.retain(|a| a != "--bf16-products");
-    foundry_idefics2::kernels::set_bf16_products(bf16)?;
     let dir = std::path::PathBuf::from(
         args.get(1)
             .ok_or("usage: bench_step DIR [steps] [warmup] [--bf16-products]")?,
@@ -75,6 +74,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let warmup: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2);
     let mut model = Idefics2::load_dir(&dir, DType::F32, &Device::Cpu)?;
     let (nq, nparams, bytes) = foundry_qlora::quantize_model(&mut model, r"model\..*")?;
+    if bf16 {
+        use foundry_idefics2::linear::LinearVisitor;
+        model.visit_linears(&mut |l| l.set_products(foundry_idefics2::kernels::Products::Bf16))?;
+    }
     let cfg = &model.config;
     let image = cfg.vision_config.image_size;
     let n_lat = cfg.perceiver_config.resampler_n_latents;

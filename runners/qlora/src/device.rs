@@ -47,8 +47,9 @@ pub fn select_device(spec: &str) -> Result<Device> {
 }
 
 /// The compute dtype on `device`: `requested` if given and supported there, otherwise f32 on
-/// the CPU and bf16 on devices that support it. bf16 compute on the CPU is refused (the fast CPU
-/// kernels are f32 and candle's CPU bf16 GEMM is slow).
+/// the CPU and bf16 on devices that support it. bf16 tensors on the CPU are refused (the fast CPU
+/// kernels are f32 and candle's CPU bf16 GEMM is slow); bf16 *products* with f32 activations are
+/// a per-linear setting instead (`SeamLinear::set_products`).
 pub fn compute_dtype(device: &Device, requested: Option<DType>) -> Result<DType> {
     match requested {
         None => Ok(if device.supports_bf16() {
