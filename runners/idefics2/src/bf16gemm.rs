@@ -50,31 +50,63 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs the `[k, n]` matrix whose element `(row, col)` is `at(row, col)`.
-    pub fn new(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
-        let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        if pairs > 0 {
-            data.par_chunks_mut(pairs * NR)
+    /// Packs `b` `[k, n]`, row-major.
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
+        let mut packed = Self::empty(k, n);
+        let pairs = packed.pairs;
+        if pairs > 0 && b.len() >= k * n {
+            packed
+                .data
+                .par_chunks_mut(pairs * NR)
                 .enumerate()
                 .for_each(|(jp, panel)| {
+                    let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
                     for p in 0..pairs {
-                        for jj in 0..NR.min(n - jp * NR) {
-                            let j = jp * NR + jj;
-                            let lo = bf16_bits(at(2 * p, j));
-                            let hi = if 2 * p + 1 < k {
-                                bf16_bits(at(2 * p + 1, j))
-                            } else {
-                                0
-                            };
-                            panel[p * NR + jj] = (hi << 16) | lo;
+                        let lo = &b[2 * p * n + j0..2 * p * n + j0 + cols];
+                        let out = &mut panel[p * NR..p * NR + cols];
+                        if 2 * p + 1 < k {
+                            let hi = &b[(2 * p + 1) * n + j0..(2 * p + 1) * n + j0 + cols];
+                            for ((o, l), h) in out.iter_mut().zip(lo).zip(hi) {
+                                *o = (bf16_bits(*h) << 16) | bf16_bits(*l);
+                            }
+                        } else {
+                            for (o, l) in out.iter_mut().zip(lo) {
+                                *o = bf16_bits(*l);
+                            }
                         }
                     }
                 });
         }
+        packed
+    }
+
+    /// Packs the transpose of `w` `[n, k]` (row-major), i.e. the `[k, n]` operand of `x · wᵀ`,
+    /// reading each row of `w` once, in order.
+    pub fn from_rows_transposed(w: &[f32], n: usize, k: usize) -> Self {
+        let mut packed = Self::empty(k, n);
+        let pairs = packed.pairs;
+        if pairs > 0 && w.len() >= n * k {
+            packed
+                .data
+                .par_chunks_mut(pairs * NR)
+                .enumerate()
+                .for_each(|(jp, panel)| {
+                    for jj in 0..NR.min(n - jp * NR) {
+                        let row = &w[(jp * NR + jj) * k..(jp * NR + jj + 1) * k];
+                        for (p, pair) in row.chunks(2).enumerate() {
+                            let hi = pair.get(1).map_or(0, |h| bf16_bits(*h));
+                            panel[p * NR + jj] = (hi << 16) | bf16_bits(pair[0]);
+                        }
+                    }
+                });
+        }
+        packed
+    }
+
+    fn empty(k: usize, n: usize) -> Self {
+        let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
         Self {
-            data,
+            data: vec![0u32; panels * pairs * NR],
             pairs,
             n,
             panels,
@@ -265,7 +297,7 @@ mod tests {
                 .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
                 .collect();
             // c = a · wᵀ, w stored [n, k].
-            let b = PackedB::new(k, n, |kk, j| w[j * k + kk]);
+            let b = PackedB::from_rows_transposed(&w, n, k);
             let mut c = vec![7f32; m * n];
             gemm(&mut c, &pack_a(&a, m, k), m, &b, false).unwrap();
             let mut acc = c.clone();
@@ -286,13 +318,18 @@ mod tests {
                 }
             }
         }
-        assert!(gemm(
-            &mut [0f32; 3],
-            &[0u32; 2],
-            1,
-            &PackedB::new(2, 2, |_, _| 0.0),
-            false
-        )
-        .is_err());
+        // The other packing: b given as [k, n] rows (here wᵀ materialized) packs the same.
+        let (k, n) = (33, 45);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 31 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+        assert_eq!(
+            PackedB::from_rows(&wt, k, n).data,
+            PackedB::from_rows_transposed(&w, n, k).data
+        );
+        // Buffers that do not fit are an error.
+        let b = PackedB::from_rows(&[0.0; 4], 2, 2);
+        assert!(gemm(&mut [0f32; 3], &[0u32; 2], 1, &b, false).is_err());
     }
 }

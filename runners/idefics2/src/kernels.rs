@@ -615,7 +615,7 @@ fn times_wt(
     accumulate: bool,
 ) -> Result<()> {
     if products == Products::Bf16 {
-        let b = crate::bf16gemm::PackedB::new(k, n, |kk, j| w[j * k + kk]);
+        let b = crate::bf16gemm::PackedB::from_rows_transposed(w, n, k);
         return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(x, m, k), m, &b, accumulate)
             .map_err(candle_core::Error::Msg);
     }
@@ -639,7 +639,7 @@ fn times_w(
     accumulate: bool,
 ) -> Result<()> {
     if products == Products::Bf16 {
-        let b = crate::bf16gemm::PackedB::new(n, k, |kk, j| w[kk * k + j]);
+        let b = crate::bf16gemm::PackedB::from_rows(w, n, k);
         return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(g, m, n), m, &b, accumulate)
             .map_err(candle_core::Error::Msg);
     }
