@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use foundry_idefics2::kernels::{self, FrozenSource, Products};
+use foundry_idefics2::linear::{BaseWeight, SeamLinear};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // Deterministic pseudo-random values in [-1, 1).
@@ -141,16 +142,21 @@ fn layer_norm_gradient() {
     );
 }
 
-#[test]
-fn rope_gradient() {
-    let (s, d) = (7, 16);
+/// RoPE tables `[s, d / 2]` (cos, sin) with random positive frequencies.
+fn rope_tables(s: usize, d: usize, seed: u64) -> (Tensor, Tensor) {
     let pos = Tensor::arange(0f32, s as f32, &Device::Cpu)
         .unwrap()
         .reshape((s, 1))
         .unwrap();
-    let inv = rand(&[1, d / 2], 5).abs().unwrap();
+    let inv = rand(&[1, d / 2], seed).abs().unwrap();
     let f = pos.broadcast_mul(&inv).unwrap();
-    let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
+    (f.cos().unwrap(), f.sin().unwrap())
+}
+
+#[test]
+fn rope_gradient() {
+    let (s, d) = (7, 16);
+    let (cos, sin) = rope_tables(s, d, 5);
     check(
         "rope",
         rand(&[2, 3, s, d], 6),
@@ -509,13 +515,7 @@ fn fused_attention_gradients_for_q_k_and_v() {
         head_dim: d,
         scale: 0.35,
     };
-    let pos = Tensor::arange(0f32, s as f32, &Device::Cpu)
-        .unwrap()
-        .reshape((s, 1))
-        .unwrap();
-    let inv = rand(&[1, d / 2], 90).abs().unwrap();
-    let f = pos.broadcast_mul(&inv).unwrap();
-    let (cos, sin) = (f.cos().unwrap(), f.sin().unwrap());
+    let (cos, sin) = rope_tables(s, d, 90);
     let causal: Vec<f32> = (0..s * s)
         .map(|i| if i % s > i / s { min } else { 0.0 })
         .collect();
@@ -568,4 +568,61 @@ fn fused_attention_gradients_for_q_k_and_v() {
         kernels::fused_attention(&q, &rand(&[b, sk, d + 1], 1), &v, shape, None, None).is_err()
     );
     assert!(kernels::fused_attention(&q, &k, &v, shape, rope, None).is_err());
+}
+
+fn rel_max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_diff(a, b) / max_abs(b).max(1e-6)
+}
+
+/// Output and gradients of the LoRA and frozen linears, f32 or bf16 products.
+fn run(bf16: bool) -> Vec<Tensor> {
+    let products = if bf16 { Products::Bf16 } else { Products::F32 };
+    let (m, k, n, r) = (70, 96, 80, 8);
+    let w = rand(&[n, k], 1);
+    let xv = Var::from_tensor(&rand(&[m, k], 2)).unwrap();
+    let av = Var::from_tensor(&rand(&[r, k], 3)).unwrap();
+    let bv = Var::from_tensor(&rand(&[n, r], 4)).unwrap();
+    let y = kernels::lora_linear(
+        xv.as_tensor(),
+        av.as_tensor(),
+        bv.as_tensor(),
+        FrozenSource::Dense(w.clone()),
+        2.0,
+        None,
+        products,
+    )
+    .unwrap();
+    let z = kernels::frozen_linear_with(&y, FrozenSource::Dense(rand(&[40, n], 5)), None, products)
+        .unwrap();
+    let g = (z.sqr().unwrap()).sum_all().unwrap().backward().unwrap();
+    let mut out = vec![z];
+    for v in [&xv, &av, &bv] {
+        out.push(g.get(v.as_tensor()).unwrap().clone());
+    }
+    out
+}
+
+#[test]
+fn bf16_products_stay_close_to_f32() {
+    if !foundry_idefics2::bf16gemm::available() {
+        let mut l = SeamLinear::new("l", BaseWeight::Dense(rand(&[4, 4], 1)), None);
+        assert!(
+            l.set_products(Products::Bf16).is_err(),
+            "refused without AVX512-BF16"
+        );
+        println!("skip: this CPU has no AVX512-BF16");
+        return;
+    }
+    let f = run(false);
+    let b = run(true);
+    for (name, (x, y)) in ["output", "dx", "dA", "dB"].iter().zip(b.iter().zip(&f)) {
+        let d = rel_max_diff(x, y);
+        println!("{name}: bf16 vs f32 relative difference {d:.1e}");
+        // bf16 keeps 8 significant bits: a few 1e-3 relative through two products.
+        assert!(d < 2e-2, "{name}: bf16 products differ from f32 by {d}");
+        assert!(
+            d > 0.0,
+            "{name}: identical to f32, so the bf16 path did not run"
+        );
+    }
 }
