@@ -973,6 +973,17 @@ struct MaskData {
     dims: [usize; 4],
 }
 
+impl MaskData {
+    /// The f32 values and 4 dims of a mask tensor (no gradient).
+    fn of(m: &Tensor) -> Result<Self> {
+        let (a, b, c, d) = m.dims4()?;
+        Ok(Self {
+            data: m.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            dims: [a, b, c, d],
+        })
+    }
+}
+
 struct AttentionProbs {
     scale: f32,
     mask: Option<MaskData>,
@@ -1059,10 +1070,7 @@ pub fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Re
                     scores.dims()
                 );
             }
-            Some(MaskData {
-                data: m.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-                dims: [md.0, md.1, md.2, md.3],
-            })
+            Some(MaskData::of(m)?)
         }
         None => None,
     };
@@ -1587,16 +1595,7 @@ pub fn fused_attention(
         Some((c, s)) => Some((flat(c)?, flat(s)?)),
         None => None,
     };
-    let mask = match mask {
-        Some(m) => {
-            let md = m.dims4()?;
-            Some(MaskData {
-                data: flat(m)?,
-                dims: [md.0, md.1, md.2, md.3],
-            })
-        }
-        None => None,
-    };
+    let mask = mask.map(MaskData::of).transpose()?;
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,

@@ -415,7 +415,6 @@ fn rms_norm_with_weight_gradient() {
 
 /// The composed reference of the fused attention: heads split and transposed, RoPE, repeated
 /// key/value heads, softmax(q kᵀ · scale + mask) v, heads merged back.
-#[allow(clippy::too_many_arguments)]
 fn attention_reference(
     q: &Tensor,
     k: &Tensor,
