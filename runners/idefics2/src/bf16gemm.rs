@@ -1,27 +1,57 @@
-//! bf16 products on the CPU with AVX512-BF16 (`vdpbf16ps`), as PyTorch's bf16 autocast does
-//! them: both operands rounded to bf16 (nearest even), products summed in f32.
+//! bf16 products on the CPU, as PyTorch's bf16 autocast does them: both operands rounded to
+//! bf16 (nearest, ties to even), products summed in f32.
 //!
-//! The right operand is packed once per call into panels of 32 columns holding bf16 pairs along
-//! the reduction (`(hi << 16) | lo` for rows `2p + 1`, `2p`); the left one is converted row by row.
-//! A 12 × 32 microkernel keeps 24 f32 accumulators in registers and broadcasts one pair of the
-//! left row per step. Rows are split over the rayon pool. On this 2-core AMD EPYC it runs at
-//! 380–430 GFLOP/s, twice the f32 GEMM. [`available`] says whether the CPU has the instructions;
-//! everything else assumes it does and is only called when it is true.
+//! Two kernels, the best one the CPU has is used ([`kernel`]):
+//! - [`Kernel::Amx`]: Intel AMX `tdpbf16ps` on 16 × 16 f32 tiles, a 32 × 32 block of the output
+//!   in four accumulator tiles. It needs AMX-BF16 and Linux's permission for the tile state
+//!   (`arch_prctl(ARCH_REQ_XCOMP_PERM)`, asked once). About 1.0–1.35 TFLOP/s on 2 threads of a
+//!   Sapphire-Rapids-class Xeon.
+//! - [`Kernel::Avx512Bf16`]: `vdpbf16ps`, a 12 × 32 microkernel with 24 f32 accumulators in
+//!   registers, broadcasting one pair of the left row per step. 380–430 GFLOP/s on 2 cores of
+//!   an AMD EPYC.
+//!
+//! Layouts, shared by both kernels. The left operand ([`PackedA`]) is its rows as bf16, two
+//! consecutive values per `u32` (`(hi << 16) | lo`, which is simply the bf16 row in memory
+//! order). The right operand ([`PackedB`]) is panels of 32 columns holding bf16 pairs along the
+//! reduction (`(b[2p + 1][j] << 16) | b[2p][j]`), which is AMX's "VNNI" layout: one B tile is 16
+//! pair-rows × 16 columns of a panel, loaded with a 128-byte stride. Both are zero-padded: the
+//! reduction to a multiple of 32 values (16 pairs, one tile), `PackedA`'s rows to a multiple of
+//! 16 (one tile), so that the kernels never read past a buffer.
+//!
+//! The packers convert f32 → bf16 with AVX512-BF16 (`vcvtne2ps2bf16`, which, unlike the scalar
+//! [`bf16_bits`], reads denormal inputs as zero) and run over the rayon pool. [`PackedB`] can be
+//! packed from any [`Blocks`] source, so a compact weight (NF4) is dequantized straight into the
+//! packed panels, one panel at a time, without a dense f32 copy of the whole weight.
 
 use rayon::prelude::*;
 
 const NR: usize = 32;
 const MR: usize = 12;
-/// Pairs of the reduction per block (the panel slice stays in L1).
+/// Pairs of the reduction per block of the AVX-512 kernel (the panel slice stays in L1).
 const KC: usize = 256;
+/// Pairs per AMX tile row (64 bytes).
+const TILE_PAIRS: usize = 16;
+/// Rows per AMX tile.
+const TILE_ROWS: usize = 16;
 
-/// Whether this CPU can run the bf16 products (x86-64 with AVX-512F and AVX512-BF16).
+/// The bf16 product kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX-512 vectors (`vdpbf16ps`).
+    Avx512Bf16,
+}
+
+/// Whether this CPU can run the bf16 products (x86-64 with AVX-512F, AVX-512BW and
+/// AVX512-BF16; AMX is used on top where present).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *HAS.get_or_init(|| {
             std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
         })
     }
@@ -29,6 +59,29 @@ pub fn available() -> bool {
     {
         false
     }
+}
+
+/// The fastest kernel this CPU (and OS) can run, `None` when bf16 products are not available.
+pub fn kernel() -> Option<Kernel> {
+    if !available() {
+        None
+    } else if amx::available() {
+        Some(Kernel::Amx)
+    } else {
+        Some(Kernel::Avx512Bf16)
+    }
+}
+
+/// Every kernel this machine can run, fastest first (tests compare them).
+pub fn kernels() -> Vec<Kernel> {
+    let mut all = Vec::new();
+    if available() {
+        if amx::available() {
+            all.push(Kernel::Amx);
+        }
+        all.push(Kernel::Avx512Bf16);
+    }
+    all
 }
 
 /// `v` rounded to bf16 (nearest, ties to even), as its 16 bits.
@@ -41,6 +94,102 @@ pub fn bf16_bits(v: f32) -> u32 {
     b.wrapping_add(round) >> 16
 }
 
+/// The reduction length `k` in pairs, padded to whole tiles.
+fn padded_pairs(k: usize) -> usize {
+    k.div_ceil(2 * TILE_PAIRS) * TILE_PAIRS
+}
+
+/// A source of blocks of an f32 matrix: a dense slice, or a compact weight decoded on the fly.
+pub trait Blocks: Sync {
+    /// The matrix's `(rows, cols)`.
+    fn dims(&self) -> (usize, usize);
+    /// Writes the `rows × cols` block at `(r0, c0)` into `out`, row-major (`out.len()` is
+    /// `rows * cols`).
+    fn block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> Result<(), String>;
+}
+
+/// A dense row-major f32 matrix as a [`Blocks`] source.
+pub struct Dense<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Dense<'a> {
+    /// `data` as a `[rows, cols]` matrix; an error when it is too short.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Result<Self, String> {
+        if data.len() < rows * cols {
+            return Err(format!(
+                "bf16 pack: {} values cannot hold a {rows}×{cols} matrix",
+                data.len()
+            ));
+        }
+        Ok(Self { data, rows, cols })
+    }
+}
+
+impl Blocks for Dense<'_> {
+    fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    fn block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        if r0 + rows > self.rows || c0 + cols > self.cols || out.len() != rows * cols {
+            return Err(format!(
+                "bf16 pack: block {rows}×{cols} at ({r0}, {c0}) outside {}×{}",
+                self.rows, self.cols
+            ));
+        }
+        for (i, o) in out.chunks_mut(cols.max(1)).enumerate().take(rows) {
+            let at = (r0 + i) * self.cols + c0;
+            o.copy_from_slice(&self.data[at..at + cols]);
+        }
+        Ok(())
+    }
+}
+
+/// A `[m, k]` left operand packed for [`gemm`].
+pub struct PackedA {
+    data: Vec<u32>,
+    m: usize,
+    pairs: usize,
+}
+
+impl PackedA {
+    /// Packs `a` `[m, k]`, row-major.
+    pub fn from_rows(a: &[f32], m: usize, k: usize) -> Result<Self, String> {
+        if a.len() < m * k {
+            return Err(format!(
+                "bf16 pack: {} values cannot hold a {m}×{k} matrix",
+                a.len()
+            ));
+        }
+        let pairs = padded_pairs(k);
+        let mut data = vec![0u32; m.div_ceil(TILE_ROWS) * TILE_ROWS * pairs];
+        if pairs > 0 {
+            data.par_chunks_mut(pairs)
+                .take(m)
+                .enumerate()
+                .for_each(|(i, row)| row_to_pairs(&a[i * k..(i + 1) * k], row));
+        }
+        Ok(Self { data, m, pairs })
+    }
+}
+
 /// A `[k, n]` right operand packed for [`gemm`].
 pub struct PackedB {
     data: Vec<u32>,
@@ -51,60 +200,74 @@ pub struct PackedB {
 
 impl PackedB {
     /// Packs `b` `[k, n]`, row-major.
-    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Self {
-        let mut packed = Self::empty(k, n);
-        let pairs = packed.pairs;
-        if pairs > 0 && b.len() >= k * n {
-            packed
-                .data
-                .par_chunks_mut(pairs * NR)
-                .enumerate()
-                .for_each(|(jp, panel)| {
-                    let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
-                    for p in 0..pairs {
-                        let lo = &b[2 * p * n + j0..2 * p * n + j0 + cols];
-                        let out = &mut panel[p * NR..p * NR + cols];
-                        if 2 * p + 1 < k {
-                            let hi = &b[(2 * p + 1) * n + j0..(2 * p + 1) * n + j0 + cols];
-                            for ((o, l), h) in out.iter_mut().zip(lo).zip(hi) {
-                                *o = (bf16_bits(*h) << 16) | bf16_bits(*l);
-                            }
-                        } else {
-                            for (o, l) in out.iter_mut().zip(lo) {
-                                *o = bf16_bits(*l);
-                            }
-                        }
-                    }
-                });
-        }
-        packed
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Result<Self, String> {
+        Self::from_blocks(&Dense::new(b, k, n)?)
     }
 
-    /// Packs the transpose of `w` `[n, k]` (row-major), i.e. the `[k, n]` operand of `x · wᵀ`,
-    /// reading each row of `w` once, in order.
-    pub fn from_rows_transposed(w: &[f32], n: usize, k: usize) -> Self {
+    /// Packs the transpose of `w` `[n, k]` (row-major), i.e. the `[k, n]` operand of `x · wᵀ`.
+    pub fn from_rows_transposed(w: &[f32], n: usize, k: usize) -> Result<Self, String> {
+        Self::from_blocks_transposed(&Dense::new(w, n, k)?)
+    }
+
+    /// Packs a `[k, n]` source: each panel reads the `k × 32` block of its columns.
+    pub fn from_blocks(src: &dyn Blocks) -> Result<Self, String> {
+        let (k, n) = src.dims();
         let mut packed = Self::empty(k, n);
         let pairs = packed.pairs;
-        if pairs > 0 && w.len() >= n * k {
-            packed
-                .data
-                .par_chunks_mut(pairs * NR)
-                .enumerate()
-                .for_each(|(jp, panel)| {
-                    for jj in 0..NR.min(n - jp * NR) {
-                        let row = &w[(jp * NR + jj) * k..(jp * NR + jj + 1) * k];
-                        for (p, pair) in row.chunks(2).enumerate() {
-                            let hi = pair.get(1).map_or(0, |h| bf16_bits(*h));
-                            panel[p * NR + jj] = (hi << 16) | bf16_bits(pair[0]);
-                        }
-                    }
-                });
+        if pairs == 0 || n == 0 {
+            return Ok(packed);
         }
         packed
+            .data
+            .par_chunks_mut(pairs * NR)
+            .enumerate()
+            .try_for_each_init(Vec::new, |buf, (jp, panel)| {
+                let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
+                buf.resize(k * cols, 0.0);
+                src.block(0, j0, k, cols, buf)?;
+                for (p, out) in panel.chunks_mut(NR).enumerate().take(k.div_ceil(2)) {
+                    let lo = &buf[2 * p * cols..(2 * p + 1) * cols];
+                    let hi = buf.get((2 * p + 1) * cols..(2 * p + 2) * cols);
+                    interleave_pairs(lo, hi, &mut out[..cols]);
+                }
+                Ok::<(), String>(())
+            })?;
+        Ok(packed)
+    }
+
+    /// Packs the transpose of an `[n, k]` source (the `[k, n]` operand of `x · wᵀ`): each panel
+    /// reads the `32 × k` block of its rows.
+    pub fn from_blocks_transposed(src: &dyn Blocks) -> Result<Self, String> {
+        let (n, k) = src.dims();
+        let mut packed = Self::empty(k, n);
+        let pairs = packed.pairs;
+        if pairs == 0 || n == 0 {
+            return Ok(packed);
+        }
+        packed
+            .data
+            .par_chunks_mut(pairs * NR)
+            .enumerate()
+            .try_for_each_init(
+                || (Vec::new(), vec![0u32; pairs]),
+                |(buf, row), (jp, panel)| {
+                    let (j0, rows) = (jp * NR, NR.min(n - jp * NR));
+                    buf.resize(rows * k, 0.0);
+                    src.block(j0, 0, rows, k, buf)?;
+                    for jj in 0..rows {
+                        row_to_pairs(&buf[jj * k..(jj + 1) * k], row);
+                        for (p, v) in row.iter().enumerate() {
+                            panel[p * NR + jj] = *v;
+                        }
+                    }
+                    Ok::<(), String>(())
+                },
+            )?;
+        Ok(packed)
     }
 
     fn empty(k: usize, n: usize) -> Self {
-        let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
+        let (pairs, panels) = (padded_pairs(k), n.div_ceil(NR));
         Self {
             data: vec![0u32; panels * pairs * NR],
             pairs,
@@ -112,50 +275,135 @@ impl PackedB {
             panels,
         }
     }
+}
 
-    /// The reduction length in pairs.
-    fn k_pairs(&self) -> usize {
-        self.pairs
+/// `row` (f32) as bf16 pairs into `out` (`ceil(len / 2)` values are written; an odd tail's high
+/// half is zero).
+fn row_to_pairs(row: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() && out.len() >= row.len().div_ceil(2) {
+        // SAFETY: the CPU has the instructions (checked) and `out` holds the pairs.
+        unsafe { simd::row_to_pairs(row, out) };
+        return;
+    }
+    for (o, pair) in out.iter_mut().zip(row.chunks(2)) {
+        let hi = pair.get(1).map_or(0, |h| bf16_bits(*h));
+        *o = (hi << 16) | bf16_bits(pair[0]);
     }
 }
 
-/// The rows of a row-major `[m, k]` f32 matrix as bf16 pairs, `[m, ceil(k / 2)]`.
-pub fn pack_a(a: &[f32], m: usize, k: usize) -> Vec<u32> {
-    let pairs = k.div_ceil(2);
-    let mut out = vec![0u32; m * pairs];
-    if pairs > 0 && a.len() >= m * k {
-        out.par_chunks_mut(pairs).enumerate().for_each(|(i, row)| {
-            let r = &a[i * k..(i + 1) * k];
-            for (p, o) in row.iter_mut().enumerate() {
-                let lo = bf16_bits(r[2 * p]);
-                let hi = if 2 * p + 1 < k {
-                    bf16_bits(r[2 * p + 1])
-                } else {
-                    0
-                };
-                *o = (hi << 16) | lo;
+/// `out[j] = (bf16(hi[j]) << 16) | bf16(lo[j])` (a missing `hi` row is zero).
+fn interleave_pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() && out.len() == lo.len() && hi.is_none_or(|h| h.len() == lo.len()) {
+        // SAFETY: the CPU has the instructions (checked) and the lengths agree.
+        unsafe { simd::interleave_pairs(lo, hi, out) };
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let h = hi.map_or(0, |h| bf16_bits(h[j]));
+        *o = (h << 16) | bf16_bits(lo[j]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// 16 bf16 values of `lo` and of `hi` (lanes `0..16`, `16..32` of the conversion) as 16
+    /// interleaved pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pairs(lo: __m512, hi: __m512) -> __m512i {
+        // SAFETY: a register-only conversion; the transmute reinterprets 32 bf16 as 512 bits.
+        unsafe {
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let idx = _mm512_set_epi16(
+                31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5,
+                20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
+            );
+            _mm512_permutexvar_epi16(idx, both)
+        }
+    }
+
+    fn mask16(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as u16
+        }
+    }
+
+    /// See [`super::row_to_pairs`]. Needs AVX512-BF16 and `out.len() >= ceil(row.len() / 2)`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn row_to_pairs(row: &[f32], out: &mut [u32]) {
+        let n = row.len();
+        let mut i = 0;
+        // SAFETY: every load reads lanes below `n` (masked), every store writes lanes below
+        // `ceil(n / 2)` of `out` (masked), which the caller guarantees exist.
+        unsafe {
+            while i < n {
+                let rem = n - i;
+                let lo = _mm512_maskz_loadu_ps(mask16(rem), row.as_ptr().add(i));
+                let hi = _mm512_maskz_loadu_ps(
+                    mask16(rem.saturating_sub(16)),
+                    row.as_ptr().add(i + 16.min(rem)),
+                );
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                let pairs_left = rem.min(32).div_ceil(2);
+                _mm512_mask_storeu_epi32(
+                    out.as_mut_ptr().add(i / 2) as *mut i32,
+                    mask16(pairs_left),
+                    v,
+                );
+                i += 32;
             }
-        });
+        }
     }
-    out
+
+    /// See [`super::interleave_pairs`]. Needs AVX512-BF16 and equal lengths.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn interleave_pairs(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+        let n = lo.len();
+        let mut j = 0;
+        // SAFETY: masked loads and stores touch lanes below `n` only, and every slice has `n`.
+        unsafe {
+            while j < n {
+                let m = mask16(n - j);
+                let l = _mm512_maskz_loadu_ps(m, lo.as_ptr().add(j));
+                let h = match hi {
+                    Some(h) => _mm512_maskz_loadu_ps(m, h.as_ptr().add(j)),
+                    None => _mm512_setzero_ps(),
+                };
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add(j) as *mut i32, m, pairs(l, h));
+                j += 16;
+            }
+        }
+    }
 }
 
-/// `c[m, n] (row-major) = (accumulate ? c : 0) + a · b` with `a` from [`pack_a`] (`m` rows of the
-/// same reduction length as `b`). Call only when [`available`] is true.
-pub fn gemm(
+/// `c[m, n] (row-major) = (accumulate ? c : 0) + a · b` with the fastest kernel ([`kernel`]).
+pub fn gemm(c: &mut [f32], a: &PackedA, b: &PackedB, accumulate: bool) -> Result<(), String> {
+    let kernel = kernel().ok_or("bf16 products need AVX512-BF16, which this CPU lacks")?;
+    gemm_with(kernel, c, a, b, accumulate)
+}
+
+/// [`gemm`] with a chosen kernel (an error when this machine cannot run it).
+pub fn gemm_with(
+    kernel: Kernel,
     c: &mut [f32],
-    a: &[u32],
-    m: usize,
+    a: &PackedA,
     b: &PackedB,
     accumulate: bool,
 ) -> Result<(), String> {
-    let (pairs, n) = (b.k_pairs(), b.n);
-    if !available() {
-        return Err("bf16 products need AVX512-BF16, which this CPU lacks".into());
+    let (m, pairs, n) = (a.m, b.pairs, b.n);
+    if !kernels().contains(&kernel) {
+        return Err(format!("bf16 products: this machine cannot run {kernel:?}"));
     }
-    if c.len() != m * n || a.len() != m * pairs {
+    if c.len() != m * n || a.pairs != pairs {
         return Err(format!(
-            "bf16 gemm: buffers do not fit {m}×{n} with {pairs} pairs"
+            "bf16 gemm: operands do not fit: c has {} values for {m}×{n}, a has {} pairs and b {pairs}",
+            c.len(),
+            a.pairs
         ));
     }
     if m * n == 0 {
@@ -167,6 +415,17 @@ pub fn gemm(
         }
         return Ok(());
     }
+    match kernel {
+        Kernel::Amx => amx::gemm(c, a, b, accumulate),
+        Kernel::Avx512Bf16 => avx512_gemm(c, a, b, accumulate),
+    }
+    Ok(())
+}
+
+/// The AVX512-BF16 driver: row blocks over the pool, then reduction blocks, panels and 12-row
+/// microkernels.
+fn avx512_gemm(c: &mut [f32], a: &PackedA, b: &PackedB, accumulate: bool) {
+    let (pairs, n) = (b.pairs, b.n);
     let rows_per_task = 4 * MR;
     c.par_chunks_mut(rows_per_task * n)
         .enumerate()
@@ -189,19 +448,22 @@ pub fn gemm(
                         };
                         let at = (i0 + r0) * pairs + k0;
                         let c_at = r0 * n + jp * NR;
-                        // SAFETY: `available()` was checked; the kernel reads rr rows of kc
+                        // SAFETY: the kernel was checked to be available; it reads rr rows of kc
                         // pairs at `at` (stride `pairs`) inside `a`, kc × 32 values of the
                         // panel, and writes rr rows of `cols` values at `c_at` (stride n)
                         // inside this task's block, all in bounds by construction.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            let (ap, bp, cp) =
-                                (a[at..].as_ptr(), panel.as_ptr(), block[c_at..].as_mut_ptr());
+                            let (ap, bp, cp) = (
+                                a.data[at..].as_ptr(),
+                                panel.as_ptr(),
+                                block[c_at..].as_mut_ptr(),
+                            );
                             match rr {
-                                12 => kernel::<12>(ap, pairs, bp, kc, cp, n, cols, first),
-                                8 => kernel::<8>(ap, pairs, bp, kc, cp, n, cols, first),
-                                4 => kernel::<4>(ap, pairs, bp, kc, cp, n, cols, first),
-                                _ => kernel::<1>(ap, pairs, bp, kc, cp, n, cols, first),
+                                12 => microkernel::<12>(ap, pairs, bp, kc, cp, n, cols, first),
+                                8 => microkernel::<8>(ap, pairs, bp, kc, cp, n, cols, first),
+                                4 => microkernel::<4>(ap, pairs, bp, kc, cp, n, cols, first),
+                                _ => microkernel::<1>(ap, pairs, bp, kc, cp, n, cols, first),
                             }
                         }
                         r0 += rr;
@@ -209,7 +471,6 @@ pub fn gemm(
                 }
             }
         });
-    Ok(())
 }
 
 /// `R` rows × 32 columns: `c (+)= a[R, kc pairs] · panel[kc pairs, 32]`, the first `cols`
@@ -217,7 +478,7 @@ pub fn gemm(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize>(
+unsafe fn microkernel<const R: usize>(
     a: *const u32,
     lda: usize,
     b: *const u32,
@@ -228,8 +489,8 @@ unsafe fn kernel<const R: usize>(
     first: bool,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: the caller guarantees the bounds (see `gemm`); the transmutes reinterpret 512-bit
-    // integer vectors as bf16 vectors of the same size.
+    // SAFETY: the caller guarantees the bounds (see `avx512_gemm`); the transmutes reinterpret
+    // 512-bit integer vectors as bf16 vectors of the same size.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         for p in 0..kc {
@@ -264,6 +525,254 @@ unsafe fn kernel<const R: usize>(
     }
 }
 
+/// Intel AMX: tile configuration, the OS permission, and the tile driver.
+mod amx {
+    use super::{PackedA, PackedB, NR, TILE_PAIRS, TILE_ROWS};
+    use rayon::prelude::*;
+
+    /// Rows of the output per pool task (a multiple of 32).
+    const ROWS_PER_TASK: usize = 64;
+
+    /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile registers.
+    pub fn available() -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *HAS.get_or_init(|| {
+                // CPUID.(EAX=7, ECX=0):EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
+                let id = std::arch::x86_64::__cpuid_count(7, 0);
+                let cpu = (id.edx >> 22) & 1 == 1 && (id.edx >> 24) & 1 == 1;
+                // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): the kernel enables the
+                // 8 KiB tile state for this process (all its threads) or refuses.
+                const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+                const XFEATURE_XTILEDATA: libc::c_long = 18;
+                // SAFETY: a plain syscall with integer arguments; it changes no memory of ours.
+                cpu && unsafe {
+                    libc::syscall(
+                        libc::SYS_arch_prctl,
+                        ARCH_REQ_XCOMP_PERM,
+                        XFEATURE_XTILEDATA,
+                    )
+                } == 0
+            })
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    }
+
+    /// The 64-byte tile configuration of `ldtilecfg` (palette 1: eight tiles of up to 16 rows
+    /// of 64 bytes).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[repr(C, align(64))]
+    struct TileConfig {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// The tile registers configured on this thread for the life of the value: tmm0–3 hold the
+    /// 2 × 2 accumulators, tmm4–5 the left tiles and tmm6–7 the right ones, all 16 × 64 bytes.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    struct Tiles;
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    impl Tiles {
+        /// Loads the configuration. Only called once `available()` is true.
+        fn configure() -> Self {
+            let mut cfg = TileConfig {
+                palette: 1,
+                start_row: 0,
+                reserved: [0; 14],
+                bytes_per_row: [0; 16],
+                rows: [0; 16],
+            };
+            for t in 0..8 {
+                cfg.bytes_per_row[t] = 64;
+                cfg.rows[t] = TILE_ROWS as u8;
+            }
+            // SAFETY: AMX is available and permitted (checked by the caller); the config is a
+            // valid palette-1 layout and lives across the instruction.
+            unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig) };
+            Tiles
+        }
+
+        /// `c[16 or 32 rows, 32] (+)= a[rows, pairs] · panel[pairs, 32]` (32 rows when `two`):
+        /// `a` points at the first row (stride `lda` pairs), `panel` at the panel, `c` at the
+        /// output block (stride `ldc` floats), which is loaded first when `load`.
+        ///
+        /// # Safety
+        /// `a` must hold 16 (or 32 with `two`) rows of `kblocks * 16` pairs at stride `lda`,
+        /// `panel` `kblocks * 16 * 32` values, and `c` 16 (or 32) rows of 32 floats at `ldc`.
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn block(
+            &self,
+            a: *const u32,
+            lda: usize,
+            panel: *const u32,
+            kblocks: usize,
+            two: bool,
+            c: *mut f32,
+            ldc: usize,
+            load: bool,
+        ) {
+            use std::arch::asm;
+            let (sa, sb, sc): (usize, usize, usize) = (lda * 4, NR * 4, ldc * 4);
+            // SAFETY: the caller guarantees the bounds; tiles are configured (`self`).
+            unsafe {
+                let c2 = c.add(TILE_ROWS * ldc);
+                if load {
+                    asm!(
+                        "tileloadd tmm0, [{c} + {sc}*1]",
+                        "tileloadd tmm1, [{c1} + {sc}*1]",
+                        c = in(reg) c,
+                        c1 = in(reg) c.add(16),
+                        sc = in(reg) sc,
+                    );
+                    if two {
+                        asm!(
+                            "tileloadd tmm2, [{c} + {sc}*1]",
+                            "tileloadd tmm3, [{c1} + {sc}*1]",
+                            c = in(reg) c2,
+                            c1 = in(reg) c2.add(16),
+                            sc = in(reg) sc,
+                        );
+                    }
+                } else {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3"
+                    );
+                }
+                for kb in 0..kblocks {
+                    let ap = a.add(kb * TILE_PAIRS);
+                    let bp = panel.add(kb * TILE_PAIRS * NR);
+                    asm!(
+                        "tileloadd tmm6, [{b} + {sb}*1]",
+                        "tileloadd tmm7, [{b2} + {sb}*1]",
+                        "tileloadd tmm4, [{a} + {sa}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        b = in(reg) bp,
+                        b2 = in(reg) bp.add(16),
+                        a = in(reg) ap,
+                        sa = in(reg) sa,
+                        sb = in(reg) sb,
+                    );
+                    if two {
+                        asm!(
+                            "tileloadd tmm5, [{a} + {sa}*1]",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a = in(reg) ap.add(TILE_ROWS * lda),
+                            sa = in(reg) sa,
+                        );
+                    }
+                }
+                asm!(
+                    "tilestored [{c} + {sc}*1], tmm0",
+                    "tilestored [{c1} + {sc}*1], tmm1",
+                    c = in(reg) c,
+                    c1 = in(reg) c.add(16),
+                    sc = in(reg) sc,
+                );
+                if two {
+                    asm!(
+                        "tilestored [{c} + {sc}*1], tmm2",
+                        "tilestored [{c1} + {sc}*1], tmm3",
+                        c = in(reg) c2,
+                        c1 = in(reg) c2.add(16),
+                        sc = in(reg) sc,
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    impl Drop for Tiles {
+        fn drop(&mut self) {
+            // SAFETY: releases this thread's tile state (configured by `configure`).
+            unsafe { std::arch::asm!("tilerelease") };
+        }
+    }
+
+    /// The AMX driver: row blocks of [`ROWS_PER_TASK`] over the pool, then panels, then 32-row
+    /// blocks over the whole reduction; each block's tiles go through a scratch buffer into `c`.
+    pub(super) fn gemm(c: &mut [f32], a: &PackedA, b: &PackedB, accumulate: bool) {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            let (pairs, n) = (b.pairs, b.n);
+            let kblocks = pairs / TILE_PAIRS;
+            c.par_chunks_mut(ROWS_PER_TASK * n)
+                .enumerate()
+                .for_each(|(t, out)| {
+                    let i0 = t * ROWS_PER_TASK;
+                    let rows = out.len() / n;
+                    let tiles = Tiles::configure();
+                    let mut scratch = [0f32; 32 * 32];
+                    for jp in 0..b.panels {
+                        let (j0, cols) = (jp * NR, NR.min(n - jp * NR));
+                        let mut r0 = 0;
+                        while r0 < rows {
+                            let rr = (rows - r0).min(32);
+                            let (ap, bp) = (
+                                // SAFETY (both): `a` has its rows padded to 16 and its pairs to
+                                // whole tiles, so 16 (or 32 when rr > 16) rows from i0 + r0
+                                // exist; the panel holds `pairs * 32` values.
+                                unsafe { a.data.as_ptr().add((i0 + r0) * pairs) },
+                                unsafe { b.data.as_ptr().add(jp * pairs * NR) },
+                            );
+                            if cols == NR && (rr == 16 || rr == 32) {
+                                // A whole block: the tiles load and store `out` in place.
+                                // SAFETY: rr rows of 32 columns from (r0, j0) lie inside `out`
+                                // (stride n).
+                                unsafe {
+                                    let cp = out.as_mut_ptr().add(r0 * n + j0);
+                                    tiles.block(ap, pairs, bp, kblocks, rr == 32, cp, n, accumulate)
+                                };
+                            } else {
+                                // An edge block goes through the scratch buffer.
+                                // SAFETY: as above, and the scratch holds 32 × 32 floats.
+                                unsafe {
+                                    tiles.block(
+                                        ap,
+                                        pairs,
+                                        bp,
+                                        kblocks,
+                                        rr > 16,
+                                        scratch.as_mut_ptr(),
+                                        32,
+                                        false,
+                                    )
+                                };
+                                for (r, src) in scratch.chunks(32).take(rr).enumerate() {
+                                    let dst = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + cols];
+                                    if accumulate {
+                                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                                    } else {
+                                        dst.copy_from_slice(&src[..cols]);
+                                    }
+                                }
+                            }
+                            r0 += rr;
+                        }
+                    }
+                });
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            let _ = (c, a, b, accumulate);
+            unreachable!("AMX is never available off x86-64 Linux");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,39 +791,71 @@ mod tests {
     }
 
     #[test]
+    fn vector_conversion_matches_the_scalar_rounding() {
+        if !available() {
+            println!("skip: this CPU has no AVX512-BF16");
+            return;
+        }
+        let row: Vec<f32> = (0..77)
+            .map(|i| (i as f32 * 0.37).sin() * 3.0 + 1.0 / 512.0)
+            .collect();
+        let mut out = vec![0xdead_beefu32; 40];
+        row_to_pairs(&row, &mut out);
+        for (p, v) in out.iter().take(39).enumerate() {
+            let hi = row.get(2 * p + 1).map_or(0, |h| bf16_bits(*h));
+            assert_eq!(*v, (hi << 16) | bf16_bits(row[2 * p]), "pair {p}");
+        }
+        assert_eq!(out[39], 0xdead_beef, "nothing written past the pairs");
+        let mut inter = vec![0u32; 21];
+        interleave_pairs(&row[..21], Some(&row[30..51]), &mut inter);
+        for (j, v) in inter.iter().enumerate() {
+            assert_eq!(*v, (bf16_bits(row[30 + j]) << 16) | bf16_bits(row[j]));
+        }
+    }
+
+    #[test]
     fn products_equal_f64_sums_of_bf16_rounded_operands() {
         if !available() {
             println!("skip: this CPU has no AVX512-BF16");
             return;
         }
-        // Odd sizes: a row tail (m % 12), a column tail (n % 32), an odd reduction, and a
-        // reduction longer than one block.
-        for (m, k, n) in [(37, 33, 45), (12, 600, 32), (5, 1, 3), (100, 64, 70)] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
-                .collect();
-            // c = a · wᵀ, w stored [n, k].
-            let b = PackedB::from_rows_transposed(&w, n, k);
-            let mut c = vec![7f32; m * n];
-            gemm(&mut c, &pack_a(&a, m, k), m, &b, false).unwrap();
-            let mut acc = c.clone();
-            gemm(&mut acc, &pack_a(&a, m, k), m, &b, true).unwrap();
-            for i in 0..m {
-                for j in 0..n {
-                    let s: f64 = (0..k).map(|kk| bf(a[i * k + kk]) * bf(w[j * k + kk])).sum();
-                    let got = c[i * n + j] as f64;
-                    assert!(
-                        (s - got).abs() <= 1e-5 * (1.0 + s.abs()),
-                        "{m}x{k}x{n} ({i},{j}): {got} vs {s}"
-                    );
-                    let twice = acc[i * n + j] as f64;
-                    assert!(
-                        (2.0 * s - twice).abs() <= 2e-5 * (1.0 + s.abs()),
-                        "accumulate ({i},{j})"
-                    );
+        // Odd sizes: row tails (m % 12, m % 16, m % 32), a column tail (n % 32), odd
+        // reductions, and reductions longer than one block.
+        for kernel in kernels() {
+            for (m, k, n) in [
+                (37, 33, 45),
+                (12, 600, 32),
+                (5, 1, 3),
+                (100, 64, 70),
+                (70, 96, 33),
+            ] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                    .collect();
+                let w: Vec<f32> = (0..n * k)
+                    .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+                    .collect();
+                // c = a · wᵀ, w stored [n, k].
+                let b = PackedB::from_rows_transposed(&w, n, k).unwrap();
+                let pa = PackedA::from_rows(&a, m, k).unwrap();
+                let mut c = vec![7f32; m * n];
+                gemm_with(kernel, &mut c, &pa, &b, false).unwrap();
+                let mut acc = c.clone();
+                gemm_with(kernel, &mut acc, &pa, &b, true).unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k).map(|kk| bf(a[i * k + kk]) * bf(w[j * k + kk])).sum();
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (s - got).abs() <= 1e-5 * (1.0 + s.abs()),
+                            "{kernel:?} {m}x{k}x{n} ({i},{j}): {got} vs {s}"
+                        );
+                        let twice = acc[i * n + j] as f64;
+                        assert!(
+                            (2.0 * s - twice).abs() <= 2e-5 * (1.0 + s.abs()),
+                            "{kernel:?} accumulate ({i},{j})"
+                        );
+                    }
                 }
             }
         }
@@ -324,12 +865,14 @@ mod tests {
             .map(|i| ((i * 31 % 101) as f32 / 50.0) - 1.0)
             .collect();
         let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
-        assert_eq!(
-            PackedB::from_rows(&wt, k, n).data,
-            PackedB::from_rows_transposed(&w, n, k).data
+        assert!(
+            PackedB::from_rows(&wt, k, n).unwrap().data
+                == PackedB::from_rows_transposed(&w, n, k).unwrap().data
         );
-        // Buffers that do not fit are an error.
-        let b = PackedB::from_rows(&[0.0; 4], 2, 2);
-        assert!(gemm(&mut [0f32; 3], &[0u32; 2], 1, &b, false).is_err());
+        // Operands that do not fit are an error.
+        let b = PackedB::from_rows(&[0.0; 4], 2, 2).unwrap();
+        let a = PackedA::from_rows(&[0.0; 2], 1, 2).unwrap();
+        assert!(gemm(&mut [0f32; 3], &a, &b, false).is_err());
+        assert!(PackedA::from_rows(&[0.0; 3], 2, 2).is_err());
     }
 }

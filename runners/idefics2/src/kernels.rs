@@ -14,6 +14,72 @@ use rayon::prelude::*;
 
 use crate::linear::FrozenWeight;
 
+pub mod timing {
+    //! Optional wall-clock totals per fused op and pass, to see where a training step goes
+    //! (`bench_step` prints them). Off unless [`enable`]d: then each op adds one clock read
+    //! and one uncontended lock per call.
+
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+    static TOTALS: Mutex<BTreeMap<(&'static str, Pass), (Duration, u64)>> =
+        Mutex::new(BTreeMap::new());
+
+    /// Which pass of an op a time belongs to.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    pub enum Pass {
+        /// The op's forward.
+        Forward,
+        /// The op's backward.
+        Backward,
+    }
+
+    /// Starts recording (process-wide).
+    pub fn enable() {
+        ENABLED.store(true, Ordering::Relaxed);
+    }
+
+    /// The totals so far, `(op, pass, seconds, calls)`, and resets them.
+    pub fn take() -> Vec<(&'static str, Pass, f64, u64)> {
+        let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *totals)
+            .into_iter()
+            .map(|((op, pass), (d, n))| (op, pass, d.as_secs_f64(), n))
+            .collect()
+    }
+
+    /// Adds the time from its creation to its drop to `(op, pass)` when recording is on.
+    pub struct Scope {
+        key: (&'static str, Pass),
+        start: Option<Instant>,
+    }
+
+    impl Scope {
+        /// Starts timing one call of `op`'s `pass`.
+        pub fn new(op: &'static str, pass: Pass) -> Self {
+            let start = ENABLED.load(Ordering::Relaxed).then(Instant::now);
+            Self {
+                key: (op, pass),
+                start,
+            }
+        }
+    }
+
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if let Some(start) = self.start {
+                let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+                let e = totals.entry(self.key).or_default();
+                e.0 += start.elapsed();
+                e.1 += 1;
+            }
+        }
+    }
+}
+
 /// Rows handled per parallel task (small tensors run on one thread).
 const MIN_PAR_ELEMS: usize = 1 << 14;
 
@@ -93,21 +159,17 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let x = contiguous_f32(s, l, self.name())?;
         let out = rows_map(x, last_dim(l), |r, o| {
-            let m = r.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-            let mut sum = 0f32;
-            for (o, v) in o.iter_mut().zip(r) {
-                *o = (v - m).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
+            o.copy_from_slice(r);
+            crate::vmath::softmax_in_place(o);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // dx = y * (g - <g, y>)
         let dx = map2_tensors(grad, res, |g, y, o| {
             let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
@@ -154,6 +216,7 @@ impl CustomOp1 for RmsNormalize {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let x = contiguous_f32(s, l, self.name())?;
         let eps = self.eps;
         check_features(&self.weight, last_dim(l), self.name())?;
@@ -177,6 +240,7 @@ impl CustomOp1 for RmsNormalize {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // y = x r w; with gw = g w: dx = r (gw - x r <gw, x r> / d)
         let eps = self.eps;
         let dx = map2_tensors(grad, arg, |g, x, o| {
@@ -250,6 +314,7 @@ impl CustomOp1 for LayerNormalize {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let x = contiguous_f32(s, l, self.name())?;
         let eps = self.eps;
         let out = rows_map(x, last_dim(l), |r, o| {
@@ -262,6 +327,7 @@ impl CustomOp1 for LayerNormalize {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // dx = rstd (g - mean(g) - y mean(g y))
         let eps = self.eps;
         let dx = map2_tensors(grad, arg, |g, x, o| {
@@ -328,11 +394,13 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let x = contiguous_f32(s, l, self.name())?;
         Ok((CpuStorage::F32(self.apply(x, 1.0)), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // A rotation: the gradient is the inverse rotation (sin negated).
         let g = grad.detach().contiguous()?;
         let (sg, lg) = g.storage_and_layout();
@@ -398,37 +466,34 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let (m, k) = l.shape().dims2()?;
-        let w = self.src.weight(DType::F32, &candle_core::Device::Cpu)?;
-        let (n, wk) = w.dims2()?;
+        let (n, wk) = self.src.dims()?;
         if wk != k {
             candle_core::bail!("frozen linear: input width {k} does not fit weight [{n}, {wk}]");
         }
         check_features(&self.bias, n, self.name())?;
         let x = contiguous_f32(s, l, self.name())?;
-        let w = w.contiguous()?;
-        let (sw, lw) = w.storage_and_layout();
-        let wv = storage_f32(&sw, lw, self.name())?;
         let mut y = vec![0f32; m * n];
         if let Some(b) = &self.bias {
             y.chunks_mut(n.max(1))
                 .for_each(|row| row.copy_from_slice(b));
         }
-        times_wt(self.products, &mut y, (m, n, k), x, wv, self.bias.is_some())?;
+        self.src
+            .times_wt(self.products, &mut y, m, x, self.bias.is_some())?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // Only the input gradient: dx = g W. The weight and bias get none.
-        let w = self.src.weight(DType::F32, arg.device())?;
         let (m, k) = arg.dims2()?;
-        let n = w.dim(0)?;
-        let dx = with_f32(&[grad, &w], self.name(), |data| {
-            let &[g, wv] = data else {
-                candle_core::bail!("frozen linear backward: two inputs expected");
+        let dx = with_f32(&[grad], self.name(), |data| {
+            let &[g] = data else {
+                candle_core::bail!("frozen linear backward: one gradient expected");
             };
             let mut dx = vec![0f32; m * k];
-            times_w(self.products, &mut dx, (m, n, k), g, wv, false)?;
+            self.src.times_w(self.products, &mut dx, m, g, false)?;
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, (m, k), arg.device())?))
@@ -504,6 +569,14 @@ fn sgemm(
         return Ok(());
     }
     let threads = rayon::current_num_threads();
+    let _t = timing::Scope::new(
+        if PARALLEL_GEMM.with(|p| p.get()) {
+            "TMP sgemm-par"
+        } else {
+            "TMP sgemm-serial"
+        },
+        timing::Pass::Forward,
+    );
     let parallelism = if PARALLEL_GEMM.with(|p| p.get()) && threads > 1 && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -605,52 +678,136 @@ impl Products {
     }
 }
 
-/// `dst[m × n] (+)= x[m × k] · Wᵀ` for a frozen `W` `[n, k]`.
-fn times_wt(
-    products: Products,
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    x: &[f32],
-    w: &[f32],
-    accumulate: bool,
-) -> Result<()> {
-    if products == Products::Bf16 {
-        let b = crate::bf16gemm::PackedB::from_rows_transposed(w, n, k);
-        return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(x, m, k), m, &b, accumulate)
-            .map_err(candle_core::Error::Msg);
+/// A frozen weight as a block source for the bf16 packers: decoded one panel at a time.
+struct FrozenBlocks<'a>(&'a dyn FrozenWeight);
+
+impl crate::bf16gemm::Blocks for FrozenBlocks<'_> {
+    fn dims(&self) -> (usize, usize) {
+        self.0.shape()
     }
-    sgemm(
-        dst,
-        (m, n, k),
-        view(x, k, 1),
-        view(w, 1, k),
-        1.0,
-        accumulate,
-    )
+
+    fn block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> std::result::Result<(), String> {
+        self.0
+            .dequantize_block(r0, c0, rows, cols, out)
+            .map_err(|e| e.to_string())
+    }
 }
 
-/// `dst[m × k] (+)= g[m × n] · W` for a frozen `W` `[n, k]`.
-fn times_w(
-    products: Products,
-    dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
-    g: &[f32],
-    w: &[f32],
-    accumulate: bool,
-) -> Result<()> {
-    if products == Products::Bf16 {
-        let b = crate::bf16gemm::PackedB::from_rows(w, n, k);
-        return crate::bf16gemm::gemm(dst, &crate::bf16gemm::pack_a(g, m, n), m, &b, accumulate)
-            .map_err(candle_core::Error::Msg);
+impl FrozenSource {
+    /// The weight's `[out, in]` shape.
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            FrozenSource::Dense(w) => w.dims2(),
+            FrozenSource::Frozen(f) => Ok(f.shape()),
+        }
     }
-    sgemm(
-        dst,
-        (m, k, n),
-        view(g, n, 1),
-        view(w, k, 1),
-        1.0,
-        accumulate,
-    )
+
+    /// The weight packed as the right operand of a bf16 product: `Wᵀ` (`transposed`, for
+    /// `x · Wᵀ`) or `W` (for `g · W`). A compact weight is decoded straight into the panels.
+    fn packed(&self, transposed: bool) -> Result<crate::bf16gemm::PackedB> {
+        use crate::bf16gemm::{Dense, PackedB};
+        let packed = match self {
+            FrozenSource::Dense(w) => {
+                let w = cpu_contiguous(w, "frozen weight")?;
+                let (n, k) = w.dims2()?;
+                let (s, l) = w.storage_and_layout();
+                let data = storage_f32(&s, l, "frozen weight")?;
+                let dense = Dense::new(data, n, k).map_err(candle_core::Error::Msg)?;
+                if transposed {
+                    PackedB::from_blocks_transposed(&dense)
+                } else {
+                    PackedB::from_blocks(&dense)
+                }
+            }
+            FrozenSource::Frozen(f) => {
+                if transposed {
+                    PackedB::from_blocks_transposed(&FrozenBlocks(f.as_ref()))
+                } else {
+                    PackedB::from_blocks(&FrozenBlocks(f.as_ref()))
+                }
+            }
+        };
+        packed.map_err(candle_core::Error::Msg)
+    }
+
+    /// `dst[m × n] (+)= x[m × k] · Wᵀ` for this `[n, k]` weight.
+    fn times_wt(
+        &self,
+        products: Products,
+        dst: &mut [f32],
+        m: usize,
+        x: &[f32],
+        accumulate: bool,
+    ) -> Result<()> {
+        let (n, k) = self.dims()?;
+        if products == Products::Bf16 {
+            let t = timing::Scope::new("TMP packA", timing::Pass::Forward);
+            let a =
+                crate::bf16gemm::PackedA::from_rows(x, m, k).map_err(candle_core::Error::Msg)?;
+            drop(t);
+            let t = timing::Scope::new("TMP packB", timing::Pass::Forward);
+            let b = self.packed(true)?;
+            drop(t);
+            let _t = timing::Scope::new("TMP gemm", timing::Pass::Forward);
+            return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
+        }
+        let w = self
+            .weight(DType::F32, &candle_core::Device::Cpu)?
+            .contiguous()?;
+        let (sw, lw) = w.storage_and_layout();
+        let wv = storage_f32(&sw, lw, "frozen weight")?;
+        sgemm(
+            dst,
+            (m, n, k),
+            view(x, k, 1),
+            view(wv, 1, k),
+            1.0,
+            accumulate,
+        )
+    }
+
+    /// `dst[m × k] (+)= g[m × n] · W` for this `[n, k]` weight.
+    fn times_w(
+        &self,
+        products: Products,
+        dst: &mut [f32],
+        m: usize,
+        g: &[f32],
+        accumulate: bool,
+    ) -> Result<()> {
+        let (n, k) = self.dims()?;
+        if products == Products::Bf16 {
+            let t = timing::Scope::new("TMP packA", timing::Pass::Backward);
+            let a =
+                crate::bf16gemm::PackedA::from_rows(g, m, n).map_err(candle_core::Error::Msg)?;
+            drop(t);
+            let t = timing::Scope::new("TMP packB", timing::Pass::Backward);
+            let b = self.packed(false)?;
+            drop(t);
+            let _t = timing::Scope::new("TMP gemm", timing::Pass::Backward);
+            return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
+        }
+        let w = self
+            .weight(DType::F32, &candle_core::Device::Cpu)?
+            .contiguous()?;
+        let (sw, lw) = w.storage_and_layout();
+        let wv = storage_f32(&sw, lw, "frozen weight")?;
+        sgemm(
+            dst,
+            (m, k, n),
+            view(g, n, 1),
+            view(wv, k, 1),
+            1.0,
+            accumulate,
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,14 +820,6 @@ struct LoraLinear {
     /// The inverted-dropout mask of the adapter's input (same shape as x), when training with
     /// dropout.
     mask: Option<Arc<Vec<f32>>>,
-}
-
-/// `x ⊙ mask`, or `x` itself without a mask.
-fn masked<'a>(x: &'a [f32], mask: &Option<Arc<Vec<f32>>>) -> std::borrow::Cow<'a, [f32]> {
-    match mask {
-        Some(m) => std::borrow::Cow::Owned(x.iter().zip(m.iter()).map(|(a, b)| a * b).collect()),
-        None => std::borrow::Cow::Borrowed(x),
-    }
 }
 
 impl candle_core::CustomOp3 for LoraLinear {
@@ -687,11 +836,11 @@ impl candle_core::CustomOp3 for LoraLinear {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let (m, k) = lx.shape().dims2()?;
         let (r, ka) = la.shape().dims2()?;
         let (n, rb) = lb.shape().dims2()?;
-        let w = self.src.weight(DType::F32, &candle_core::Device::Cpu)?;
-        let (wn, wk) = w.dims2()?;
+        let (wn, wk) = self.src.dims()?;
         if ka != k || rb != r || wk != k || wn != n {
             candle_core::bail!(
                 "lora linear: x [{m}, {k}], A [{r}, {ka}], B [{n}, {rb}] and weight [{wn}, {wk}] do not fit"
@@ -703,31 +852,21 @@ impl candle_core::CustomOp3 for LoraLinear {
         let x = contiguous_f32(sx, lx, self.name())?;
         let a = contiguous_f32(sa, la, self.name())?;
         let b = contiguous_f32(sb, lb, self.name())?;
-        let w = w.contiguous()?;
-        let (sw, lw) = w.storage_and_layout();
-        let wv = storage_f32(&sw, lw, self.name())?;
         let mut y = vec![0f32; m * n];
         // y = x Wᵀ
-        times_wt(self.products, &mut y, (m, n, k), x, wv, false)?;
-        // h = dropout(x) Aᵀ; y += scale · h Bᵀ
-        let xd = masked(x, &self.mask);
-        let mut h = vec![0f32; m * r];
-        sgemm(
-            &mut h,
-            (m, r, k),
-            view(&xd, k, 1),
-            view(a, 1, k),
-            1.0,
-            false,
-        )?;
-        sgemm(
+        self.src.times_wt(self.products, &mut y, m, x, false)?;
+        // y += scale · (dropout(x) Aᵀ) Bᵀ
+        let _t = timing::Scope::new("TMP adapter", timing::Pass::Forward);
+        crate::adapter::forward(
             &mut y,
-            (m, n, r),
-            view(&h, r, 1),
-            view(b, 1, r),
+            x,
+            self.mask.as_deref().map(|v| &v[..]),
+            a,
+            b,
+            crate::adapter::Dims { m, k, r, n },
             self.scale,
-            true,
-        )?;
+        )
+        .map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -739,6 +878,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         let name = self.name();
         let (m, k) = x.dims2()?;
         let (r, _) = a.dims2()?;
@@ -762,65 +902,29 @@ impl LoraLinear {
         let &[xv, av, bv, g] = data else {
             candle_core::bail!("lora linear backward: four inputs expected");
         };
-        let name = "foundry-lora-linear";
-        let s = self.scale;
-        // gb = g B  [m, r]
-        let mut gb = vec![0f32; m * r];
-        sgemm(
-            &mut gb,
-            (m, r, n),
-            view(g, n, 1),
-            view(bv, r, 1),
-            1.0,
-            false,
-        )?;
-        // dx = g W + scale · (gb A) ⊙ mask, only when x needs a gradient.
-        let dx = if x.track_op() {
-            let w = self
-                .src
-                .weight(DType::F32, &candle_core::Device::Cpu)?
-                .contiguous()?;
-            let (sw, lw) = w.storage_and_layout();
-            let wv = storage_f32(&sw, lw, name)?;
+        // dx = g W (the frozen base) + the adapter's part, only when x needs a gradient.
+        let mut dx = if x.track_op() {
             let mut dx = vec![0f32; m * k];
-            times_w(self.products, &mut dx, (m, n, k), g, wv, false)?;
-            match &self.mask {
-                None => sgemm(&mut dx, (m, k, r), view(&gb, r, 1), view(av, k, 1), s, true)?,
-                Some(mask) => {
-                    let mut t = vec![0f32; m * k];
-                    sgemm(&mut t, (m, k, r), view(&gb, r, 1), view(av, k, 1), s, false)?;
-                    dx.iter_mut()
-                        .zip(t.iter().zip(mask.iter()))
-                        .for_each(|(d, (t, mk))| *d += t * mk);
-                }
-            }
-            Some(Tensor::from_vec(dx, (m, k), x.device())?)
+            self.src.times_w(self.products, &mut dx, m, g, false)?;
+            Some(dx)
         } else {
             None
         };
-        let xd = masked(xv, &self.mask);
-        // dA = scale · gbᵀ dropout(x)  [r, k]
-        let mut da = vec![0f32; r * k];
-        sgemm(
-            &mut da,
-            (r, k, m),
-            view(&gb, 1, r),
-            view(&xd, k, 1),
-            s,
-            false,
-        )?;
-        // dB = scale · gᵀ h, h = dropout(x) Aᵀ  [n, r]
-        let mut h = vec![0f32; m * r];
-        sgemm(
-            &mut h,
-            (m, r, k),
-            view(&xd, k, 1),
-            view(av, 1, k),
-            1.0,
-            false,
-        )?;
-        let mut db = vec![0f32; n * r];
-        sgemm(&mut db, (n, r, m), view(g, 1, n), view(&h, r, 1), s, false)?;
+        let _t = timing::Scope::new("TMP adapter", timing::Pass::Backward);
+        let crate::adapter::Grads { da, db } = crate::adapter::backward(
+            g,
+            xv,
+            self.mask.as_deref().map(|v| &v[..]),
+            av,
+            bv,
+            dx.as_deref_mut(),
+            crate::adapter::Dims { m, k, r, n },
+            self.scale,
+        )
+        .map_err(candle_core::Error::Msg)?;
+        let dx = dx
+            .map(|d| Tensor::from_vec(d, (m, k), x.device()))
+            .transpose()?;
         Ok((
             dx,
             Some(Tensor::from_vec(da, (r, k), a.device())?),
@@ -858,10 +962,6 @@ pub fn lora_linear(
 
 struct SiluMul;
 
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
-}
-
 /// Runs `f(chunk_index_offset, out_chunk)` over `out` in parallel chunks for large inputs.
 fn par_fill(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     const CHUNK: usize = 1 << 14;
@@ -886,6 +986,7 @@ impl candle_core::CustomOp2 for SiluMul {
         su: &CpuStorage,
         lu: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         if lg.shape() != lu.shape() {
             candle_core::bail!(
                 "silu·mul: gate {:?} and up {:?} differ",
@@ -897,10 +998,7 @@ impl candle_core::CustomOp2 for SiluMul {
         let u = contiguous_f32(su, lu, self.name())?;
         let mut out = vec![0f32; g.len()];
         par_fill(&mut out, |off, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                let x = g[off + i];
-                *o = x * sigmoid(x) * u[off + i];
-            }
+            crate::vmath::silu_mul(o, &g[off..off + o.len()], &u[off..off + o.len()])
         });
         Ok((CpuStorage::F32(out), lg.shape().clone()))
     }
@@ -912,6 +1010,7 @@ impl candle_core::CustomOp2 for SiluMul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         with_f32(&[gate, up, grad], self.name(), |data| {
             let &[g, u, d] = data else {
                 candle_core::bail!("silu·mul backward: three inputs expected");
@@ -929,29 +1028,31 @@ fn silu_mul_backward(
     u: &[f32],
     d: &[f32],
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    // d/dx silu(x) = s(x) (1 + x (1 - s(x))); both gradients in one pass.
+    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+    const CHUNK: usize = 1 << 14;
+    let grads = |(i, (a, b)): (usize, (&mut [f32], &mut [f32]))| {
+        let r = i * CHUNK..i * CHUNK + a.len();
+        crate::vmath::silu_mul_grads(a, b, &g[r.clone()], &u[r.clone()], &d[r]);
+    };
+    if g.len() >= MIN_PAR_ELEMS {
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(grads);
+    } else {
+        dg.chunks_mut(CHUNK)
+            .zip(du.chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(grads);
+    }
     let dgate = if gate.track_op() {
-        // d/dx silu(x) = s(x) (1 + x (1 - s(x)))
-        let mut out = vec![0f32; g.len()];
-        par_fill(&mut out, |off, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                let (x, j) = (g[off + i], off + i);
-                let s = sigmoid(x);
-                *o = d[j] * u[j] * s * (1.0 + x * (1.0 - s));
-            }
-        });
-        Some(Tensor::from_vec(out, gate.shape(), gate.device())?)
+        Some(Tensor::from_vec(dg, gate.shape(), gate.device())?)
     } else {
         None
     };
     let dup = if up.track_op() {
-        let mut out = vec![0f32; g.len()];
-        par_fill(&mut out, |off, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                let x = g[off + i];
-                *o = d[off + i] * x * sigmoid(x);
-            }
-        });
-        Some(Tensor::from_vec(out, up.shape(), up.device())?)
+        Some(Tensor::from_vec(du, up.shape(), up.device())?)
     } else {
         None
     };
@@ -995,6 +1096,7 @@ impl CustomOp1 for AttentionProbs {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let (_, h, q, k) = l.shape().dims4()?;
         let x = contiguous_f32(s, l, self.name())?;
         let scale = self.scale;
@@ -1012,14 +1114,7 @@ impl CustomOp1 for AttentionProbs {
                 }
                 None => o.iter_mut().zip(r).for_each(|(o, v)| *o = v * scale),
             }
-            let mx = o.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
-            let mut sum = 0f32;
-            for v in o.iter_mut() {
-                *v = (*v - mx).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
+            crate::vmath::softmax_in_place(o);
         };
         if k > 0 {
             if x.len() >= MIN_PAR_ELEMS {
@@ -1038,6 +1133,7 @@ impl CustomOp1 for AttentionProbs {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // dx = scale · y ⊙ (g − ⟨g, y⟩)
         let scale = self.scale;
         let dx = map2_tensors(grad, res, |g, y, o| {
@@ -1089,9 +1185,10 @@ struct CrossEntropySum {
 
 /// `(max, log Σ exp(x − max))` of a row.
 fn row_lse(r: &[f32]) -> (f32, f32) {
-    let mx = r.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
-    let s: f32 = r.iter().map(|v| (v - mx).exp()).sum();
-    (mx, s.ln())
+    let mx = crate::vmath::max(r);
+    let mut e = r.to_vec();
+    crate::vmath::exp_shifted(&mut e, mx);
+    (mx, crate::vmath::sum(&e).ln())
 }
 
 impl CustomOp1 for CrossEntropySum {
@@ -1100,6 +1197,7 @@ impl CustomOp1 for CrossEntropySum {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let (n, v) = l.shape().dims2()?;
         if self.targets.len() != n || self.targets.iter().any(|&t| t as usize >= v) {
             candle_core::bail!(
@@ -1125,6 +1223,7 @@ impl CustomOp1 for CrossEntropySum {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // d/dx_j = g · (softmax(x)_j − [j = t])
         let g = grad.detach().to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let (n, v) = arg.dims2()?;
@@ -1135,9 +1234,9 @@ impl CustomOp1 for CrossEntropySum {
         let per_row = |(i, o): (usize, &mut [f32])| {
             let r = &x[i * v..(i + 1) * v];
             let (mx, lse) = row_lse(r);
-            for (o, xv) in o.iter_mut().zip(r) {
-                *o = g * ((xv - mx) - lse).exp();
-            }
+            o.copy_from_slice(r);
+            crate::vmath::exp_shifted(o, mx + lse);
+            crate::vmath::scale(o, g);
             o[self.targets[i] as usize] -= g;
         };
         if v > 0 {
@@ -1164,42 +1263,24 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 
 struct GeluTanh;
 
-const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-
-/// tanh through one exp: `1 − 2 / (e^{2x} + 1)`, saturated beyond |x| > 15.
-fn fast_tanh(x: f32) -> f32 {
-    if x.abs() > 15.0 {
-        return x.signum();
-    }
-    1.0 - 2.0 / ((2.0 * x).exp() + 1.0)
-}
-
 impl CustomOp1 for GeluTanh {
     fn name(&self) -> &'static str {
         "foundry-gelu-tanh"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let x = contiguous_f32(s, l, self.name())?;
         let mut out = vec![0f32; x.len()];
         par_fill(&mut out, |off, o| {
-            for (i, o) in o.iter_mut().enumerate() {
-                let v = x[off + i];
-                *o = 0.5 * v * (1.0 + fast_tanh(SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)));
-            }
+            crate::vmath::gelu_tanh(o, &x[off..off + o.len()])
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let dx = map2_tensors(grad, arg, |g, x, o| {
-            for ((o, g), v) in o.iter_mut().zip(g).zip(x) {
-                let u = SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v);
-                let t = fast_tanh(u);
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
-                *o = g * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du);
-            }
-        })?;
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
+        let dx = map2_tensors(grad, arg, |g, x, o| crate::vmath::gelu_tanh_grad(o, g, x))?;
         Ok(Some(dx))
     }
 }
@@ -1372,14 +1453,7 @@ impl FusedAttention {
                 }
                 None => row.iter_mut().for_each(|v| *v *= scale),
             }
-            let mx = row.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
-            let mut sum = 0f32;
-            for v in row.iter_mut() {
-                *v = (*v - mx).exp();
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|v| *v *= inv);
+            crate::vmath::softmax_in_place(row);
         }
         Ok((qr, p))
     }
@@ -1399,6 +1473,7 @@ impl candle_core::CustomOp3 for FusedAttention {
         sv_: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
         let (b, sq, sk) = self.dims(lq, lk, lv)?;
         let AttentionShape {
             heads,
@@ -1455,6 +1530,7 @@ impl candle_core::CustomOp3 for FusedAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         let (lq, lk, lv) = (qt.layout(), kt.layout(), vt.layout());
         let (b, sq, sk) = self.dims(lq, lk, lv)?;
         with_f32(&[qt, kt, vt, grad], self.name(), |data| {

@@ -13,9 +13,11 @@
 
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod bf16gemm;
 pub mod config;
 pub mod connector;
+pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod hub;
@@ -27,6 +29,7 @@ pub mod ops;
 pub mod processor;
 pub mod text;
 pub mod vision;
+pub mod vmath;
 pub mod weights;
 
 pub use config::Idefics2Config;

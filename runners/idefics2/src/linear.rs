@@ -17,6 +17,31 @@ pub trait FrozenWeight: Send + Sync + std::fmt::Debug {
     fn dequantize(&self, dtype: DType, device: &Device) -> Result<Tensor>;
     /// The logical `[out, in]` shape of the weight.
     fn shape(&self) -> (usize, usize);
+    /// Writes the `rows × cols` block at `(r0, c0)` of the dequantized weight (f32, row-major)
+    /// into `out`, so that a product can decode a compact weight one panel at a time, in
+    /// parallel, without a dense copy of all of it. The default dequantizes the whole weight;
+    /// compact formats override it.
+    fn dequantize_block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (n, k) = self.shape();
+        if r0 + rows > n || c0 + cols > k || out.len() != rows * cols {
+            candle_core::bail!("weight block {rows}×{cols} at ({r0}, {c0}) outside [{n}, {k}]");
+        }
+        let w = self
+            .dequantize(DType::F32, &Device::Cpu)?
+            .narrow(0, r0, rows)?
+            .narrow(1, c0, cols)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        out.copy_from_slice(&w);
+        Ok(())
+    }
     /// The concrete weight, so that an exporter can write its compact storage as is (e.g. the
     /// NF4 bytes) instead of re-quantizing a dequantized copy. `None` when not exposed.
     fn as_any(&self) -> Option<&dyn std::any::Any> {

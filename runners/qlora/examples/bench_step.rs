@@ -3,10 +3,12 @@
 //! text tokens, loss on every position, LoRA r=8 alpha=16 on the connector and text linears,
 //! every linear but lm_head in NF4 with double quantization. Prints one JSON line.
 //!
-//! `cargo run --release -p foundry-qlora --example bench_step -- DIR [steps] [warmup] [--bf16-products]`
+//! `cargo run --release -p foundry-qlora --example bench_step -- DIR [steps] [warmup] [--bf16-products] [--timings]`
 //!
-//! `--bf16-products` runs the products with the frozen weights in bf16 (AVX512-BF16), as the
-//! peer's `--autocast-bf16` does.
+//! `--bf16-products` runs the products with the frozen weights in bf16 (AMX or AVX512-BF16), as
+//! the peer's `--autocast-bf16` does. `--timings` prints, on stderr, the seconds per measured
+//! step spent in each fused op's forward and backward (the rest is candle's own ops, autograd
+//! and the optimizer).
 
 use candle_core::{DType, Device, Tensor};
 use foundry_idefics2::Idefics2;
@@ -65,10 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     foundry_qlora::tune_allocator();
     let mut args: Vec<String> = std::env::args().collect();
     let bf16 = args.iter().any(|a| a == "--bf16-products");
-    args.retain(|a| a != "--bf16-products");
+    let timings = args.iter().any(|a| a == "--timings");
+    args.retain(|a| a != "--bf16-products" && a != "--timings");
     let dir = std::path::PathBuf::from(
         args.get(1)
-            .ok_or("usage: bench_step DIR [steps] [warmup] [--bf16-products]")?,
+            .ok_or("usage: bench_step DIR [steps] [warmup] [--bf16-products] [--timings]")?,
     );
     let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let warmup: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2);
@@ -151,6 +154,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             LIVE.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
+        if timings && i == warmup {
+            foundry_idefics2::kernels::timing::enable();
+        }
         let f0 = minor_faults();
         let t0 = std::time::Instant::now();
         let m = t.train_step(&examples)?;
@@ -168,6 +174,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     times.sort_by(|a, b| a.total_cmp(b));
+    if timings {
+        let mut rows = foundry_idefics2::kernels::timing::take();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let per_step = |s: f64| s / times.len().max(1) as f64;
+        let fused: f64 = rows.iter().map(|r| per_step(r.2)).sum();
+        let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+        eprintln!("seconds per step in the fused ops ({fused:.3} of {mean:.3}):");
+        for (op, pass, secs, calls) in rows {
+            eprintln!(
+                "  {op:<28} {pass:<9?} {:.4} s  {:>5} calls",
+                per_step(secs),
+                calls / times.len().max(1) as u64
+            );
+        }
+    }
     eprintln!(
         "plan's estimate: activations {:.0} MiB, total {:.0} MiB; measured: peak live heap {:.0} MiB ({:.0} MiB above the loaded model)",
         mib(estimate.activations as usize),

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use foundry_idefics2::FrozenWeight;
+use rayon::prelude::*;
 
 use crate::{Error, Result};
 
@@ -378,29 +379,83 @@ impl Nf4Tensor {
         self.shape.iter().product()
     }
 
-    /// Dequantizes to f32 values (row-major), exactly as bitsandbytes does on the CPU.
+    /// Dequantizes to f32 values (row-major), exactly as bitsandbytes does on the CPU. Runs
+    /// over the rayon pool in chunks of whole blocks.
     pub fn dequantize_f32(&self) -> Vec<f32> {
-        let n = self.numel();
-        let absmax = self.absmax.decode();
-        let mut lut = [[0f32; 2]; 256];
-        for (b, e) in lut.iter_mut().enumerate() {
-            *e = [NF4_CODE[b >> 4], NF4_CODE[b & 15]];
-        }
-        let mut out = vec![0f32; n];
-        let bs = self.blocksize;
-        // blocksize is even, so a block covers whole bytes.
-        for (bi, block) in out.chunks_mut(bs).enumerate() {
-            let am = absmax[bi];
-            let bytes = &self.packed[bi * bs / 2..];
-            for (pair, byte) in block.chunks_mut(2).zip(bytes) {
-                let v = lut[*byte as usize];
-                pair[0] = v[0] * am;
-                if pair.len() > 1 {
-                    pair[1] = v[1] * am;
-                }
-            }
+        let mut out = vec![0f32; self.numel()];
+        let chunk = self.blocksize.max(1) * 256;
+        let failed = out
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .any(|(i, part)| self.dequantize_range(i * chunk, part).is_err());
+        if failed {
+            // Only a tensor whose codes or scales are too short for its shape gets here (the
+            // loaders refuse those); it dequantizes to zeros rather than reading out of bounds.
+            out.iter_mut().for_each(|v| *v = 0.0);
         }
         out
+    }
+
+    /// The decoded absmax of block `block` (the same f32 arithmetic as [`Absmax::decode`]).
+    fn block_absmax(&self, block: usize) -> Option<f32> {
+        match &self.absmax {
+            Absmax::F32(v) => v.get(block).copied(),
+            Absmax::Double {
+                codes,
+                nested_absmax,
+                nested_code,
+                offset,
+                nested_blocksize,
+            } => {
+                let q = *codes.get(block)?;
+                let nested = *nested_absmax.get(block / (*nested_blocksize).max(1))?;
+                Some(*nested_code.get(q as usize)? * nested + *offset)
+            }
+        }
+    }
+
+    /// Dequantizes the flattened values `start .. start + out.len()` into `out`: the one decode
+    /// loop behind [`Self::dequantize_f32`] and the panel-by-panel decode of the bf16 products.
+    pub fn dequantize_range(&self, start: usize, out: &mut [f32]) -> Result<()> {
+        let end = start + out.len();
+        let bs = self.blocksize;
+        if end > self.numel() || self.packed.len() < end.div_ceil(2) || bs == 0 || bs % 2 == 1 {
+            return Err(Error::Quant(format!(
+                "NF4 values {start}..{end} are outside a {:?} tensor of {} code bytes and blocks of {bs}",
+                self.shape,
+                self.packed.len()
+            )));
+        }
+        let (mut e, mut o) = (start, 0);
+        while e < end {
+            let block = e / bs;
+            let am = self.block_absmax(block).ok_or_else(|| {
+                Error::Quant(format!(
+                    "NF4 tensor {:?} has no scale for block {block}",
+                    self.shape
+                ))
+            })?;
+            let seg_end = ((block + 1) * bs).min(end);
+            let seg = &mut out[o..o + seg_end - e];
+            let mut skip = 0;
+            if e % 2 == 1 {
+                // The second code of a byte.
+                seg[0] = NF4_CODE[(self.packed[e / 2] & 15) as usize] * am;
+                skip = 1;
+            }
+            for (pair, byte) in seg[skip..]
+                .chunks_mut(2)
+                .zip(&self.packed[(e + skip) / 2..])
+            {
+                pair[0] = NF4_CODE[(byte >> 4) as usize] * am;
+                if let Some(second) = pair.get_mut(1) {
+                    *second = NF4_CODE[(byte & 15) as usize] * am;
+                }
+            }
+            o += seg_end - e;
+            e = seg_end;
+        }
+        Ok(())
     }
 
     /// Dequantizes to a tensor of `shape` in `dtype` on `device`.
@@ -647,6 +702,26 @@ impl FrozenWeight for Nf4Weight {
 
     fn shape(&self) -> (usize, usize) {
         (self.tensor.shape[0], self.tensor.shape[1])
+    }
+
+    fn dequantize_block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        let (n, k) = self.shape();
+        if r0 + rows > n || c0 + cols > k || out.len() != rows * cols {
+            candle_core::bail!("NF4 block {rows}×{cols} at ({r0}, {c0}) outside [{n}, {k}]");
+        }
+        for (i, row) in out.chunks_mut(cols.max(1)).enumerate().take(rows) {
+            self.tensor
+                .dequantize_range((r0 + i) * k + c0, row)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
