@@ -12,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use crate::bf16gemm::{pack_row, PackedA};
 use crate::cpu::vectorized;
 
 /// The shapes of one adapter: `m` rows, input width `k`, rank `r`, output width `n`.
@@ -248,6 +249,53 @@ pub fn forward(
     Ok(())
 }
 
+/// The rows `[x | scale · (x ⊙ mask)·Aᵀ]` as bf16 (width `k` rounded up to even, plus `r`): the
+/// left operand of `[W | B]ᵀ`, whose product is the whole output of the linear, the adapter's
+/// up-projection riding in the base product's reduction.
+pub fn forward_rows(
+    x: &[f32],
+    mask: Option<&[f32]>,
+    a: &[f32],
+    dims: Dims,
+    scale: f32,
+) -> Result<PackedA, String> {
+    let Dims { m, k, r, .. } = dims;
+    if x.len() != m * k || a.len() != r * k || mask.is_some_and(|mk| mk.len() != m * k) {
+        return Err(format!(
+            "lora adapter: buffers do not fit x [{m}, {k}], A [{r}, {k}]"
+        ));
+    }
+    let mut packed = PackedA::zeroed(m, k.next_multiple_of(2) + r);
+    let pairs = packed.pairs();
+    if pairs == 0 {
+        return Ok(packed);
+    }
+    let half = k.div_ceil(2);
+    packed
+        .data_mut()
+        .par_chunks_mut(pairs)
+        .take(m)
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; k], vec![0f32; r]),
+            |(xd, h), (i, row)| {
+                let x_row = &x[i * k..(i + 1) * k];
+                pack_row(x_row, &mut row[..half]);
+                let x_row = match mask {
+                    Some(mk) => {
+                        mul_into(xd, x_row, &mk[i * k..(i + 1) * k]);
+                        &xd[..]
+                    }
+                    None => x_row,
+                };
+                dots(x_row, a, h);
+                h.iter_mut().for_each(|v| *v *= scale);
+                pack_row(h, &mut row[half..]);
+            },
+        );
+    Ok(packed)
+}
+
 /// The adapter's gradients: `dA` `[r, k]` and `dB` `[n, r]`.
 pub struct Grads {
     /// `scale · gbᵀ · (x ⊙ mask)`.
@@ -269,6 +317,25 @@ pub fn backward(
     dims: Dims,
     scale: f32,
 ) -> Result<Grads, String> {
+    backward_packing(g, x, mask, a, b, dx, None, dims, scale)
+}
+
+/// [`backward`] that also writes, when `pack` is given, the rows `[g | scale · g·B]` as bf16 into
+/// it (a [`PackedA`] of width `n` rounded up to even, plus `r`; see [`PackedA::zeroed`]), in the
+/// same pass over `g`. The product of those rows with `[W; A]` is then the whole input gradient
+/// of a linear whose adapter has no dropout: the adapter's part rides in the base product.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_packing(
+    g: &[f32],
+    x: &[f32],
+    mask: Option<&[f32]>,
+    a: &[f32],
+    b: &[f32],
+    dx: Option<&mut [f32]>,
+    mut pack: Option<&mut PackedA>,
+    dims: Dims,
+    scale: f32,
+) -> Result<Grads, String> {
     let Dims { m, k, r, n } = dims;
     dims.check(x.len(), a.len(), b.len(), mask.map(<[f32]>::len))?;
     if g.len() != m * n || dx.as_ref().is_some_and(|d| d.len() != m * k) {
@@ -276,12 +343,27 @@ pub fn backward(
             "lora adapter: gradients do not fit [{m}, {n}] / [{m}, {k}]"
         ));
     }
+    if let Some(p) = pack.as_deref() {
+        if p.rows() != m || p.width() != n.next_multiple_of(2) + r {
+            return Err(format!(
+                "lora adapter: the packed rows hold {}×{}, not {m}×{}",
+                p.rows(),
+                p.width(),
+                n.next_multiple_of(2) + r
+            ));
+        }
+    }
     let bt = transpose(b, n, r);
     let rows = dims.group_rows();
     // One group of rows: its partial dA [r, k] and dBᵀ [r, n], its rows of dx updated. The rows
     // go in blocks of 16: first every row's gb = g·B and h = x̃·Aᵀ, then dA and dBᵀ take the
     // block's rows (still in L1) as a few wide multiply-adds per accumulator row.
-    let group = |gi: usize, mut dx: Option<&mut [f32]>| -> (Vec<f32>, Vec<f32>) {
+    let pairs = pack.as_deref().map_or(0, PackedA::pairs);
+    let group = |gi: usize,
+                 mut dx: Option<&mut [f32]>,
+                 mut packed: Option<&mut [u32]>|
+     -> (Vec<f32>, Vec<f32>) {
+        let mut scaled = vec![0f32; r];
         const BLOCK: usize = 16;
         let (mut da, mut dbt) = (vec![0f32; r * k], vec![0f32; r * n]);
         let mut xd = vec![0f32; BLOCK * k];
@@ -314,6 +396,15 @@ pub fn backward(
                     a,
                     &mut h[ii * r..(ii + 1) * r],
                 );
+                if let Some(packed) = packed.as_deref_mut() {
+                    let at = (i0 + ii - start) * pairs;
+                    let row = &mut packed[at..at + pairs];
+                    pack_row(&g_rows[ii * n..(ii + 1) * n], &mut row[..n.div_ceil(2)]);
+                    for (sv, gv) in scaled.iter_mut().zip(&gb[ii * r..(ii + 1) * r]) {
+                        *sv = scale * gv;
+                    }
+                    pack_row(&scaled, &mut row[n.div_ceil(2)..]);
+                }
                 for j in 0..r {
                     gb_t[j * bl + ii] = gb[ii * r + j];
                     h_t[j * bl + ii] = h[ii * r + j];
@@ -352,17 +443,26 @@ pub fn backward(
         }
         (da, dbt)
     };
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = match dx {
-        Some(dx) if m * k > 0 => dx
-            .par_chunks_mut(rows * k)
-            .enumerate()
-            .map(|(gi, d)| group(gi, Some(d)))
-            .collect(),
-        _ => (0..m.div_ceil(rows))
-            .into_par_iter()
-            .map(|gi| group(gi, None))
-            .collect(),
+    // Each group's own rows of dx and of the packed rows, as separate mutable slices.
+    let groups = m.div_ceil(rows);
+    let mut dx_parts: Vec<Option<&mut [f32]>> = match dx {
+        Some(dx) if k > 0 => dx.chunks_mut(rows * k).map(Some).collect(),
+        _ => Vec::new(),
     };
+    dx_parts.resize_with(groups, || None);
+    let mut pack_parts: Vec<Option<&mut [u32]>> = match pack.as_deref_mut() {
+        Some(p) if pairs > 0 => p.data_mut().chunks_mut(rows * pairs).map(Some).collect(),
+        _ => Vec::new(),
+    };
+    pack_parts.resize_with(groups, || None);
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = dx_parts
+        .into_iter()
+        .zip(pack_parts)
+        .enumerate()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|(gi, (d, p))| group(gi, d, p))
+        .collect();
     let (mut da, mut dbt) = (vec![0f32; r * k], vec![0f32; r * n]);
     for (pa, pb) in &parts {
         axpys(&mut da, &[1.0], pa);

@@ -162,14 +162,146 @@ impl Blocks for Dense<'_> {
     }
 }
 
+/// Two sources one above the other, `[top; bottom]`, with a zero row between them when `top`
+/// has an odd number of rows (so that `bottom` starts on a bf16 pair): the right operand
+/// `[W; A]` of an input gradient whose LoRA part rides in the reduction.
+pub struct Stacked<'a> {
+    /// The upper rows.
+    pub top: &'a dyn Blocks,
+    /// The lower rows (same column count).
+    pub bottom: &'a dyn Blocks,
+}
+
+impl Blocks for Stacked<'_> {
+    fn dims(&self) -> (usize, usize) {
+        let ((t, c), (b, _)) = (self.top.dims(), self.bottom.dims());
+        (t.next_multiple_of(2) + b, c)
+    }
+
+    fn block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let ((t, tc), (b, bc)) = (self.top.dims(), self.bottom.dims());
+        let split = t.next_multiple_of(2);
+        if tc != bc || r0 + rows > split + b || out.len() != rows * cols {
+            return Err(format!(
+                "bf16 pack: stacked block {rows}×{cols} at ({r0}, {c0}) does not fit"
+            ));
+        }
+        for (i, o) in out.chunks_mut(cols.max(1)).enumerate().take(rows) {
+            let row = r0 + i;
+            if row < t {
+                self.top.block(row, c0, 1, cols, o)?;
+            } else if row < split {
+                o.iter_mut().for_each(|v| *v = 0.0);
+            } else {
+                self.bottom.block(row - split, c0, 1, cols, o)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two sources side by side, `[left | right]`, with a zero column between them when `left` has
+/// an odd number of columns: the `[W | B]` whose transpose is the right operand of a linear's
+/// output with its LoRA up-projection riding in the reduction.
+pub struct Beside<'a> {
+    /// The left columns.
+    pub left: &'a dyn Blocks,
+    /// The right columns (same row count).
+    pub right: &'a dyn Blocks,
+}
+
+impl Blocks for Beside<'_> {
+    fn dims(&self) -> (usize, usize) {
+        let ((r, l), (_, rc)) = (self.left.dims(), self.right.dims());
+        (r, l.next_multiple_of(2) + rc)
+    }
+
+    fn block(
+        &self,
+        r0: usize,
+        c0: usize,
+        rows: usize,
+        cols: usize,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let ((lr, l), (rr, rc)) = (self.left.dims(), self.right.dims());
+        let split = l.next_multiple_of(2);
+        if lr != rr || r0 + rows > lr || c0 + cols > split + rc || out.len() != rows * cols {
+            return Err(format!(
+                "bf16 pack: side-by-side block {rows}×{cols} at ({r0}, {c0}) does not fit"
+            ));
+        }
+        out.iter_mut().for_each(|v| *v = 0.0);
+        // The columns of the block in each part: [c0, c1) ∩ [0, l) and ∩ [split, split + rc).
+        let c1 = c0 + cols;
+        let parts = [
+            (self.left, c0.min(l), c1.min(l), 0),
+            (self.right, c0.max(split), c1.max(split), split),
+        ];
+        let mut part = Vec::new();
+        for (src, from, to, base) in parts {
+            if to <= from {
+                continue;
+            }
+            let n = to - from;
+            part.resize(rows * n, 0.0);
+            src.block(r0, from - base, rows, n, &mut part)?;
+            for (o, p) in out.chunks_mut(cols).zip(part.chunks(n)) {
+                o[from - c0..to - c0].copy_from_slice(p);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A `[m, k]` left operand packed for [`gemm`].
 pub struct PackedA {
     data: Vec<u32>,
     m: usize,
+    k: usize,
     pairs: usize,
 }
 
 impl PackedA {
+    /// `m` zero rows of width `k`, for a caller that writes the rows itself with [`pack_row`]
+    /// (row `i` is `data_mut()[i * pairs()..]`).
+    pub fn zeroed(m: usize, k: usize) -> Self {
+        let pairs = padded_pairs(k);
+        Self {
+            data: vec![0u32; m.div_ceil(TILE_ROWS) * TILE_ROWS * pairs],
+            m,
+            k,
+            pairs,
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Values per row.
+    pub fn width(&self) -> usize {
+        self.k
+    }
+
+    /// `u32` pairs per row (the width padded to whole tiles).
+    pub fn pairs(&self) -> usize {
+        self.pairs
+    }
+
+    /// The packed rows (row-padding rows included, which must stay zero).
+    pub fn data_mut(&mut self) -> &mut [u32] {
+        &mut self.data
+    }
+
     /// Packs `a` `[m, k]`, row-major.
     pub fn from_rows(a: &[f32], m: usize, k: usize) -> Result<Self, String> {
         if a.len() < m * k {
@@ -178,15 +310,17 @@ impl PackedA {
                 a.len()
             ));
         }
-        let pairs = padded_pairs(k);
-        let mut data = vec![0u32; m.div_ceil(TILE_ROWS) * TILE_ROWS * pairs];
+        let mut packed = Self::zeroed(m, k);
+        let pairs = packed.pairs;
         if pairs > 0 {
-            data.par_chunks_mut(pairs)
+            packed
+                .data
+                .par_chunks_mut(pairs)
                 .take(m)
                 .enumerate()
                 .for_each(|(i, row)| row_to_pairs(&a[i * k..(i + 1) * k], row));
         }
-        Ok(Self { data, m, pairs })
+        Ok(packed)
     }
 }
 
@@ -278,7 +412,12 @@ impl PackedB {
 }
 
 /// `row` (f32) as bf16 pairs into `out` (`ceil(len / 2)` values are written; an odd tail's high
-/// half is zero).
+/// half is zero): how a row of a [`PackedA`] is written.
+pub fn pack_row(row: &[f32], out: &mut [u32]) {
+    row_to_pairs(row, out)
+}
+
+/// See [`pack_row`].
 fn row_to_pairs(row: &[f32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     if available() && out.len() >= row.len().div_ceil(2) {

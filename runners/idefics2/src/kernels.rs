@@ -709,32 +709,43 @@ impl FrozenSource {
         }
     }
 
-    /// The weight packed as the right operand of a bf16 product: `Wᵀ` (`transposed`, for
-    /// `x · Wᵀ`) or `W` (for `g · W`). A compact weight is decoded straight into the panels.
-    fn packed(&self, transposed: bool) -> Result<crate::bf16gemm::PackedB> {
-        use crate::bf16gemm::{Dense, PackedB};
-        let packed = match self {
+    /// Runs `f` with the weight as a block source (a dense tensor's data, or the compact weight
+    /// decoded block by block).
+    fn with_blocks<R>(
+        &self,
+        f: impl FnOnce(&dyn crate::bf16gemm::Blocks) -> Result<R>,
+    ) -> Result<R> {
+        match self {
             FrozenSource::Dense(w) => {
                 let w = cpu_contiguous(w, "frozen weight")?;
                 let (n, k) = w.dims2()?;
                 let (s, l) = w.storage_and_layout();
                 let data = storage_f32(&s, l, "frozen weight")?;
-                let dense = Dense::new(data, n, k).map_err(candle_core::Error::Msg)?;
-                if transposed {
-                    PackedB::from_blocks_transposed(&dense)
-                } else {
-                    PackedB::from_blocks(&dense)
-                }
+                f(&crate::bf16gemm::Dense::new(data, n, k).map_err(candle_core::Error::Msg)?)
             }
-            FrozenSource::Frozen(f) => {
-                if transposed {
-                    PackedB::from_blocks_transposed(&FrozenBlocks(f.as_ref()))
-                } else {
-                    PackedB::from_blocks(&FrozenBlocks(f.as_ref()))
-                }
-            }
-        };
-        packed.map_err(candle_core::Error::Msg)
+            FrozenSource::Frozen(w) => f(&FrozenBlocks(w.as_ref())),
+        }
+    }
+
+    /// The weight packed as the right operand of a bf16 product: `Wᵀ` (`transposed`, for
+    /// `x · Wᵀ`) or `W` (for `g · W`), with `extra` appended along the reduction: `[W | extra]ᵀ`
+    /// or `[W; extra]` (a LoRA adapter's `B` or `A` riding in the base product). A compact
+    /// weight is decoded straight into the panels.
+    fn packed(
+        &self,
+        transposed: bool,
+        extra: Option<&dyn crate::bf16gemm::Blocks>,
+    ) -> Result<crate::bf16gemm::PackedB> {
+        use crate::bf16gemm::{Beside, PackedB, Stacked};
+        self.with_blocks(|w| {
+            let packed = match (transposed, extra) {
+                (true, None) => PackedB::from_blocks_transposed(w),
+                (true, Some(right)) => PackedB::from_blocks_transposed(&Beside { left: w, right }),
+                (false, None) => PackedB::from_blocks(w),
+                (false, Some(bottom)) => PackedB::from_blocks(&Stacked { top: w, bottom }),
+            };
+            packed.map_err(candle_core::Error::Msg)
+        })
     }
 
     /// `dst[m × n] (+)= x[m × k] · Wᵀ` for this `[n, k]` weight.
@@ -753,7 +764,7 @@ impl FrozenSource {
                 crate::bf16gemm::PackedA::from_rows(x, m, k).map_err(candle_core::Error::Msg)?;
             drop(t);
             let t = timing::Scope::new("TMP packB", timing::Pass::Forward);
-            let b = self.packed(true)?;
+            let b = self.packed(true, None)?;
             drop(t);
             let _t = timing::Scope::new("TMP gemm", timing::Pass::Forward);
             return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
@@ -789,7 +800,7 @@ impl FrozenSource {
                 crate::bf16gemm::PackedA::from_rows(g, m, n).map_err(candle_core::Error::Msg)?;
             drop(t);
             let t = timing::Scope::new("TMP packB", timing::Pass::Backward);
-            let b = self.packed(false)?;
+            let b = self.packed(false, None)?;
             drop(t);
             let _t = timing::Scope::new("TMP gemm", timing::Pass::Backward);
             return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
@@ -852,21 +863,26 @@ impl candle_core::CustomOp3 for LoraLinear {
         let x = contiguous_f32(sx, lx, self.name())?;
         let a = contiguous_f32(sa, la, self.name())?;
         let b = contiguous_f32(sb, lb, self.name())?;
+        let dims = crate::adapter::Dims { m, k, r, n };
+        let mask = self.mask.as_deref().map(|v| &v[..]);
         let mut y = vec![0f32; m * n];
+        if self.products == Products::Bf16 {
+            // y = [x | s·h] · [W | B]ᵀ, h = dropout(x) Aᵀ: one bf16 product.
+            let _t = timing::Scope::new("TMP fold", timing::Pass::Forward);
+            let rows = crate::adapter::forward_rows(x, mask, a, dims, self.scale)
+                .map_err(candle_core::Error::Msg)?;
+            let bsrc = crate::bf16gemm::Dense::new(b, n, r).map_err(candle_core::Error::Msg)?;
+            let packed = self.src.packed(true, Some(&bsrc))?;
+            crate::bf16gemm::gemm(&mut y, &rows, &packed, false)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+        }
         // y = x Wᵀ
         self.src.times_wt(self.products, &mut y, m, x, false)?;
         // y += scale · (dropout(x) Aᵀ) Bᵀ
         let _t = timing::Scope::new("TMP adapter", timing::Pass::Forward);
-        crate::adapter::forward(
-            &mut y,
-            x,
-            self.mask.as_deref().map(|v| &v[..]),
-            a,
-            b,
-            crate::adapter::Dims { m, k, r, n },
-            self.scale,
-        )
-        .map_err(candle_core::Error::Msg)?;
+        crate::adapter::forward(&mut y, x, mask, a, b, dims, self.scale)
+            .map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -902,6 +918,35 @@ impl LoraLinear {
         let &[xv, av, bv, g] = data else {
             candle_core::bail!("lora linear backward: four inputs expected");
         };
+        let dims = crate::adapter::Dims { m, k, r, n };
+        if self.products == Products::Bf16 && self.mask.is_none() && x.track_op() {
+            // dx = [g | s·gB] · [W; A]: one bf16 product, its left rows written by the
+            // adapter's pass over g.
+            let _t = timing::Scope::new("TMP fold", timing::Pass::Backward);
+            let mut rows = crate::bf16gemm::PackedA::zeroed(m, n.next_multiple_of(2) + r);
+            let crate::adapter::Grads { da, db } = crate::adapter::backward_packing(
+                g,
+                xv,
+                None,
+                av,
+                bv,
+                None,
+                Some(&mut rows),
+                dims,
+                self.scale,
+            )
+            .map_err(candle_core::Error::Msg)?;
+            let asrc = crate::bf16gemm::Dense::new(av, r, k).map_err(candle_core::Error::Msg)?;
+            let packed = self.src.packed(false, Some(&asrc))?;
+            let mut dx = vec![0f32; m * k];
+            crate::bf16gemm::gemm(&mut dx, &rows, &packed, false)
+                .map_err(candle_core::Error::Msg)?;
+            return Ok((
+                Some(Tensor::from_vec(dx, (m, k), x.device())?),
+                Some(Tensor::from_vec(da, (r, k), a.device())?),
+                Some(Tensor::from_vec(db, (n, r), b.device())?),
+            ));
+        }
         // dx = g W (the frozen base) + the adapter's part, only when x needs a gradient.
         let mut dx = if x.track_op() {
             let mut dx = vec![0f32; m * k];
@@ -918,7 +963,7 @@ impl LoraLinear {
             av,
             bv,
             dx.as_deref_mut(),
-            crate::adapter::Dims { m, k, r, n },
+            dims,
             self.scale,
         )
         .map_err(candle_core::Error::Msg)?;

@@ -574,10 +574,15 @@ fn rel_max_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_diff(a, b) / max_abs(b).max(1e-6)
 }
 
-/// Output and gradients of the LoRA and frozen linears, f32 or bf16 products.
-fn run(bf16: bool) -> Vec<Tensor> {
+/// Output and gradients of the LoRA and frozen linears, f32 or bf16 products, optionally with
+/// a dropout mask on the adapter's input.
+fn run(bf16: bool, (m, k, n, r): (usize, usize, usize, usize), dropout: bool) -> Vec<Tensor> {
     let products = if bf16 { Products::Bf16 } else { Products::F32 };
-    let (m, k, n, r) = (70, 96, 80, 8);
+    let mask = dropout.then(|| {
+        (0..m * k)
+            .map(|i| if i % 5 == 0 { 0.0 } else { 1.25 })
+            .collect::<Vec<f32>>()
+    });
     let w = rand(&[n, k], 1);
     let xv = Var::from_tensor(&rand(&[m, k], 2)).unwrap();
     let av = Var::from_tensor(&rand(&[r, k], 3)).unwrap();
@@ -588,7 +593,7 @@ fn run(bf16: bool) -> Vec<Tensor> {
         bv.as_tensor(),
         FrozenSource::Dense(w.clone()),
         2.0,
-        None,
+        mask,
         products,
     )
     .unwrap();
@@ -613,16 +618,24 @@ fn bf16_products_stay_close_to_f32() {
         println!("skip: this CPU has no AVX512-BF16");
         return;
     }
-    let f = run(false);
-    let b = run(true);
-    for (name, (x, y)) in ["output", "dx", "dA", "dB"].iter().zip(b.iter().zip(&f)) {
-        let d = rel_max_diff(x, y);
-        println!("{name}: bf16 vs f32 relative difference {d:.1e}");
-        // bf16 keeps 8 significant bits: a few 1e-3 relative through two products.
-        assert!(d < 2e-2, "{name}: bf16 products differ from f32 by {d}");
-        assert!(
-            d > 0.0,
-            "{name}: identical to f32, so the bf16 path did not run"
-        );
+    // Even and odd widths (the adapter rides in the reduction after a zero pad when odd), with
+    // and without dropout (which keeps the adapter's input gradient out of the product).
+    for (dims, dropout) in [
+        ((70, 96, 80, 8), false),
+        ((37, 95, 81, 4), false),
+        ((70, 96, 80, 8), true),
+    ] {
+        let f = run(false, dims, dropout);
+        let b = run(true, dims, dropout);
+        for (name, (x, y)) in ["output", "dx", "dA", "dB"].iter().zip(b.iter().zip(&f)) {
+            let d = rel_max_diff(x, y);
+            println!("{dims:?} dropout {dropout} {name}: bf16 vs f32 relative difference {d:.1e}");
+            // bf16 keeps 8 significant bits: a few 1e-3 relative through two products.
+            assert!(d < 2e-2, "{name}: bf16 products differ from f32 by {d}");
+            assert!(
+                d > 0.0,
+                "{name}: identical to f32, so the bf16 path did not run"
+            );
+        }
     }
 }
