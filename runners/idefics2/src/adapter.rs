@@ -332,7 +332,7 @@ pub fn backward_packing(
     a: &[f32],
     b: &[f32],
     dx: Option<&mut [f32]>,
-    mut pack: Option<&mut PackedA>,
+    pack: Option<&mut PackedA>,
     dims: Dims,
     scale: f32,
 ) -> Result<Grads, String> {
@@ -450,7 +450,7 @@ pub fn backward_packing(
         _ => Vec::new(),
     };
     dx_parts.resize_with(groups, || None);
-    let mut pack_parts: Vec<Option<&mut [u32]>> = match pack.as_deref_mut() {
+    let mut pack_parts: Vec<Option<&mut [u32]>> = match pack {
         Some(p) if pairs > 0 => p.data_mut().chunks_mut(rows * pairs).map(Some).collect(),
         _ => Vec::new(),
     };
@@ -627,47 +627,5 @@ mod tests {
             })
         };
         assert!(run(1) == run(3));
-    }
-}
-#[cfg(test)]
-mod tmp_bench {
-    use super::*;
-    #[test]
-    fn tmp_speed() {
-        let d = Dims {
-            m: 1024,
-            k: 512,
-            r: 8,
-            n: 1536,
-        };
-        let x = vec![0.5f32; d.m * d.k];
-        let a = vec![0.25f32; d.r * d.k];
-        let b = vec![0.125f32; d.n * d.r];
-        let g = vec![0.5f32; d.m * d.n];
-        let mut y = vec![0f32; d.m * d.n];
-        let mut dx = vec![0f32; d.m * d.k];
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            forward(&mut y, &x, None, &a, &b, d, 1.0).unwrap();
-            let f = t.elapsed();
-            let t = std::time::Instant::now();
-            backward(&g, &x, None, &a, &b, Some(&mut dx), d, 1.0).unwrap();
-            let bw = t.elapsed();
-            let t = std::time::Instant::now();
-            let mut s = 0.0;
-            let mut o = [0f32; 8];
-            for _ in 0..100 {
-                dots(&x[..512], &a[..8 * 512], &mut o);
-                s += o[0];
-            }
-            let dt = t.elapsed();
-            println!(
-                "fwd {:?} bwd {:?} dot {:?} {s} avx512 {}",
-                f,
-                bw,
-                dt / 100,
-                crate::cpu::has_avx512()
-            );
-        }
     }
 }

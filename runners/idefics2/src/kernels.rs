@@ -25,8 +25,9 @@ pub mod timing {
     use std::time::{Duration, Instant};
 
     static ENABLED: AtomicBool = AtomicBool::new(false);
-    static TOTALS: Mutex<BTreeMap<(&'static str, Pass), (Duration, u64)>> =
-        Mutex::new(BTreeMap::new());
+    /// Total time and calls per `(op, pass)`.
+    type Totals = BTreeMap<(&'static str, Pass), (Duration, u64)>;
+    static TOTALS: Mutex<Totals> = Mutex::new(BTreeMap::new());
 
     /// Which pass of an op a time belongs to.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -569,14 +570,6 @@ fn sgemm(
         return Ok(());
     }
     let threads = rayon::current_num_threads();
-    let _t = timing::Scope::new(
-        if PARALLEL_GEMM.with(|p| p.get()) {
-            "TMP sgemm-par"
-        } else {
-            "TMP sgemm-serial"
-        },
-        timing::Pass::Forward,
-    );
     let parallelism = if PARALLEL_GEMM.with(|p| p.get()) && threads > 1 && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -759,14 +752,9 @@ impl FrozenSource {
     ) -> Result<()> {
         let (n, k) = self.dims()?;
         if products == Products::Bf16 {
-            let t = timing::Scope::new("TMP packA", timing::Pass::Forward);
             let a =
                 crate::bf16gemm::PackedA::from_rows(x, m, k).map_err(candle_core::Error::Msg)?;
-            drop(t);
-            let t = timing::Scope::new("TMP packB", timing::Pass::Forward);
             let b = self.packed(true, None)?;
-            drop(t);
-            let _t = timing::Scope::new("TMP gemm", timing::Pass::Forward);
             return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
         }
         let w = self
@@ -795,14 +783,9 @@ impl FrozenSource {
     ) -> Result<()> {
         let (n, k) = self.dims()?;
         if products == Products::Bf16 {
-            let t = timing::Scope::new("TMP packA", timing::Pass::Backward);
             let a =
                 crate::bf16gemm::PackedA::from_rows(g, m, n).map_err(candle_core::Error::Msg)?;
-            drop(t);
-            let t = timing::Scope::new("TMP packB", timing::Pass::Backward);
             let b = self.packed(false, None)?;
-            drop(t);
-            let _t = timing::Scope::new("TMP gemm", timing::Pass::Backward);
             return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
         }
         let w = self
@@ -868,7 +851,6 @@ impl candle_core::CustomOp3 for LoraLinear {
         let mut y = vec![0f32; m * n];
         if self.products == Products::Bf16 {
             // y = [x | s·h] · [W | B]ᵀ, h = dropout(x) Aᵀ: one bf16 product.
-            let _t = timing::Scope::new("TMP fold", timing::Pass::Forward);
             let rows = crate::adapter::forward_rows(x, mask, a, dims, self.scale)
                 .map_err(candle_core::Error::Msg)?;
             let bsrc = crate::bf16gemm::Dense::new(b, n, r).map_err(candle_core::Error::Msg)?;
@@ -880,7 +862,6 @@ impl candle_core::CustomOp3 for LoraLinear {
         // y = x Wᵀ
         self.src.times_wt(self.products, &mut y, m, x, false)?;
         // y += scale · (dropout(x) Aᵀ) Bᵀ
-        let _t = timing::Scope::new("TMP adapter", timing::Pass::Forward);
         crate::adapter::forward(&mut y, x, mask, a, b, dims, self.scale)
             .map_err(candle_core::Error::Msg)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
@@ -922,7 +903,6 @@ impl LoraLinear {
         if self.products == Products::Bf16 && self.mask.is_none() && x.track_op() {
             // dx = [g | s·gB] · [W; A]: one bf16 product, its left rows written by the
             // adapter's pass over g.
-            let _t = timing::Scope::new("TMP fold", timing::Pass::Backward);
             let mut rows = crate::bf16gemm::PackedA::zeroed(m, n.next_multiple_of(2) + r);
             let crate::adapter::Grads { da, db } = crate::adapter::backward_packing(
                 g,
@@ -955,7 +935,6 @@ impl LoraLinear {
         } else {
             None
         };
-        let _t = timing::Scope::new("TMP adapter", timing::Pass::Backward);
         let crate::adapter::Grads { da, db } = crate::adapter::backward(
             g,
             xv,

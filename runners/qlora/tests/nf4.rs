@@ -164,3 +164,36 @@ fn nf4_weight_dequantizes_in_the_seam() {
     let b = w.dequantize(DType::BF16, &Device::Cpu).unwrap();
     assert_eq!(b.dtype(), DType::BF16);
 }
+
+#[test]
+fn blocks_decode_like_the_whole_weight() {
+    // Odd widths put blocks of 64 across rows and start rows on the second code of a byte.
+    for (n, k) in [(37usize, 45usize), (64, 96), (9, 200)] {
+        let data: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.5) - 1.0)
+            .collect();
+        let t = Nf4Tensor::quantize(&data, &[n, k], 64, true).unwrap();
+        let whole = t.dequantize_f32();
+        let w = Nf4Weight::new(t).unwrap();
+        for (r0, c0, rows, cols) in [
+            (0, 0, n, k),
+            (1, 3, 5, k - 7),
+            (n - 2, 1, 2, 33),
+            (3, 0, 1, 1),
+        ] {
+            let mut out = vec![f32::NAN; rows * cols];
+            w.dequantize_block(r0, c0, rows, cols, &mut out).unwrap();
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        out[i * cols + j].to_bits(),
+                        whole[(r0 + i) * k + c0 + j].to_bits(),
+                        "[{n}, {k}] block at ({r0}, {c0}): ({i}, {j})"
+                    );
+                }
+            }
+        }
+        // A block outside the weight is an error, not a panic.
+        assert!(w.dequantize_block(n, 0, 1, 1, &mut [0.0]).is_err());
+    }
+}
