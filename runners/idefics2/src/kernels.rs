@@ -454,6 +454,24 @@ impl FrozenSource {
     }
 }
 
+/// A linear's input as `(rows, width)`: all leading dims flattened, so that `[b, s, in]` needs
+/// no reshape node (whose backward would cost candle a zero-fill and an add of the gradient).
+fn rows_by_width(shape: &Shape, op: &str) -> Result<(usize, usize)> {
+    match shape.dims().split_last() {
+        Some((&k, lead)) if !lead.is_empty() => Ok((lead.iter().product(), k)),
+        _ => candle_core::bail!("{op}: input {shape:?} needs at least two dims"),
+    }
+}
+
+/// `shape` with its last dim replaced by `n` (a linear's output shape).
+fn with_last(shape: &Shape, n: usize) -> Shape {
+    let mut dims = shape.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Shape::from(dims)
+}
+
 struct FrozenLinear {
     src: FrozenSource,
     products: Products,
@@ -468,7 +486,7 @@ impl CustomOp1 for FrozenLinear {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
-        let (m, k) = l.shape().dims2()?;
+        let (m, k) = rows_by_width(l.shape(), self.name())?;
         let (n, wk) = self.src.dims()?;
         if wk != k {
             candle_core::bail!("frozen linear: input width {k} does not fit weight [{n}, {wk}]");
@@ -482,13 +500,13 @@ impl CustomOp1 for FrozenLinear {
         }
         self.src
             .times_wt(self.products, &mut y, m, x, self.bias.is_some())?;
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        Ok((CpuStorage::F32(y), with_last(l.shape(), n)))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // Only the input gradient: dx = g W. The weight and bias get none.
-        let (m, k) = arg.dims2()?;
+        let (m, k) = rows_by_width(arg.shape(), self.name())?;
         let dx = with_f32(&[grad], self.name(), |data| {
             let &[g] = data else {
                 candle_core::bail!("frozen linear backward: one gradient expected");
@@ -497,7 +515,7 @@ impl CustomOp1 for FrozenLinear {
             self.src.times_w(self.products, &mut dx, m, g, false)?;
             Ok(dx)
         })?;
-        Ok(Some(Tensor::from_vec(dx, (m, k), arg.device())?))
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
@@ -831,7 +849,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let _timer = timing::Scope::new(self.name(), timing::Pass::Forward);
-        let (m, k) = lx.shape().dims2()?;
+        let (m, k) = rows_by_width(lx.shape(), self.name())?;
         let (r, ka) = la.shape().dims2()?;
         let (n, rb) = lb.shape().dims2()?;
         let (wn, wk) = self.src.dims()?;
@@ -857,14 +875,14 @@ impl candle_core::CustomOp3 for LoraLinear {
             let packed = self.src.packed(true, Some(&bsrc))?;
             crate::bf16gemm::gemm(&mut y, &rows, &packed, false)
                 .map_err(candle_core::Error::Msg)?;
-            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+            return Ok((CpuStorage::F32(y), with_last(lx.shape(), n)));
         }
         // y = x Wᵀ
         self.src.times_wt(self.products, &mut y, m, x, false)?;
         // y += scale · (dropout(x) Aᵀ) Bᵀ
         crate::adapter::forward(&mut y, x, mask, a, b, dims, self.scale)
             .map_err(candle_core::Error::Msg)?;
-        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+        Ok((CpuStorage::F32(y), with_last(lx.shape(), n)))
     }
 
     fn bwd(
@@ -877,7 +895,7 @@ impl candle_core::CustomOp3 for LoraLinear {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         let name = self.name();
-        let (m, k) = x.dims2()?;
+        let (m, k) = rows_by_width(x.shape(), name)?;
         let (r, _) = a.dims2()?;
         let (n, _) = b.dims2()?;
         with_f32(&[x, a, b, grad], name, |data| {
@@ -922,7 +940,7 @@ impl LoraLinear {
             crate::bf16gemm::gemm(&mut dx, &rows, &packed, false)
                 .map_err(candle_core::Error::Msg)?;
             return Ok((
-                Some(Tensor::from_vec(dx, (m, k), x.device())?),
+                Some(Tensor::from_vec(dx, x.shape(), x.device())?),
                 Some(Tensor::from_vec(da, (r, k), a.device())?),
                 Some(Tensor::from_vec(db, (n, r), b.device())?),
             ));
@@ -947,7 +965,7 @@ impl LoraLinear {
         )
         .map_err(candle_core::Error::Msg)?;
         let dx = dx
-            .map(|d| Tensor::from_vec(d, (m, k), x.device()))
+            .map(|d| Tensor::from_vec(d, x.shape(), x.device()))
             .transpose()?;
         Ok((
             dx,

@@ -263,33 +263,33 @@ impl SeamLinear {
 impl Module for SeamLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let inp = dims.last().copied().unwrap_or(0);
-        let rows = x.elem_count() / inp.max(1);
-        let x2 = x.reshape((rows, inp))?;
         let src = match &self.base {
             BaseWeight::Dense(w) => crate::kernels::FrozenSource::Dense(w.clone()),
             BaseWeight::Frozen(f) => crate::kernels::FrozenSource::Frozen(f.clone()),
         };
         let products = self.products;
-        let y = match &self.lora {
-            Some(l) if l.fuses_with(&x2, &src) => {
+        match &self.lora {
+            // The fused ops take `[.., in]` as is: no reshape nodes in the autograd graph.
+            Some(l) if l.fuses_with(x, &src) && dims.len() >= 2 => {
                 let mask = match (&l.rng, l.training && l.dropout > 0.0) {
-                    (Some(rng), true) => Some(dropout_mask(x2.elem_count(), l.dropout, rng)?),
+                    (Some(rng), true) => Some(dropout_mask(x.elem_count(), l.dropout, rng)?),
                     _ => None,
                 };
-                let y = crate::kernels::lora_linear(&x2, &l.a, &l.b, src, l.scale, mask, products)?;
+                let y = crate::kernels::lora_linear(x, &l.a, &l.b, src, l.scale, mask, products)?;
                 match &self.bias {
-                    Some(b) => y.broadcast_add(b)?,
-                    None => y,
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
                 }
             }
             Some(l) => {
-                (crate::ops::frozen_linear(&x2, src, self.bias.as_ref(), products)?
-                    + l.delta(&x2)?)?
+                let inp = dims.last().copied().unwrap_or(0);
+                let x2 = x.reshape((x.elem_count() / inp.max(1), inp))?;
+                let y = (crate::ops::frozen_linear(&x2, src, self.bias.as_ref(), products)?
+                    + l.delta(&x2)?)?;
+                reshape_out(y, dims)
             }
-            None => crate::ops::frozen_linear(&x2, src, self.bias.as_ref(), products)?,
-        };
-        reshape_out(y, dims)
+            None => crate::ops::frozen_linear(x, src, self.bias.as_ref(), products),
+        }
     }
 }
 

@@ -83,7 +83,7 @@ fn fast(x: &Tensor) -> bool {
     x.dtype() == DType::F32 && x.device().is_cpu()
 }
 
-/// `x · wᵀ (+ bias)` for `x` `[n, in]` and a base weight `w` `[out, in]` that is not trained,
+/// `x · wᵀ (+ bias)` for `x` `[.., in]` and a base weight `w` `[out, in]` that is not trained,
 /// its products in `products` precision. On the CPU in f32 with a bias that is not trained
 /// either, one op whose backward computes only the input gradient (the bias accumulated in the
 /// GEMM); a weight that tracks gradients (a `Var`), or another device, goes through candle's
@@ -96,8 +96,28 @@ pub fn frozen_linear(
 ) -> Result<Tensor> {
     use crate::kernels::FrozenSource;
     let dense_trained = matches!(&w, FrozenSource::Dense(t) if t.track_op());
-    if fast(x) && !dense_trained && bias.is_none_or(|b| !b.track_op() && b.rank() == 1) {
+    if fast(x)
+        && x.rank() >= 2
+        && !dense_trained
+        && bias.is_none_or(|b| !b.track_op() && b.rank() == 1)
+    {
         return crate::kernels::frozen_linear_with(x, w, bias, products);
+    }
+    // The other paths work on `[rows, in]`.
+    let dims = x.dims().to_vec();
+    if dims.len() != 2 {
+        let inp = dims.last().copied().unwrap_or(0);
+        let y = frozen_linear(
+            &x.reshape((x.elem_count() / inp.max(1), inp))?,
+            w,
+            bias,
+            products,
+        )?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = y.dim(1)?;
+        }
+        return y.reshape(out);
     }
     let y = match &w {
         FrozenSource::Dense(t) if dense_trained || !x.device().is_cpu() => {

@@ -639,3 +639,44 @@ fn bf16_products_stay_close_to_f32() {
         }
     }
 }
+
+#[test]
+fn linears_take_leading_dims_as_rows() {
+    // `[b, s, in]` goes through the fused linears as is (no reshape node) and gives what
+    // `[b·s, in]` gives, gradients included.
+    let (b, s, k, n, r) = (3, 5, 12, 7, 4);
+    let w = rand(&[n, k], 1);
+    let x3 = rand(&[b, s, k], 2);
+    let av = Var::from_tensor(&rand(&[r, k], 3)).unwrap();
+    let bv = Var::from_tensor(&rand(&[n, r], 4)).unwrap();
+    let run = |x: &Tensor| {
+        let xv = Var::from_tensor(x).unwrap();
+        let y = kernels::lora_linear(
+            xv.as_tensor(),
+            av.as_tensor(),
+            bv.as_tensor(),
+            FrozenSource::Dense(w.clone()),
+            0.5,
+            None,
+            Products::F32,
+        )
+        .unwrap();
+        let z = kernels::frozen_linear(&y, FrozenSource::Dense(rand(&[6, n], 5))).unwrap();
+        let g = z.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (
+            z.dims().to_vec(),
+            flat(&z),
+            g.get(xv.as_tensor()).unwrap().dims().to_vec(),
+            flat(g.get(xv.as_tensor()).unwrap()),
+            flat(g.get(av.as_tensor()).unwrap()),
+        )
+    };
+    let three = run(&x3);
+    let two = run(&x3.reshape((b * s, k)).unwrap());
+    assert_eq!(three.0, vec![b, s, 6]);
+    assert_eq!(three.2, vec![b, s, k]);
+    assert_eq!((&three.1, &three.3, &three.4), (&two.1, &two.3, &two.4));
+    // A 1-D input is refused with an error.
+    assert!(kernels::frozen_linear(&rand(&[k], 6), FrozenSource::Dense(w.clone())).is_err());
+}
