@@ -555,10 +555,31 @@ pub fn gemm_with(
         return Ok(());
     }
     match kernel {
-        Kernel::Amx => amx::gemm(c, a, b, accumulate),
+        // SAFETY: `c` holds m × n initialized floats (checked above).
+        Kernel::Amx => unsafe { amx::gemm_raw(c.as_mut_ptr(), a, b, accumulate) },
         Kernel::Avx512Bf16 => avx512_gemm(c, a, b, accumulate),
     }
     Ok(())
+}
+
+/// `a · b` into a new `[m, n]` buffer. With AMX the product writes every element once, so the
+/// buffer is never zero-filled first (one pass over memory saved per product).
+pub fn gemm_new(a: &PackedA, b: &PackedB) -> Result<Vec<f32>, String> {
+    let (m, n) = (a.m, b.n);
+    if kernel() == Some(Kernel::Amx) && a.pairs == b.pairs && b.pairs > 0 && m * n > 0 {
+        let mut c = Vec::<f32>::with_capacity(m * n);
+        // SAFETY: AMX is available (checked); the spare capacity holds m × n floats, which the
+        // product writes (every row and column, `accumulate` false, nothing read) before the
+        // length is set.
+        unsafe {
+            amx::gemm_raw(c.as_mut_ptr(), a, b, false);
+            c.set_len(m * n);
+        }
+        return Ok(c);
+    }
+    let mut c = vec![0f32; m * n];
+    gemm(&mut c, a, b, false)?;
+    Ok(c)
 }
 
 /// The AVX512-BF16 driver: row blocks over the pool, then reduction blocks, panels and 12-row
@@ -843,16 +864,39 @@ mod amx {
 
     /// The AMX driver: row blocks of [`ROWS_PER_TASK`] over the pool, then panels, then 32-row
     /// blocks over the whole reduction; each block's tiles go through a scratch buffer into `c`.
-    pub(super) fn gemm(c: &mut [f32], a: &PackedA, b: &PackedB, accumulate: bool) {
+    /// The output as a raw pointer that the pool's tasks share; each writes its own rows.
+    struct Out(*mut f32);
+    // SAFETY: tasks write disjoint row ranges of the buffer behind the pointer, which outlives
+    // the parallel loop (it is borrowed, or owned, by the caller of `gemm_raw`).
+    unsafe impl Send for Out {}
+    // SAFETY: as above.
+    unsafe impl Sync for Out {}
+
+    impl Out {
+        fn at(&self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
+
+    /// The AMX driver: row blocks of [`ROWS_PER_TASK`] over the pool, then panels, then 32-row
+    /// blocks over the whole reduction. Whole 32 × 32 blocks load and store `c` in place; edge
+    /// blocks go through a scratch buffer.
+    ///
+    /// # Safety
+    /// `c` must point to `a.m * b.n` floats this call may write, all initialized when
+    /// `accumulate` (otherwise they are only written, never read).
+    pub(super) unsafe fn gemm_raw(c: *mut f32, a: &PackedA, b: &PackedB, accumulate: bool) {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         {
-            let (pairs, n) = (b.pairs, b.n);
+            let (m, pairs, n) = (a.m, b.pairs, b.n);
             let kblocks = pairs / TILE_PAIRS;
-            c.par_chunks_mut(ROWS_PER_TASK * n)
-                .enumerate()
-                .for_each(|(t, out)| {
+            let out = Out(c);
+            (0..m.div_ceil(ROWS_PER_TASK))
+                .into_par_iter()
+                .for_each(|t| {
                     let i0 = t * ROWS_PER_TASK;
-                    let rows = out.len() / n;
+                    let rows = ROWS_PER_TASK.min(m - i0);
+                    let base = out.at(i0 * n);
                     let tiles = Tiles::configure();
                     let mut scratch = [0f32; 32 * 32];
                     for jp in 0..b.panels {
@@ -861,22 +905,20 @@ mod amx {
                         while r0 < rows {
                             let rr = (rows - r0).min(32);
                             let (ap, bp) = (
-                                // SAFETY (both): `a` has its rows padded to 16 and its pairs to
-                                // whole tiles, so 16 (or 32 when rr > 16) rows from i0 + r0
-                                // exist; the panel holds `pairs * 32` values.
+                                // SAFETY (both): `a` has its rows padded to 16 and its pairs to whole
+                                // tiles, so 16 (or 32 when rr > 16) rows from i0 + r0 exist; the
+                                // panel holds `pairs * 32` values.
                                 unsafe { a.data.as_ptr().add((i0 + r0) * pairs) },
                                 unsafe { b.data.as_ptr().add(jp * pairs * NR) },
                             );
+                            // SAFETY: rows i0 + r0 .. + rr of `c` (stride n) are this task's.
+                            let cp = unsafe { base.add(r0 * n + j0) };
                             if cols == NR && (rr == 16 || rr == 32) {
-                                // A whole block: the tiles load and store `out` in place.
-                                // SAFETY: rr rows of 32 columns from (r0, j0) lie inside `out`
-                                // (stride n).
+                                // SAFETY: rr rows of 32 columns at `cp` lie inside this task's rows.
                                 unsafe {
-                                    let cp = out.as_mut_ptr().add(r0 * n + j0);
                                     tiles.block(ap, pairs, bp, kblocks, rr == 32, cp, n, accumulate)
                                 };
                             } else {
-                                // An edge block goes through the scratch buffer.
                                 // SAFETY: as above, and the scratch holds 32 × 32 floats.
                                 unsafe {
                                     tiles.block(
@@ -891,11 +933,17 @@ mod amx {
                                     )
                                 };
                                 for (r, src) in scratch.chunks(32).take(rr).enumerate() {
-                                    let dst = &mut out[(r0 + r) * n + j0..(r0 + r) * n + j0 + cols];
-                                    if accumulate {
-                                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
-                                    } else {
-                                        dst.copy_from_slice(&src[..cols]);
+                                    // SAFETY: row r0 + r, columns j0 .. j0 + cols of this task's
+                                    // rows; read only when `accumulate` (then initialized).
+                                    unsafe {
+                                        let dst = cp.add(r * n);
+                                        if accumulate {
+                                            for (c, v) in src.iter().take(cols).enumerate() {
+                                                *dst.add(c) += v;
+                                            }
+                                        } else {
+                                            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, cols);
+                                        }
                                     }
                                 }
                             }
@@ -981,6 +1029,13 @@ mod tests {
                 gemm_with(kernel, &mut c, &pa, &b, false).unwrap();
                 let mut acc = c.clone();
                 gemm_with(kernel, &mut acc, &pa, &b, true).unwrap();
+                if Some(kernel) == super::kernel() {
+                    // A new buffer (never zero-filled under AMX) gets the same values.
+                    assert!(
+                        gemm_new(&pa, &b).unwrap() == c,
+                        "{kernel:?} gemm_new {m}x{k}x{n}"
+                    );
+                }
                 for i in 0..m {
                     for j in 0..n {
                         let s: f64 = (0..k).map(|kk| bf(a[i * k + kk]) * bf(w[j * k + kk])).sum();

@@ -493,27 +493,28 @@ impl CustomOp1 for FrozenLinear {
         }
         check_features(&self.bias, n, self.name())?;
         let x = contiguous_f32(s, l, self.name())?;
-        let mut y = vec![0f32; m * n];
-        if let Some(b) = &self.bias {
-            y.chunks_mut(n.max(1))
-                .for_each(|row| row.copy_from_slice(b));
-        }
-        self.src
-            .times_wt(self.products, &mut y, m, x, self.bias.is_some())?;
+        let y = match &self.bias {
+            Some(b) => {
+                let mut y = vec![0f32; m * n];
+                y.chunks_mut(n.max(1))
+                    .for_each(|row| row.copy_from_slice(b));
+                self.src.times_wt(self.products, &mut y, m, x, true)?;
+                y
+            }
+            None => self.src.times_wt_new(self.products, m, x)?,
+        };
         Ok((CpuStorage::F32(y), with_last(l.shape(), n)))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let _timer = timing::Scope::new(self.name(), timing::Pass::Backward);
         // Only the input gradient: dx = g W. The weight and bias get none.
-        let (m, k) = rows_by_width(arg.shape(), self.name())?;
+        let (m, _) = rows_by_width(arg.shape(), self.name())?;
         let dx = with_f32(&[grad], self.name(), |data| {
             let &[g] = data else {
                 candle_core::bail!("frozen linear backward: one gradient expected");
             };
-            let mut dx = vec![0f32; m * k];
-            self.src.times_w(self.products, &mut dx, m, g, false)?;
-            Ok(dx)
+            self.src.times_w_new(self.products, m, g)
         })?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
@@ -790,6 +791,34 @@ impl FrozenSource {
         )
     }
 
+    /// `x[m × k] · Wᵀ` into a new buffer (not zero-filled first where the product writes it all).
+    fn times_wt_new(&self, products: Products, m: usize, x: &[f32]) -> Result<Vec<f32>> {
+        let (n, k) = self.dims()?;
+        if products == Products::Bf16 {
+            let a =
+                crate::bf16gemm::PackedA::from_rows(x, m, k).map_err(candle_core::Error::Msg)?;
+            return crate::bf16gemm::gemm_new(&a, &self.packed(true, None)?)
+                .map_err(candle_core::Error::Msg);
+        }
+        let mut y = vec![0f32; m * n];
+        self.times_wt(products, &mut y, m, x, false)?;
+        Ok(y)
+    }
+
+    /// `g[m × n] · W` into a new buffer (not zero-filled first where the product writes it all).
+    fn times_w_new(&self, products: Products, m: usize, g: &[f32]) -> Result<Vec<f32>> {
+        let (n, k) = self.dims()?;
+        if products == Products::Bf16 {
+            let a =
+                crate::bf16gemm::PackedA::from_rows(g, m, n).map_err(candle_core::Error::Msg)?;
+            return crate::bf16gemm::gemm_new(&a, &self.packed(false, None)?)
+                .map_err(candle_core::Error::Msg);
+        }
+        let mut dx = vec![0f32; m * k];
+        self.times_w(products, &mut dx, m, g, false)?;
+        Ok(dx)
+    }
+
     /// `dst[m × k] (+)= g[m × n] · W` for this `[n, k]` weight.
     fn times_w(
         &self,
@@ -866,19 +895,17 @@ impl candle_core::CustomOp3 for LoraLinear {
         let b = contiguous_f32(sb, lb, self.name())?;
         let dims = crate::adapter::Dims { m, k, r, n };
         let mask = self.mask.as_deref().map(|v| &v[..]);
-        let mut y = vec![0f32; m * n];
         if self.products == Products::Bf16 {
             // y = [x | s·h] · [W | B]ᵀ, h = dropout(x) Aᵀ: one bf16 product.
             let rows = crate::adapter::forward_rows(x, mask, a, dims, self.scale)
                 .map_err(candle_core::Error::Msg)?;
             let bsrc = crate::bf16gemm::Dense::new(b, n, r).map_err(candle_core::Error::Msg)?;
             let packed = self.src.packed(true, Some(&bsrc))?;
-            crate::bf16gemm::gemm(&mut y, &rows, &packed, false)
-                .map_err(candle_core::Error::Msg)?;
+            let y = crate::bf16gemm::gemm_new(&rows, &packed).map_err(candle_core::Error::Msg)?;
             return Ok((CpuStorage::F32(y), with_last(lx.shape(), n)));
         }
         // y = x Wᵀ
-        self.src.times_wt(self.products, &mut y, m, x, false)?;
+        let mut y = self.src.times_wt_new(self.products, m, x)?;
         // y += scale · (dropout(x) Aᵀ) Bᵀ
         crate::adapter::forward(&mut y, x, mask, a, b, dims, self.scale)
             .map_err(candle_core::Error::Msg)?;
@@ -936,9 +963,7 @@ impl LoraLinear {
             .map_err(candle_core::Error::Msg)?;
             let asrc = crate::bf16gemm::Dense::new(av, r, k).map_err(candle_core::Error::Msg)?;
             let packed = self.src.packed(false, Some(&asrc))?;
-            let mut dx = vec![0f32; m * k];
-            crate::bf16gemm::gemm(&mut dx, &rows, &packed, false)
-                .map_err(candle_core::Error::Msg)?;
+            let dx = crate::bf16gemm::gemm_new(&rows, &packed).map_err(candle_core::Error::Msg)?;
             return Ok((
                 Some(Tensor::from_vec(dx, x.shape(), x.device())?),
                 Some(Tensor::from_vec(da, (r, k), a.device())?),
@@ -947,9 +972,7 @@ impl LoraLinear {
         }
         // dx = g W (the frozen base) + the adapter's part, only when x needs a gradient.
         let mut dx = if x.track_op() {
-            let mut dx = vec![0f32; m * k];
-            self.src.times_w(self.products, &mut dx, m, g, false)?;
-            Some(dx)
+            Some(self.src.times_w_new(self.products, m, g)?)
         } else {
             None
         };
