@@ -378,13 +378,18 @@ impl Trainer {
                     self.step * 1_000_003 + mi as u64,
                 ));
             }
+            use foundry_idefics2::kernels::timing::{Pass, Scope};
+            let forward = Scope::new("step: forward (all)", Pass::Forward);
             let (loss, k) = self.micro_loss(batch)?;
+            drop(forward);
             if k == 0 {
                 continue;
             }
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let scaled = (loss / denom)?;
+            let backward = Scope::new("step: backward (all)", Pass::Backward);
             let store = scaled.backward()?;
+            drop(backward);
             for (i, p) in self.params.iter().enumerate() {
                 for (j, var) in [&p.a, &p.b].into_iter().enumerate() {
                     let g = match store.get(var.as_tensor()) {
