@@ -136,7 +136,7 @@ pub const QUANTIZATION: &[KeySpec] = &[
         "compute_dtype",
         Kind::Choice(&["f32", "bf16", "f16"]),
         Default::Str("bf16"),
-        "Dtype of the linears' compute: on CUDA of activations and dequantized weights; on the CPU `bf16` means f32 activations with bf16 products where the CPU has AVX512-BF16 (f32 otherwise) and `f16` is refused.",
+        "Dtype of the linears' compute: on CUDA of activations and dequantized weights; on the CPU `bf16` means f32 activations with bf16 products (Intel AMX tiles, or AVX512-BF16) where the CPU has AVX512-BF16 (f32 otherwise) and `f16` is refused.",
     ),
     k(
         "skip_modules",

@@ -675,7 +675,7 @@ pub enum Products {
     /// f32 operands and sums.
     #[default]
     F32,
-    /// bf16 operands, f32 sums (AVX512-BF16), as PyTorch's bf16 autocast computes a linear.
+    /// bf16 operands, f32 sums (AMX or AVX512-BF16), as PyTorch's bf16 autocast computes a linear.
     Bf16,
 }
 
