@@ -498,10 +498,10 @@ impl CustomOp1 for FrozenLinear {
                 let mut y = vec![0f32; m * n];
                 y.chunks_mut(n.max(1))
                     .for_each(|row| row.copy_from_slice(b));
-                self.src.times_wt(self.products, &mut y, m, x, true)?;
+                self.src.times(true, self.products, &mut y, m, x, true)?;
                 y
             }
-            None => self.src.times_wt_new(self.products, m, x)?,
+            None => self.src.times_new(true, self.products, m, x)?,
         };
         Ok((CpuStorage::F32(y), with_last(l.shape(), n)))
     }
@@ -514,7 +514,7 @@ impl CustomOp1 for FrozenLinear {
             let &[g] = data else {
                 candle_core::bail!("frozen linear backward: one gradient expected");
             };
-            self.src.times_w_new(self.products, m, g)
+            self.src.times_new(false, self.products, m, g)
         })?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
@@ -760,9 +760,11 @@ impl FrozenSource {
         })
     }
 
-    /// `dst[m × n] (+)= x[m × k] · Wᵀ` for this `[n, k]` weight.
-    fn times_wt(
+    /// `dst (+)= x · Wᵀ` for this `[n, k]` weight when `transposed` (x `[m, k]`, dst `[m, n]`),
+    /// else `dst (+)= x · W` (x `[m, n]`, dst `[m, k]`: the input gradient).
+    fn times(
         &self,
+        transposed: bool,
         products: Products,
         dst: &mut [f32],
         m: usize,
@@ -770,84 +772,53 @@ impl FrozenSource {
         accumulate: bool,
     ) -> Result<()> {
         let (n, k) = self.dims()?;
+        let (inner, outer) = if transposed { (k, n) } else { (n, k) };
         if products == Products::Bf16 {
-            let a =
-                crate::bf16gemm::PackedA::from_rows(x, m, k).map_err(candle_core::Error::Msg)?;
-            let b = self.packed(true, None)?;
-            return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
+            let a = crate::bf16gemm::PackedA::from_rows(x, m, inner)
+                .map_err(candle_core::Error::Msg)?;
+            return crate::bf16gemm::gemm(dst, &a, &self.packed(transposed, None)?, accumulate)
+                .map_err(candle_core::Error::Msg);
         }
         let w = self
             .weight(DType::F32, &candle_core::Device::Cpu)?
             .contiguous()?;
         let (sw, lw) = w.storage_and_layout();
         let wv = storage_f32(&sw, lw, "frozen weight")?;
+        let rhs = if transposed {
+            view(wv, 1, k)
+        } else {
+            view(wv, k, 1)
+        };
         sgemm(
             dst,
-            (m, n, k),
-            view(x, k, 1),
-            view(wv, 1, k),
+            (m, outer, inner),
+            view(x, inner, 1),
+            rhs,
             1.0,
             accumulate,
         )
     }
 
-    /// `x[m × k] · Wᵀ` into a new buffer (not zero-filled first where the product writes it all).
-    fn times_wt_new(&self, products: Products, m: usize, x: &[f32]) -> Result<Vec<f32>> {
-        let (n, k) = self.dims()?;
-        if products == Products::Bf16 {
-            let a =
-                crate::bf16gemm::PackedA::from_rows(x, m, k).map_err(candle_core::Error::Msg)?;
-            return crate::bf16gemm::gemm_new(&a, &self.packed(true, None)?)
-                .map_err(candle_core::Error::Msg);
-        }
-        let mut y = vec![0f32; m * n];
-        self.times_wt(products, &mut y, m, x, false)?;
-        Ok(y)
-    }
-
-    /// `g[m × n] · W` into a new buffer (not zero-filled first where the product writes it all).
-    fn times_w_new(&self, products: Products, m: usize, g: &[f32]) -> Result<Vec<f32>> {
-        let (n, k) = self.dims()?;
-        if products == Products::Bf16 {
-            let a =
-                crate::bf16gemm::PackedA::from_rows(g, m, n).map_err(candle_core::Error::Msg)?;
-            return crate::bf16gemm::gemm_new(&a, &self.packed(false, None)?)
-                .map_err(candle_core::Error::Msg);
-        }
-        let mut dx = vec![0f32; m * k];
-        self.times_w(products, &mut dx, m, g, false)?;
-        Ok(dx)
-    }
-
-    /// `dst[m × k] (+)= g[m × n] · W` for this `[n, k]` weight.
-    fn times_w(
+    /// [`Self::times`] into a new buffer, not zero-filled first where the bf16 product writes
+    /// all of it.
+    fn times_new(
         &self,
+        transposed: bool,
         products: Products,
-        dst: &mut [f32],
         m: usize,
-        g: &[f32],
-        accumulate: bool,
-    ) -> Result<()> {
+        x: &[f32],
+    ) -> Result<Vec<f32>> {
         let (n, k) = self.dims()?;
+        let (inner, outer) = if transposed { (k, n) } else { (n, k) };
         if products == Products::Bf16 {
-            let a =
-                crate::bf16gemm::PackedA::from_rows(g, m, n).map_err(candle_core::Error::Msg)?;
-            let b = self.packed(false, None)?;
-            return crate::bf16gemm::gemm(dst, &a, &b, accumulate).map_err(candle_core::Error::Msg);
+            let a = crate::bf16gemm::PackedA::from_rows(x, m, inner)
+                .map_err(candle_core::Error::Msg)?;
+            return crate::bf16gemm::gemm_new(&a, &self.packed(transposed, None)?)
+                .map_err(candle_core::Error::Msg);
         }
-        let w = self
-            .weight(DType::F32, &candle_core::Device::Cpu)?
-            .contiguous()?;
-        let (sw, lw) = w.storage_and_layout();
-        let wv = storage_f32(&sw, lw, "frozen weight")?;
-        sgemm(
-            dst,
-            (m, k, n),
-            view(g, n, 1),
-            view(wv, k, 1),
-            1.0,
-            accumulate,
-        )
+        let mut y = vec![0f32; m * outer];
+        self.times(transposed, products, &mut y, m, x, false)?;
+        Ok(y)
     }
 }
 
@@ -905,7 +876,7 @@ impl candle_core::CustomOp3 for LoraLinear {
             return Ok((CpuStorage::F32(y), with_last(lx.shape(), n)));
         }
         // y = x Wᵀ
-        let mut y = self.src.times_wt_new(self.products, m, x)?;
+        let mut y = self.src.times_new(true, self.products, m, x)?;
         // y += scale · (dropout(x) Aᵀ) Bᵀ
         crate::adapter::forward(&mut y, x, mask, a, b, dims, self.scale)
             .map_err(candle_core::Error::Msg)?;
@@ -972,7 +943,7 @@ impl LoraLinear {
         }
         // dx = g W (the frozen base) + the adapter's part, only when x needs a gradient.
         let mut dx = if x.track_op() {
-            Some(self.src.times_w_new(self.products, m, g)?)
+            Some(self.src.times_new(false, self.products, m, g)?)
         } else {
             None
         };
