@@ -115,6 +115,17 @@ pub trait Blocks: Sync {
     ) -> Result<(), String>;
 }
 
+/// Whether the `rows × cols` block at `(r0, c0)` lies inside a `dims` matrix and `out_len` is
+/// its size: the one bounds check of every [`Blocks`] source.
+pub fn block_fits(
+    dims: (usize, usize),
+    (r0, c0): (usize, usize),
+    (rows, cols): (usize, usize),
+    out_len: usize,
+) -> bool {
+    r0 + rows <= dims.0 && c0 + cols <= dims.1 && out_len == rows * cols
+}
+
 /// A dense row-major f32 matrix as a [`Blocks`] source.
 pub struct Dense<'a> {
     data: &'a [f32],
@@ -148,7 +159,7 @@ impl Blocks for Dense<'_> {
         cols: usize,
         out: &mut [f32],
     ) -> Result<(), String> {
-        if r0 + rows > self.rows || c0 + cols > self.cols || out.len() != rows * cols {
+        if !block_fits(self.dims(), (r0, c0), (rows, cols), out.len()) {
             return Err(format!(
                 "bf16 pack: block {rows}×{cols} at ({r0}, {c0}) outside {}×{}",
                 self.rows, self.cols

@@ -30,7 +30,7 @@ pub trait FrozenWeight: Send + Sync + std::fmt::Debug {
         out: &mut [f32],
     ) -> Result<()> {
         let (n, k) = self.shape();
-        if r0 + rows > n || c0 + cols > k || out.len() != rows * cols {
+        if !crate::bf16gemm::block_fits((n, k), (r0, c0), (rows, cols), out.len()) {
             candle_core::bail!("weight block {rows}×{cols} at ({r0}, {c0}) outside [{n}, {k}]");
         }
         let w = self

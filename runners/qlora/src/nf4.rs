@@ -759,7 +759,7 @@ impl FrozenWeight for Nf4Weight {
         out: &mut [f32],
     ) -> candle_core::Result<()> {
         let (n, k) = self.shape();
-        if r0 + rows > n || c0 + cols > k || out.len() != rows * cols {
+        if !foundry_idefics2::bf16gemm::block_fits((n, k), (r0, c0), (rows, cols), out.len()) {
             candle_core::bail!("NF4 block {rows}×{cols} at ({r0}, {c0}) outside [{n}, {k}]");
         }
         for (i, row) in out.chunks_mut(cols.max(1)).enumerate().take(rows) {
