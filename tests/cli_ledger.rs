@@ -2,7 +2,9 @@
 
 mod common;
 use common::{fails, ledger, ok};
-use foundry_events::{Event, RecordedEvent, RunCancelled, Sha256Digest, Timestamp};
+use foundry_events::{
+    Event, RecordedEvent, Role, RunCancelled, Seal, Sha256Digest, Signature, Statement, Timestamp,
+};
 use sha2::{Digest, Sha256};
 use std::process::{Command, Stdio};
 
@@ -10,7 +12,7 @@ use std::process::{Command, Stdio};
 fn init_append_log_verify_stats() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("h");
-    assert!(ok(&home, &["init"]).contains("initialized empty ledger"));
+    assert!(ok(&home, &["init"]).contains("initialized"));
     let out = ok(
         &home,
         &[
@@ -40,15 +42,31 @@ fn init_append_log_verify_stats() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["type"], "MetricsLogged");
-    assert_eq!(lines[0]["actor"], "tester");
-    assert_eq!(lines[1]["seq"], 2);
+    // Signed by the home's trainer key, which the genesis registered.
+    assert!(
+        lines[0]["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("runner:trainer@")),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0]["signer"]
+        .as_str()
+        .is_some_and(|s| s.starts_with('U')));
+    // The genesis holds the six keys `init` made.
+    assert_eq!(lines[1]["seq"], 8);
     let stream = ok(&home, &["log", "--stream", "run/bench-3", "--json"]);
     assert_eq!(stream.lines().count(), 16);
-    assert!(ok(&home, &["verify"]).starts_with("ok: 250 events verified"));
+    let verify = ok(&home, &["verify"]);
+    assert!(
+        verify.starts_with("ok: 256 events and 6 signed batches verified"),
+        "{verify}"
+    );
     let stats: serde_json::Value = serde_json::from_str(&ok(&home, &["stats", "--json"])).unwrap();
-    assert_eq!(stats["events"], 250);
+    assert_eq!(stats["events"], 256);
     assert_eq!(stats["events_by_type"]["MetricsLogged"], 250);
-    assert_eq!(stats["streams"], 16);
+    assert_eq!(stats["events_by_type"]["KeyRegistered"], 6);
+    assert_eq!(stats["streams"], 16 + 6);
 }
 
 #[test]
@@ -83,11 +101,11 @@ fn export_import_round_trip_through_the_cli() {
     );
     let file = dir.path().join("ledger.export");
     let file_s = file.to_str().unwrap();
-    assert!(ok(&a, &["export", file_s]).starts_with("exported 120 events"));
-    assert!(ok(&b, &["import", file_s]).starts_with("imported 120 events"));
-    assert!(ok(&b, &["verify"]).starts_with("ok: 120 events"));
+    assert!(ok(&a, &["export", file_s]).starts_with("exported 126 events"));
+    assert!(ok(&b, &["import", file_s]).starts_with("imported 126 events"));
+    assert!(ok(&b, &["verify"]).starts_with("ok: 126 events"));
     let err = fails(&b, &["import", file_s]);
-    assert!(err.contains("already holds 120 events"), "{err}");
+    assert!(err.contains("already holds 126 events"), "{err}");
     // A flipped byte in the middle is refused, naming a seq, and writes nothing.
     let mut bytes = std::fs::read(&file).unwrap();
     let mid = bytes.len() / 2;
@@ -161,7 +179,7 @@ fn write_export(path: &std::path::Path, records: &[RecordedEvent]) {
     let mut body = foundry_ledger::EXPORT_MAGIC.to_vec();
     let head = records.last().map(|r| r.hash).unwrap_or(Sha256Digest::ZERO);
     let header = serde_json::json!({
-        "format": "foundry-ledger-export", "format_version": 1, "schema_version": 1,
+        "format": "foundry-ledger-export", "format_version": 2, "schema_version": 2,
         "record_encoding": "msgpack", "hash_rule": "sha256", "events": records.len(),
         "head_hash": head, "exported_at": "2026-11-29T00:00:00Z", "foundry_version": "test",
     });
@@ -178,6 +196,17 @@ fn write_export(path: &std::path::Path, records: &[RecordedEvent]) {
     std::fs::write(path, body).unwrap();
 }
 
+/// A ledger's first record: its root's self-registration.
+fn genesis() -> RecordedEvent {
+    let dir = tempfile::tempdir().unwrap();
+    let l = foundry_ledger::Home::at(dir.path()).init().unwrap();
+    let root = foundry_ledger::Identity::generate("root").unwrap();
+    l.init_genesis(&root, Role::ALL, &[]).unwrap();
+    l.get(1).unwrap().unwrap()
+}
+
+/// A record that continues the chain from `prev`, with any type name and
+/// schema version (what only a forger would write).
 fn forged(seq: u64, prev: Sha256Digest, ty: &str, schema: u16) -> RecordedEvent {
     let e = Event::RunCancelled(RunCancelled {
         run_id: "r".into(),
@@ -185,21 +214,30 @@ fn forged(seq: u64, prev: Sha256Digest, ty: &str, schema: u16) -> RecordedEvent 
     });
     RecordedEvent {
         seq,
-        stream: "run/r".into(),
-        stream_version: seq,
-        event_id: uuid::Uuid::from_u128(seq as u128),
-        event_type: ty.into(),
-        schema_version: schema,
-        recorded_at: Timestamp(1),
-        actor: "forger".into(),
-        causation_id: None,
-        correlation_id: None,
-        idempotency_key: None,
-        payload: e.encode_payload().unwrap(),
+        stream_version: 1,
+        recorded_at: Timestamp(1_800_000_000_000_000_000),
+        batch_index: 0,
+        batch_len: 1,
+        seal: Some(Seal {
+            conditions: Sha256Digest::ZERO,
+            signature: Signature([0; 64]),
+        }),
+        statement: Statement {
+            stream: "run/r".into(),
+            event_id: uuid::Uuid::from_u128(seq as u128),
+            event_type: ty.into(),
+            schema_version: schema,
+            actor: "forger".into(),
+            causation_id: None,
+            correlation_id: None,
+            idempotency_key: None,
+            payload: e.encode_payload().unwrap(),
+            signer: "UFORGER".into(),
+        },
         prev_hash: prev,
         hash: Sha256Digest::ZERO,
     }
-    .seal()
+    .with_hash()
     .unwrap()
 }
 
@@ -207,17 +245,23 @@ fn forged(seq: u64, prev: Sha256Digest, ty: &str, schema: u16) -> RecordedEvent 
 fn unknown_type_or_newer_schema_in_an_import_is_refused_naming_the_seq() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("x.export");
-    let r1 = forged(1, Sha256Digest::ZERO, "RunCancelled", 1);
+    let r1 = genesis();
     for (ty, schema, want) in [
         (
             "RunExploded",
-            1,
+            2,
             "seq 2: undecodable record (unknown event type \"RunExploded\"",
         ),
         (
             "RunCancelled",
+            3,
+            "seq 2: undecodable record (RunCancelled has schema version 3",
+        ),
+        // Well-formed, but signed by nobody the ledger knows.
+        (
+            "RunCancelled",
             2,
-            "seq 2: undecodable record (RunCancelled has schema version 2",
+            "seq 2: unauthorized (signer UFORGER is not a registered key",
         ),
     ] {
         let r2 = forged(2, r1.hash, ty, schema);

@@ -84,7 +84,7 @@ impl Client {
             .arg(&self.home)
             .args(args)
             .env_remove("FOUNDRY_HOME")
-            .env("FOUNDRY_ACTOR", "tester")
+            .env_remove("FOUNDRY_KEY")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
             .output()
@@ -165,9 +165,20 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    // Each process signs with its own key; the server's `init` made them.
+    let key = |name: &str| server.join("keys").join(name).display().to_string();
+    let dispatcher_key = key("runner-dispatcher.nk");
     let _dispatcher = spawn(
         &runner_home,
-        &["runner", "--nats", &url, "--only", "modal"],
+        &[
+            "runner",
+            "--nats",
+            &url,
+            "--only",
+            "modal",
+            "--key",
+            &dispatcher_key,
+        ],
         &runner_env,
         "running modal",
     );
@@ -178,6 +189,7 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     env.push(("FOUNDRY_NATS_URL".into(), url.clone()));
+    env.push(("FOUNDRY_KEY".into(), key("operator.nk")));
     let client = Client {
         home: dir.path().join("client"),
         env,
@@ -210,7 +222,9 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
     let ckpts = client.events("CheckpointCommitted");
     assert_eq!(ckpts.len(), 2, "{ckpts:?}");
     for c in &ckpts {
-        assert_eq!(c["actor"], "modal:foundry-test");
+        // Signed by the container's own key, registered for this run only.
+        let actor = c["actor"].as_str().unwrap();
+        assert!(actor.starts_with(&format!("modal:{run_id}")), "{actor}");
         // Pulled from the Volume into the dispatcher's artifact store.
         let store = foundry_ledger::Home::at(&runner_home).artifacts();
         for f in c["payload"]["files"].as_array().unwrap() {
@@ -219,10 +233,19 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
             assert!(store.check(&sha).unwrap(), "{f} was not pulled");
         }
     }
-    assert!(client
-        .events("RunClaimed")
+    let keys = client.events("KeyRegistered");
+    let container = keys
         .iter()
-        .all(|c| c["idempotency_key"].is_null()));
+        .find(|k| k["payload"]["run_scope"] == run_id.as_str())
+        .expect("the container's key was registered");
+    assert_eq!(
+        container["payload"]["roles"],
+        serde_json::json!(["trainer"])
+    );
+    assert!(
+        container["payload"]["expires_at"].is_string(),
+        "{container}"
+    );
     assert_eq!(client.events("RunCompleted").len(), 1);
     // The client's replica and the server's ledger are the same history.
     let verify = client.ok(&["verify"], &[]);
@@ -234,6 +257,7 @@ fn the_cli_over_nats_starts_follows_and_cancels_a_modal_run_whose_container_uses
         use foundry_runner::LedgerClient;
         let c = foundry_bus::NatsLedgerClient::new(
             foundry_bus::NatsOptions::url(&url).connect().await.unwrap(),
+            foundry_ledger::Identity::generate("reader").unwrap(),
         );
         let seq = stats["events"].as_u64().unwrap();
         (
@@ -287,10 +311,12 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    let key = |name: &str| server.join("keys").join(name).display().to_string();
     let runner = |only: &str| {
+        let k = key(&format!("runner-{only}.nk"));
         spawn(
             &work,
-            &["runner", "--nats", &url, "--only", only],
+            &["runner", "--nats", &url, "--only", only, "--key", &k],
             &runner_env,
             &format!("running {only}"),
         )
@@ -307,6 +333,7 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
         ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
         ("FOUNDRY_EVAL_MAX_EXAMPLES", "2"),
         ("FOUNDRY_EVAL_MAX_NEW_TOKENS", "6"),
+        ("FOUNDRY_KEY", key("operator.nk").as_str()),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

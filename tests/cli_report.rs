@@ -5,7 +5,7 @@
 mod common;
 use common::{fails, ok};
 use foundry_events::*;
-use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
+use foundry_ledger::{Home, Ledger};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -17,11 +17,7 @@ const CP_A: &str = "aaaa11110000000000000000000000000000000000000000000000000000
 const CP_B: &str = "bbbb222200000000000000000000000000000000000000000000000000000b0b";
 
 fn append(ledger: &Ledger, actor: &str, e: impl Into<Event>) -> RecordedEvent {
-    ledger
-        .append(AppendRequest::new(actor, vec![NewEvent::new(e)]))
-        .unwrap()
-        .events
-        .remove(0)
+    common::append_as_actor(ledger, actor, e.into())
 }
 
 fn metrics(from: u64, n: u64) -> MetricsLogged {
@@ -92,6 +88,7 @@ fn scored(eval: &str, cp: &str, fem: f64) -> EvalScored {
 
 fn seed(home: &Path) {
     let ledger = Home::at(home).init().unwrap();
+    common::scripted_genesis(&ledger, &["alice", "evaluator", "runner"]);
     append(
         &ledger,
         "alice",

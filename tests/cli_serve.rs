@@ -30,30 +30,40 @@ fn serve_shares_the_ledger_and_stops_cleanly_on_ctrl_c() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let c = NatsLedgerClient::new(NatsOptions::url(&url).connect().await.unwrap());
-        let req = AppendRequest::new(
-            "remote",
-            vec![NewEvent::new(MetricsLogged {
-                run_id: "r1".into(),
-                points: vec![MetricPoint {
-                    step: 1,
-                    loss: 0.5,
-                    lr: 1e-4,
-                    grad_norm: 1.0,
-                    tokens: 1,
-                    tokens_per_s: 1.0,
-                    elapsed_ms: 1,
-                }],
-            })],
-        );
+        // A trainer elsewhere, holding the trainer key this home registered.
+        let trainer =
+            foundry_ledger::Identity::load(&home.join("keys/runner-trainer.nk"), None).unwrap();
+        let c = NatsLedgerClient::new(NatsOptions::url(&url).connect().await.unwrap(), trainer);
+        let req = AppendRequest::new(vec![NewEvent::new(MetricsLogged {
+            run_id: "r1".into(),
+            points: vec![MetricPoint {
+                step: 1,
+                loss: 0.5,
+                lr: 1e-4,
+                grad_norm: 1.0,
+                tokens: 1,
+                tokens_per_s: 1.0,
+                elapsed_ms: 1,
+            }],
+        })]);
         let out = c.append(req).await.unwrap();
-        assert_eq!(out.events[0].seq, 1);
-        assert_eq!(c.head().await.unwrap(), 1);
+        // After the genesis of the six keys `init` made.
+        assert_eq!(out.events[0].seq, 7);
+        assert_eq!(c.head().await.unwrap(), 7);
 
         // A runner process registers its durable consumer and stops on SIGTERM.
+        let promoter_key = home.join("keys/runner-promoter.nk");
         let (mut runner, _runner_err) = start(
             &dir.path().join("runner-home"),
-            &["runner", "--nats", &url, "--only", "promoter"],
+            &[
+                "runner",
+                "--nats",
+                &url,
+                "--only",
+                "promoter",
+                "--key",
+                promoter_key.to_str().unwrap(),
+            ],
             &[],
             "running promoter",
         );
@@ -71,7 +81,7 @@ fn serve_shares_the_ledger_and_stops_cleanly_on_ctrl_c() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert!(
-        rest.contains("stopped; published through seq 1 of 1"),
+        rest.contains("stopped; published through seq 7 of 7"),
         "{rest}"
     );
     let log = ok(&home, &["log"]);

@@ -4,7 +4,7 @@
 mod common;
 use common::{fails, ok};
 use foundry_events::*;
-use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
+use foundry_ledger::{Home, Ledger};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -16,11 +16,7 @@ const CP_B: &str = "bbbb22220000000000000000000000000000000000000000000000000000
 
 fn append(ledger: &Ledger, actor: &str, e: impl Into<Event>) -> RecordedEvent {
     std::thread::sleep(std::time::Duration::from_millis(5));
-    ledger
-        .append(AppendRequest::new(actor, vec![NewEvent::new(e)]))
-        .unwrap()
-        .events
-        .remove(0)
+    common::append_as_actor(ledger, actor, e.into())
 }
 
 fn requested(run: &str) -> RunRequested {
@@ -50,6 +46,7 @@ fn started(run: &str) -> RunStarted {
             dtype: "bf16".into(),
         },
         code: CodeVersion {
+            executable_sha256: None,
             version: "0.1.0".into(),
             git_commit: Some("dd4d14e".into()),
             dirty: false,
@@ -136,6 +133,7 @@ fn promoted(cp: &str, evidence: &[&RecordedEvent], reason: &str) -> AdapterPromo
             detail: String::new(),
         }],
         evidence: evidence.iter().map(|e| e.event_id.to_string()).collect(),
+        signed_by: vec![],
         reason: reason.into(),
     }
 }
@@ -150,6 +148,8 @@ struct Script {
 
 fn seed(home: &Path) -> Script {
     let ledger = Home::at(home).init().unwrap();
+    // Seqs below count from after this genesis (6 events).
+    common::scripted_genesis(&ledger, &["alice", "bob", "carol", "evaluator", "runner-7"]);
     append(
         &ledger,
         "alice",
@@ -288,7 +288,7 @@ fn runs_lists_and_filters() {
         assert!(out.contains(needle), "{needle} missing in\n{out}");
     }
     assert!(
-        out.trim_end().ends_with("3 runs, as of seq 19 (head)"),
+        out.trim_end().ends_with("3 runs, as of seq 25 (head)"),
         "{out}"
     );
     let failed = ok(&home, &["runs", "--status", "failed"]);
@@ -313,8 +313,8 @@ fn runs_lists_and_filters() {
     assert_eq!(v["runs"].as_array().unwrap().len(), 1);
     assert_eq!(v["runs"][0]["run_id"], "run-bravo");
     assert!(fails(&home, &["runs", "--status", "sleeping"]).contains("unknown status"));
-    // As of seq 6 no run had started.
-    let past = ok(&home, &["runs", "--until", "6"]);
+    // As of seq 12 (the 6th after the genesis) no run had started.
+    let past = ok(&home, &["runs", "--until", "12"]);
     assert!(
         past.contains("requested") && !past.contains("completed"),
         "{past}"
@@ -326,7 +326,7 @@ fn show_run_is_the_centrepiece() {
     let (_d, home, _s) = setup();
     let out = ok(&home, &["show", "run", "run-a"]);
     for needle in [
-        "run run-alpha (as of seq 19 (head))",
+        "run run-alpha (as of seq 25 (head))",
         "│ status            │ completed",
         "9ab3c0ffee00 \"cord-v2-r8\" (recipes/cord.toml)",
         "77e0da7a0000 hf://naver-clova-ix/cord-v2 (1 shards)",
@@ -348,7 +348,7 @@ fn show_run_is_the_centrepiece() {
         "promotions (4)",
         "rolled_back_from",
         "invoices regressed in production",
-        "7 events, seq 4..=12",
+        "7 events, seq 10..=18",
     ] {
         assert!(out.contains(needle), "{needle:?} missing in\n{out}");
     }
@@ -458,7 +458,7 @@ fn lineage_draws_a_tree() {
         "├── eval eval-one on test (100 examples): field_exact_match=0.9300 [0.9200, 0.9400]",
         "├── promoted production at",
         "│   ├── gate field_exact_match >= 0.9 = 0.9300: passed",
-        "│   └── evidence EvalScored seq 15: eval eval-one",
+        "│   └── evidence EvalScored seq 21: eval eval-one",
         "└── rolled back to production at",
     ];
     for l in expected {
@@ -521,7 +521,7 @@ fn replay_prints_digests_and_matches_incremental_views() {
         );
     }
     assert_eq!(out.matches(" same ").count(), 9, "{out}");
-    assert!(out.contains("replayed 21 events into"), "{out}");
+    assert!(out.contains("replayed 27 events into"), "{out}");
     let a: serde_json::Value = serde_json::from_str(&ok(&home, &["replay", "--json"])).unwrap();
     let b: serde_json::Value = serde_json::from_str(&ok(&home, &["replay", "--json"])).unwrap();
     assert_eq!(a["views"], b["views"]);

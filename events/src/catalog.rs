@@ -33,6 +33,9 @@ pub struct CodeVersion {
     pub git_commit: Option<String>,
     /// Whether the build tree had uncommitted changes.
     pub dirty: bool,
+    /// sha256 of the executable that did the work, read at its start.
+    #[serde(default)]
+    pub executable_sha256: Option<Sha256Digest>,
 }
 
 /// The machine that did the work.
@@ -120,6 +123,27 @@ pub struct DatasetPinned {
     pub shards: Vec<ShardPin>,
     /// Row counts per split.
     pub splits: BTreeMap<String, SplitStats>,
+}
+
+impl DatasetPinned {
+    /// The hash of one split: sha256 over its shards' `path sha256` lines,
+    /// sorted, so an eval names exactly the data it scored (and a promoter
+    /// can check that it did).
+    pub fn split_sha256(&self, split: &str) -> Sha256Digest {
+        use sha2::{Digest, Sha256};
+        let mut lines: Vec<String> = self
+            .shards
+            .iter()
+            .filter(|s| s.split == split)
+            .map(|s| format!("{} {}\n", s.path, s.sha256.to_hex()))
+            .collect();
+        lines.sort();
+        let mut h = Sha256::new();
+        for l in lines {
+            h.update(l.as_bytes());
+        }
+        Sha256Digest(h.finalize().into())
+    }
 }
 
 /// A base model was pinned by content.
@@ -413,6 +437,20 @@ pub struct GateResult {
     pub detail: String,
 }
 
+/// Who signed one piece of evidence a decision rests on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct EvidenceSigner {
+    /// The evidence event's id.
+    pub event_id: String,
+    /// Its type (`EvalScored`, `PromotionRequested`, …).
+    pub event_type: String,
+    /// The registered name that signed it.
+    pub actor: String,
+    /// The signing key (NATS nkey).
+    pub signer: String,
+}
+
 /// A checkpoint became the current adapter of a channel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -427,6 +465,9 @@ pub struct AdapterPromoted {
     pub gates: Vec<GateResult>,
     /// Event ids (hyphenated UUIDs) of the evidence: EvalScored and the request.
     pub evidence: Vec<String>,
+    /// Who signed each piece of evidence, in the order of `evidence`.
+    #[serde(default)]
+    pub signed_by: Vec<EvidenceSigner>,
     /// Why, from the request.
     pub reason: String,
 }
@@ -443,6 +484,9 @@ pub struct PromotionRejected {
     pub gates: Vec<GateResult>,
     /// Event ids of the evidence considered.
     pub evidence: Vec<String>,
+    /// Who signed each piece of evidence, in the order of `evidence`.
+    #[serde(default)]
+    pub signed_by: Vec<EvidenceSigner>,
     /// Summary of why.
     pub reason: String,
 }
@@ -499,6 +543,81 @@ pub struct ModalJobUpdated {
     pub observed_at: Timestamp,
 }
 
+/// A key was registered (or its roles changed): the identity that signs
+/// events as `name`. The genesis event of every ledger registers the home's
+/// root key, signed by itself; later ones are signed by an admin (or, for a
+/// key scoped to one run, by a dispatcher).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct KeyRegistered {
+    /// The name events signed by this key carry as their actor.
+    pub name: String,
+    /// The Ed25519 public key as a NATS nkey (`U…`).
+    pub public_key: String,
+    /// Roles (`admin`, `operator`, `trainer`, `evaluator`, `promoter`, `dispatcher`).
+    pub roles: Vec<String>,
+    /// When set, the key may only append to `run/<run_scope>` (a Modal container's key).
+    pub run_scope: Option<String>,
+    /// When set, events the key signs after this instant are refused.
+    pub expires_at: Option<Timestamp>,
+    /// Why, in the registrant's words.
+    pub note: String,
+}
+
+/// A key was revoked: events it signs from here on are refused; its
+/// earlier ones stay valid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct KeyRevoked {
+    /// The key's registered name.
+    pub name: String,
+    /// The key (NATS nkey).
+    pub public_key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// An admin set a channel's own policy, which binds every promotion and
+/// rollback of that channel whatever recipe trained the candidate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct ChannelPolicySet {
+    /// The channel.
+    pub channel: String,
+    /// Names that may request a promotion to it (`None`: any operator).
+    pub requesters: Option<Vec<String>>,
+    /// Names that may request a rollback of it (`None`: the requesters).
+    pub rollbackers: Option<Vec<String>>,
+    /// Evaluator names whose scores count as evidence (`None`: any evaluator key).
+    pub evaluators: Option<Vec<String>>,
+    /// Gates every candidate must pass, besides its recipe's.
+    pub gates: Vec<String>,
+    /// Fewest examples an eval must have scored to count.
+    pub min_examples: u64,
+}
+
+/// Somebody asked for a channel to go back to the adapter it held before;
+/// the promoter applies the channel's policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct RollbackRequested {
+    /// The channel.
+    pub channel: String,
+    /// Why, in the requester's words.
+    pub reason: String,
+}
+
+/// A rollback was refused (the requester may not, or there is nothing to
+/// roll back).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct RollbackRejected {
+    /// The channel.
+    pub channel: String,
+    /// Why, one line.
+    pub reason: String,
+}
+
 macro_rules! catalog {
     ($( $(#[$doc:meta])* $name:ident => $kind:literal ),* $(,)?) => {
         /// The name of an event type, as stored in the envelope and used in NATS subjects.
@@ -544,8 +663,14 @@ macro_rules! catalog {
                 r.map_err(|e| crate::EventError::Encode(e.to_string()))
             }
 
-            /// Decodes a payload of a known type.
+            /// Decodes a payload of a known type (MetricsLogged through a
+            /// fast path when it has the ledger's own form).
             pub fn decode_payload(ty: EventType, bytes: &[u8]) -> Result<Event, crate::EventError> {
+                if ty == EventType::MetricsLogged {
+                    if let Some(m) = crate::fast::metrics_logged(bytes) {
+                        return Ok(Event::MetricsLogged(m));
+                    }
+                }
                 match ty {
                     $(EventType::$name => rmp_serde::from_slice::<$name>(bytes)
                         .map(Event::$name)
@@ -610,6 +735,16 @@ catalog! {
     ModalJobSubmitted => "run",
     /// See [`ModalJobUpdated`].
     ModalJobUpdated => "run",
+    /// See [`KeyRegistered`].
+    KeyRegistered => "key",
+    /// See [`KeyRevoked`].
+    KeyRevoked => "key",
+    /// See [`ChannelPolicySet`].
+    ChannelPolicySet => "channel",
+    /// See [`RollbackRequested`].
+    RollbackRequested => "channel",
+    /// See [`RollbackRejected`].
+    RollbackRejected => "channel",
 }
 
 impl Event {
@@ -638,6 +773,11 @@ impl Event {
             Event::ChannelRolledBack(p) => &p.channel,
             Event::ModalJobSubmitted(p) => &p.run_id,
             Event::ModalJobUpdated(p) => &p.run_id,
+            Event::KeyRegistered(p) => &p.name,
+            Event::KeyRevoked(p) => &p.name,
+            Event::ChannelPolicySet(p) => &p.channel,
+            Event::RollbackRequested(p) => &p.channel,
+            Event::RollbackRejected(p) => &p.channel,
         };
         format!("{}/{}", self.event_type().stream_kind(), id)
     }

@@ -3,11 +3,15 @@
 //! Everything that happens to a model — a recipe declared, a dataset pinned,
 //! a run started, a checkpoint committed, an eval scored, an adapter promoted —
 //! is one of the [`Event`] variants here, wrapped in a [`RecordedEvent`] that
-//! chains it to its predecessor by sha256.
+//! carries its signer's statement and seal and chains it to its predecessor
+//! by sha256. [`Role`] says which keys may append which types.
 
 mod catalog;
 mod digest;
-mod envelope;
+mod fast;
+pub mod msgpack;
+mod record;
+mod roles;
 mod timestamp;
 
 #[cfg(test)]
@@ -15,11 +19,18 @@ mod arbitrary;
 
 pub use catalog::*;
 pub use digest::{ParseDigestError, Sha256Digest};
-pub use envelope::{hash_record_bytes, stored_hash, Envelope, EventId, RecordView, RecordedEvent};
+pub use record::{
+    batch_message, conditions_digest, encode_record, hash_record_bytes, stored_hash, Envelope,
+    EventId, ExpectedVersion, Placement as RecordPlacement, RecordRef, RecordedEvent, Seal,
+    Signature, Statement, RECORD_FORMAT,
+};
+pub use roles::Role;
 pub use timestamp::{ParseTimestampError, Timestamp};
 
-/// The schema version this build writes and the newest it can read.
-pub const SCHEMA_VERSION: u16 = 1;
+/// The payload schema version this build writes and the newest it can read
+/// (2: code versions name their executable's hash; decisions name the
+/// signers of their evidence).
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// Why an event could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -2,24 +2,35 @@ use super::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+const SIGNER: &str = "UCXQF6GWDDSBQQIZ34UXABDPDZ6C6HW2ZRXL5VIDJCN7JMASVM6ERH5C";
+
 fn record_for(event: &Event, seq: u64, prev: Sha256Digest) -> RecordedEvent {
     RecordedEvent {
         seq,
-        stream: event.default_stream(),
         stream_version: seq,
-        event_id: uuid::Uuid::from_u128(seq as u128 * 7919),
-        event_type: event.event_type().as_str().to_string(),
-        schema_version: SCHEMA_VERSION,
         recorded_at: Timestamp(1_795_946_400_000_000_000 + seq as i64),
-        actor: "tester".into(),
-        causation_id: None,
-        correlation_id: Some(uuid::Uuid::from_u128(42)),
-        idempotency_key: Some(format!("k{seq}")),
-        payload: event.encode_payload().unwrap(),
+        batch_index: 0,
+        batch_len: 1,
+        seal: Some(Seal {
+            conditions: Sha256Digest::ZERO,
+            signature: Signature([seq as u8; 64]),
+        }),
+        statement: Statement {
+            stream: event.default_stream(),
+            event_id: uuid::Uuid::from_u128(seq as u128 * 7919),
+            event_type: event.event_type().as_str().to_string(),
+            schema_version: SCHEMA_VERSION,
+            actor: "tester".into(),
+            causation_id: None,
+            correlation_id: Some(uuid::Uuid::from_u128(42)),
+            idempotency_key: Some(format!("k{seq}")),
+            payload: event.encode_payload().unwrap(),
+            signer: SIGNER.into(),
+        },
         prev_hash: prev,
         hash: Sha256Digest::ZERO,
     }
-    .seal()
+    .with_hash()
     .unwrap()
 }
 
@@ -59,7 +70,7 @@ fn type_names_are_unique_and_parse_back() {
         assert!(seen.insert(ty.as_str()));
         assert_eq!(EventType::parse(ty.as_str()), Some(*ty));
     }
-    assert_eq!(EventType::ALL.len(), 21);
+    assert_eq!(EventType::ALL.len(), 26);
     assert_eq!(EventType::parse("RunExploded"), None);
 }
 
@@ -71,28 +82,44 @@ fn sample() -> Event {
 }
 
 #[test]
-fn slice_hash_equals_canonical_hash_of_fields_without_hash() {
+fn slice_hash_equals_the_hash_of_the_fields_without_hash() {
     let rec = record_for(&sample(), 1, Sha256Digest::ZERO);
-    // Independent computation: encode the 13 leading fields as a tuple.
-    let fields = (
-        rec.seq,
+    // Independent computation: the 8 leading fields through rmp-serde.
+    let statement = (
+        RECORD_FORMAT,
         &rec.stream,
-        rec.stream_version,
-        rec.event_id,
+        serde_bytes::Bytes::new(rec.event_id.as_bytes()),
         &rec.event_type,
         rec.schema_version,
-        rec.recorded_at,
         &rec.actor,
-        rec.causation_id,
-        rec.correlation_id,
+        rec.causation_id
+            .map(|c| serde_bytes::ByteBuf::from(c.as_bytes().to_vec())),
+        rec.correlation_id
+            .map(|c| serde_bytes::ByteBuf::from(c.as_bytes().to_vec())),
         &rec.idempotency_key,
         serde_bytes::Bytes::new(&rec.payload),
+        &rec.signer,
+    );
+    let seal = rec.seal.unwrap();
+    let fields = (
+        rec.seq,
+        rec.stream_version,
+        rec.recorded_at.0,
+        rec.batch_index,
+        rec.batch_len,
+        (seal.conditions, serde_bytes::Bytes::new(&seal.signature.0)),
+        &statement,
         rec.prev_hash,
     );
     let mut input = rec.prev_hash.0.to_vec();
     input.extend(rmp_serde::to_vec(&fields).unwrap());
     assert_eq!(Sha256Digest::of(&input), rec.hash);
-    assert_eq!(stored_hash(&rec.encode().unwrap()), Some(rec.hash));
+    let stored = rec.encode().unwrap();
+    assert_eq!(stored_hash(&stored), Some(rec.hash));
+    // The statement's bytes are a slice of the record, and its digest is theirs.
+    let view = RecordRef::decode(&stored).unwrap();
+    assert_eq!(view.statement_bytes, rmp_serde::to_vec(&statement).unwrap());
+    assert_eq!(view.statement_digest(), rec.statement.digest());
 }
 
 #[test]
@@ -104,6 +131,62 @@ fn any_changed_field_changes_the_hash() {
     let mut other = rec.clone();
     other.prev_hash = Sha256Digest::of(b"x");
     assert_ne!(other.compute_hash().unwrap(), rec.hash);
+    let mut other = rec.clone();
+    other.seal = None;
+    assert_ne!(other.compute_hash().unwrap(), rec.hash);
+    let mut other = rec.clone();
+    other.batch_len = 2;
+    assert_ne!(other.compute_hash().unwrap(), rec.hash);
+}
+
+#[test]
+fn statements_and_conditions_bind_what_they_should() {
+    let rec = record_for(&sample(), 1, Sha256Digest::ZERO);
+    let mut other = rec.statement.clone();
+    other.signer = other.signer.replace('U', "V");
+    assert_ne!(other.digest(), rec.statement.digest());
+    // The seq and time are not part of what a signer vouches for.
+    let mut moved = rec.clone();
+    moved.seq = 9;
+    assert_eq!(moved.statement.digest(), rec.statement.digest());
+    let none = conditions_digest([]);
+    assert_eq!(none, Sha256Digest::ZERO);
+    let a = conditions_digest([("run/a", ExpectedVersion::Exact(3))]);
+    let b = conditions_digest([("run/a", ExpectedVersion::Exact(4))]);
+    let c = conditions_digest([("run/a", ExpectedVersion::NoStream)]);
+    assert!(a != b && b != c && a != c && a != none);
+    let d = [rec.statement.digest()];
+    assert_ne!(batch_message(&a, &d), batch_message(&b, &d));
+    assert_ne!(batch_message(&a, &d), batch_message(&a, &[d[0], d[0]]));
+}
+
+#[test]
+fn format_1_records_are_refused_by_name() {
+    let mut bytes = record_for(&sample(), 1, Sha256Digest::ZERO)
+        .encode()
+        .unwrap();
+    bytes[0] = 0x9e;
+    let e = RecordedEvent::decode(&bytes).unwrap_err().to_string();
+    assert!(e.contains("format 1"), "{e}");
+}
+
+#[test]
+fn every_truncation_and_byte_flip_is_an_error_or_a_different_record() {
+    let rec = record_for(&sample(), 1, Sha256Digest::ZERO);
+    let bytes = rec.encode().unwrap();
+    for n in 0..bytes.len() {
+        assert!(RecordedEvent::decode(&bytes[..n]).is_err(), "prefix {n}");
+    }
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut b = bytes.clone();
+            b[i] ^= bit;
+            if let Ok(r) = RecordedEvent::decode(&b) {
+                let same_hash = hash_record_bytes(&b).map(|h| h == r.hash).unwrap_or(false);
+                assert!(!same_hash, "byte {i} bit {bit:#x} went unnoticed");
+            }
+        }
+    }
 }
 
 #[test]
@@ -113,7 +196,7 @@ fn unknown_type_is_a_clear_error() {
     let err = rec.decode_event().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown event type \"RunExploded\" (this build knows 21 types)"
+        "unknown event type \"RunExploded\" (this build knows 26 types)"
     );
 }
 
@@ -124,14 +207,14 @@ fn newer_schema_is_a_clear_error() {
     let err = rec.decode_event().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "RunCancelled has schema version 2, newer than the supported 1: upgrade foundry"
+        "RunCancelled has schema version 3, newer than the supported 2: upgrade foundry"
     );
 }
 
 #[test]
 fn garbage_is_undecodable_not_a_panic() {
     assert!(RecordedEvent::decode(&[]).is_err());
-    assert!(RecordedEvent::decode(&[0x9e]).is_err());
+    assert!(RecordedEvent::decode(&[0x99]).is_err());
     let mut bytes = record_for(&sample(), 1, Sha256Digest::ZERO)
         .encode()
         .unwrap();
@@ -140,7 +223,7 @@ fn garbage_is_undecodable_not_a_panic() {
         RecordedEvent::decode(&bytes),
         Err(EventError::Record(_))
     ));
-    assert!(hash_record_bytes(&[0x9e; 10]).is_err());
+    assert!(hash_record_bytes(&[0x99; 10]).is_err());
 }
 
 #[test]
@@ -178,6 +261,7 @@ fn default_streams_follow_the_kinds() {
         previous_checkpoint_id: None,
         gates: vec![],
         evidence: vec![],
+        signed_by: vec![],
         reason: String::new(),
     });
     assert_eq!(e.default_stream(), "channel/production");

@@ -60,6 +60,13 @@ pub enum LedgerError {
     /// An export file was refused.
     #[error("import refused: {0}")]
     ImportRefused(String),
+    /// The signer may not append this (unregistered, revoked, expired,
+    /// out of scope, or lacking the role), or the signature does not hold.
+    #[error("refused: {0}")]
+    Unauthorized(String),
+    /// A key or key file is unusable.
+    #[error("key: {0}")]
+    Key(String),
 }
 
 impl LedgerError {

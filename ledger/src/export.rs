@@ -30,6 +30,8 @@ const MAX_FRAME: u32 = 64 << 20;
 const MAX_HEADER: usize = 64 << 10;
 /// Records written to the store per batch during import.
 const IMPORT_BATCH: usize = 10_000;
+/// The export layout this build writes and reads.
+const FORMAT_VERSION: u32 = 2;
 
 /// The export file's self-description.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,7 +39,7 @@ const IMPORT_BATCH: usize = 10_000;
 pub struct ExportHeader {
     /// Always `foundry-ledger-export`.
     pub format: String,
-    /// Version of this file layout (1).
+    /// Version of this file layout (2: signed records).
     pub format_version: u32,
     /// Newest event schema version inside.
     pub schema_version: u16,
@@ -64,6 +66,8 @@ pub struct ExportSummary {
     pub head_hash: Sha256Digest,
     /// sha256 of the whole file.
     pub file_sha256: Sha256Digest,
+    /// The history's root key (its genesis signer), when verified.
+    pub root: Option<String>,
 }
 
 struct HashingWriter<W: Write> {
@@ -122,10 +126,10 @@ where
     };
     let header = ExportHeader {
         format: "foundry-ledger-export".into(),
-        format_version: 1,
+        format_version: FORMAT_VERSION,
         schema_version: SCHEMA_VERSION,
-        record_encoding: "MessagePack array envelope v1: [seq, stream, stream_version, event_id(bin16), event_type, schema_version, recorded_at(ns), actor, causation_id, correlation_id, idempotency_key, payload(bin, MessagePack map), prev_hash(bin32), hash(bin32)]".into(),
-        hash_rule: "hash = sha256(prev_hash || MessagePack 13-element array of every field but hash)".into(),
+        record_encoding: "MessagePack record format 2: [seq, stream_version, recorded_at(ns), batch_index, batch_len, seal(nil | [conditions(bin32), signature(bin64)]), statement[format(2), stream, event_id(bin16), event_type, schema_version, actor, causation_id, correlation_id, idempotency_key, payload(bin, MessagePack map), signer(nkey)], prev_hash(bin32), hash(bin32)]".into(),
+        hash_rule: "hash = sha256(prev_hash || MessagePack 8-element array of every field but hash); each batch's last record seals it with an Ed25519 signature by the signer over sha256(\"foundry-batch/v2\\0\" || conditions || u32 count || sha256(statement) of each record)".into(),
         events,
         head_hash,
         exported_at: exported_at.into(),
@@ -137,7 +141,7 @@ where
         w.write_all(EXPORT_MAGIC).map_err(io)?;
         w.write_all(header_json.as_bytes()).map_err(io)?;
         w.write_all(b"\n").map_err(io)?;
-        let mut checker = ChainVerifier::new(false);
+        let mut checker = ChainVerifier::chain_only();
         for item in records {
             let (seq, bytes) = item?;
             if seq > events {
@@ -186,6 +190,7 @@ where
         events,
         head_hash,
         file_sha256: Sha256Digest(digest),
+        root: None,
     })
 }
 
@@ -203,8 +208,10 @@ fn refused(msg: impl Into<String>) -> LedgerError {
 }
 
 impl<R: Read> ExportReader<R> {
-    /// Reads the magic line and the header.
-    pub fn new(input: R) -> Result<Self> {
+    /// Reads the magic line and the header. Records are then checked in
+    /// full (chain, payloads, batches, signatures, authorization); with
+    /// `trusted_root`, a history under another root key is refused at seq 1.
+    pub fn new(input: R, trusted_root: Option<&str>) -> Result<Self> {
         let mut input = BufReader::new(input);
         let mut hasher = Sha256::new();
         let mut magic = vec![0u8; EXPORT_MAGIC.len()];
@@ -226,9 +233,9 @@ impl<R: Read> ExportReader<R> {
         hasher.update(&line);
         let header: ExportHeader = serde_json::from_slice(&line[..line.len() - 1])
             .map_err(|e| refused(format!("header: {e}")))?;
-        if header.format != "foundry-ledger-export" || header.format_version != 1 {
+        if header.format != "foundry-ledger-export" || header.format_version != FORMAT_VERSION {
             return Err(refused(format!(
-                "header: unsupported format {:?} version {}",
+                "header: unsupported format {:?} version {} (this build reads version {FORMAT_VERSION}: signed records)",
                 header.format, header.format_version
             )));
         }
@@ -242,7 +249,7 @@ impl<R: Read> ExportReader<R> {
             input,
             hasher,
             header,
-            checker: ChainVerifier::new(true),
+            checker: ChainVerifier::full(trusted_root).defer_signatures(),
             finished: false,
         })
     }
@@ -250,6 +257,11 @@ impl<R: Read> ExportReader<R> {
     /// The file's header.
     pub fn header(&self) -> &ExportHeader {
         &self.header
+    }
+
+    /// The history's root key, once its first record has been read.
+    pub fn root(&self) -> Option<&str> {
+        self.checker.root()
     }
 
     fn read_exact_hashed(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
@@ -309,6 +321,9 @@ impl<R: Read> ExportReader<R> {
     }
 
     fn finish(&mut self) -> Result<()> {
+        if let Some(v) = self.checker.finish(None) {
+            return Err(refused(v.to_string()));
+        }
         let seq = self.checker.next_seq();
         let count = seq - 1;
         if count != self.header.events {
@@ -346,38 +361,42 @@ impl<R: Read> ExportReader<R> {
     }
 }
 
-/// Verifies a whole export file without importing it.
-pub fn verify_export(path: &Path) -> Result<ExportSummary> {
+/// Verifies a whole export file without importing it: every record, the
+/// chain, every signature and authorization, and the file digest. With
+/// `trusted_root`, a history under another root key is refused.
+pub fn verify_export(path: &Path, trusted_root: Option<&str>) -> Result<ExportSummary> {
     let file = File::open(path).map_err(|source| LedgerError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = ExportReader::new(file)?;
+    let mut reader = ExportReader::new(file, trusted_root)?;
     while reader.next_record()?.is_some() {}
     Ok(ExportSummary {
         events: reader.header.events,
         head_hash: reader.header.head_hash,
+        root: reader.root().map(str::to_string),
         file_sha256: Sha256Digest(reader.hasher.finalize().into()),
     })
 }
 
 impl Ledger {
     /// Imports an export file into this (empty) ledger. The file is verified
-    /// completely before anything is written; a flawed file is refused,
-    /// naming the seq, and the ledger stays empty.
-    pub fn import(&self, path: &Path) -> Result<ExportSummary> {
+    /// completely before anything is written (see [`verify_export`]); a
+    /// flawed file, or with `trusted_root` one under another root key, is
+    /// refused, naming the seq, and the ledger stays empty.
+    pub fn import(&self, path: &Path, trusted_root: Option<&str>) -> Result<ExportSummary> {
         if self.head().seq != 0 {
             return Err(refused(format!(
                 "the ledger already holds {} events; import needs an empty home",
                 self.head().seq
             )));
         }
-        let summary = verify_export(path)?;
+        let summary = verify_export(path, trusted_root)?;
         let file = File::open(path).map_err(|source| LedgerError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut reader = ExportReader::new(file)?;
+        let mut reader = ExportReader::new(file, trusted_root)?;
         let mut batch = Vec::with_capacity(IMPORT_BATCH);
         while let Some(item) = reader.next_record()? {
             batch.push(item);
@@ -395,55 +414,49 @@ impl Ledger {
 
 impl Ledger {
     /// Appends records copied from another ledger (a replica following a
-    /// remote one), each checked against the chain rule first: it must be
-    /// the next seq, hash to its stored hash, link to this ledger's head and
-    /// be the next version of its stream. Nothing is written unless all of
-    /// them pass. Returns the new head seq.
-    pub fn replicate(&self, records: &[Vec<u8>]) -> Result<u64> {
+    /// remote one), each checked in full first: the next seq, its hash, its
+    /// link to this ledger's head, its stream version, its batch's signature
+    /// and its signer's authorization against this ledger's registry. Only
+    /// whole batches are stored: the records of a batch cut off at the end
+    /// of `records` are left for the next call. Nothing is written unless
+    /// everything stored passed. Returns how many records were stored.
+    pub fn replicate(&self, records: &[Vec<u8>]) -> Result<usize> {
         let head = self.head();
-        let mut next = head.seq + 1;
-        let mut prev = head.hash;
-        let mut versions: std::collections::HashMap<String, u64> = Default::default();
+        let mut checker = ChainVerifier::resume(head, self.registry());
+        let mut seeded = std::collections::HashSet::new();
         let mut batch = Vec::with_capacity(records.len());
-        for bytes in records {
-            let at = next;
+        let mut whole = 0;
+        for (i, bytes) in records.iter().enumerate() {
+            let at = head.seq + 1 + i as u64;
             let bad = |reason: String| LedgerError::Corrupt {
                 seq: at,
                 reason: format!("not replicated: {reason}"),
             };
             let rec = RecordedEvent::decode(bytes).map_err(|e| bad(e.to_string()))?;
-            if rec.seq != at {
-                return Err(bad(format!("the record claims seq {}", rec.seq)));
+            if seeded.insert(rec.stream.clone()) {
+                checker.seed_version(&rec.stream, self.stream_version(&rec.stream)?);
             }
-            let computed =
-                foundry_events::hash_record_bytes(bytes).map_err(|e| bad(e.to_string()))?;
-            if computed != rec.hash {
-                return Err(bad("its hash does not match its content".into()));
-            }
-            if rec.prev_hash != prev {
-                return Err(bad(
-                    "it does not link to this ledger's head: this is a replica of another ledger"
-                        .into(),
-                ));
-            }
-            let v = match versions.get(&rec.stream) {
-                Some(v) => *v,
-                None => self.stream_version(&rec.stream)?,
-            };
-            if rec.stream_version != v + 1 {
-                return Err(bad(format!(
-                    "stream {} is at version {v}, the record claims {}",
-                    rec.stream, rec.stream_version
-                )));
-            }
-            versions.insert(rec.stream.clone(), v + 1);
-            prev = rec.hash;
-            next += 1;
+            checker.check(at, bytes).map_err(|v| {
+                let hint = match v.kind {
+                    crate::ViolationKind::ChainBroken if v.seq == head.seq + 1 => {
+                        ": this is a replica of another ledger"
+                    }
+                    _ => "",
+                };
+                LedgerError::Corrupt {
+                    seq: v.seq,
+                    reason: format!("not replicated: {v}{hint}"),
+                }
+            })?;
             batch.push((rec, bytes.clone()));
+            if checker.at_batch_boundary() {
+                whole = batch.len();
+            }
         }
+        batch.truncate(whole);
         if !batch.is_empty() {
             self.append_verbatim(&batch)?;
         }
-        Ok(next - 1)
+        Ok(whole)
     }
 }

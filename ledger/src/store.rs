@@ -2,38 +2,20 @@
 //! any number of readers scan by seq, stream or type, or tail the head.
 
 use crate::chunk;
-use crate::keys::{self, Head};
+use crate::layout::{self, Head};
+use crate::trust::{
+    parse_public_key, signature_holds, Claim, Conditions, Identity, Placement, Registry,
+    SignedBatch,
+};
 use crate::{LedgerError, Result};
 use foundry_events::{
-    hash_record_bytes, Event, EventId, EventType, RecordedEvent, Sha256Digest, Timestamp,
-    SCHEMA_VERSION,
+    encode_record, hash_record_bytes, Event, EventId, EventType, ExpectedVersion, RecordPlacement,
+    RecordRef, RecordedEvent, Seal, Sha256Digest, Timestamp,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
-
-/// What a batch expects of a stream before it appends, for optimistic
-/// concurrency (e.g. two runners claiming one run: exactly one wins).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExpectedVersion {
-    /// No expectation.
-    Any,
-    /// The stream must not exist yet.
-    NoStream,
-    /// The stream must be exactly at this version.
-    Exact(u64),
-}
-
-impl std::fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any version"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
-        }
-    }
-}
 
 /// One event to append, before the ledger assigns seq, version and hash.
 #[derive(Clone, Debug)]
@@ -67,11 +49,10 @@ impl NewEvent {
     }
 }
 
-/// A batch of events appended atomically: all or nothing.
+/// A batch of events to append atomically, all or nothing, once an
+/// [`Identity`] has signed it ([`Identity::sign`]).
 #[derive(Clone, Debug)]
 pub struct AppendRequest {
-    /// Who is appending (recorded on every event).
-    pub actor: String,
     /// Appending the same key again returns the original events.
     pub idempotency_key: Option<String>,
     /// Stream versions the batch requires, checked before anything is written.
@@ -81,10 +62,9 @@ pub struct AppendRequest {
 }
 
 impl AppendRequest {
-    /// A batch by `actor` with no key and no expectations.
-    pub fn new(actor: impl Into<String>, events: Vec<NewEvent>) -> Self {
+    /// A batch with no key and no expectations.
+    pub fn new(events: Vec<NewEvent>) -> Self {
         AppendRequest {
-            actor: actor.into(),
             idempotency_key: None,
             expected: Vec::new(),
             events,
@@ -113,11 +93,18 @@ pub struct AppendOutcome {
     pub duplicate: bool,
 }
 
+/// What the single writer holds while it appends: the head, and the key
+/// registry as of the head.
+struct WriterState {
+    head: Head,
+    registry: Registry,
+}
+
 struct Inner {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-    writer: Mutex<Head>,
+    writer: Mutex<WriterState>,
     head_tx: watch::Sender<u64>,
 }
 
@@ -174,7 +161,7 @@ impl Ledger {
             .open_tree("ledger")
             .map_err(|e| LedgerError::storage(dir, e))?;
         let head = match tree
-            .get(keys::HEAD)
+            .get(layout::HEAD)
             .map_err(|e| LedgerError::storage(dir, e))?
         {
             Some(v) => Head::decode(&v).ok_or_else(|| LedgerError::Corrupt {
@@ -184,15 +171,61 @@ impl Ledger {
             None => Head::default(),
         };
         let (head_tx, _) = watch::channel(head.seq);
-        Ok(Ledger {
+        let ledger = Ledger {
             inner: Arc::new(Inner {
                 path: dir.to_path_buf(),
                 db,
                 tree,
-                writer: Mutex::new(head),
+                writer: Mutex::new(WriterState {
+                    head,
+                    registry: Registry::new(),
+                }),
                 head_tx,
             }),
-        })
+        };
+        let registry = ledger.fold_registry(head.seq)?;
+        ledger.writer()?.registry = registry;
+        Ok(ledger)
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, WriterState>> {
+        self.inner
+            .writer
+            .lock()
+            .map_err(|_| LedgerError::InvalidAppend("writer lock poisoned".into()))
+    }
+
+    /// Folds the key events up to `through` into a registry (how the
+    /// registry is rebuilt when a ledger is opened).
+    fn fold_registry(&self, through: u64) -> Result<Registry> {
+        let mut seqs = self.seqs_of_type(EventType::KeyRegistered, 1)?;
+        seqs.extend(self.seqs_of_type(EventType::KeyRevoked, 1)?);
+        seqs.sort_unstable();
+        let mut registry = Registry::new();
+        for seq in seqs.into_iter().filter(|s| *s <= through) {
+            let rec = self.get(seq)?.ok_or(LedgerError::Corrupt {
+                seq,
+                reason: "indexed key event is missing".into(),
+            })?;
+            let event = rec.decode_event()?;
+            registry.apply(
+                Placement {
+                    seq,
+                    recorded_at: rec.recorded_at,
+                },
+                &rec.actor,
+                &event,
+            );
+        }
+        Ok(registry)
+    }
+
+    /// The key registry as of the head: who may append what.
+    pub fn registry(&self) -> Registry {
+        match self.inner.writer.lock() {
+            Ok(w) => w.registry.clone(),
+            Err(p) => p.into_inner().registry.clone(),
+        }
     }
 
     /// The ledger's directory.
@@ -207,14 +240,14 @@ impl Ledger {
     /// The last appended event's seq, hash and time.
     pub fn head(&self) -> Head {
         match self.inner.writer.lock() {
-            Ok(h) => *h,
-            Err(p) => *p.into_inner(),
+            Ok(w) => w.head,
+            Err(p) => p.into_inner().head,
         }
     }
 
     /// The head as stored on disk (what `verify` checks against).
     pub(crate) fn stored_head(&self) -> Result<Option<Head>> {
-        let v = self.inner.tree.get(keys::HEAD).map_err(|e| self.err(e))?;
+        let v = self.inner.tree.get(layout::HEAD).map_err(|e| self.err(e))?;
         Ok(v.and_then(|v| Head::decode(&v)))
     }
 
@@ -223,30 +256,64 @@ impl Ledger {
         let v = self
             .inner
             .tree
-            .get(keys::version(stream))
+            .get(layout::version(stream))
             .map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| keys::tail_u64(&v)).unwrap_or(0))
+        Ok(v.and_then(|v| layout::tail_u64(&v)).unwrap_or(0))
     }
 
-    /// Appends a batch atomically and durably: when this returns `Ok`, the
-    /// events are flushed to disk. With a used idempotency key, returns the
-    /// original events and appends nothing. A failed expectation is a
-    /// [`LedgerError::Conflict`] and nothing is written.
-    pub fn append(&self, req: AppendRequest) -> Result<AppendOutcome> {
-        if req.events.is_empty() {
-            return Err(LedgerError::InvalidAppend(
-                "a batch needs at least one event".into(),
-            ));
-        }
-        let mut head = self
-            .inner
-            .writer
-            .lock()
-            .map_err(|_| LedgerError::InvalidAppend("writer lock poisoned".into()))?;
-        let tree = &self.inner.tree;
+    /// Signs `req` as `id` and appends it (see [`Ledger::append`]).
+    pub fn append_as(&self, id: &Identity, req: AppendRequest) -> Result<AppendOutcome> {
+        self.append(id.sign(req)?)
+    }
 
-        if let Some(key) = &req.idempotency_key {
-            if let Some(v) = tree.get(keys::idempotency(key)).map_err(|e| self.err(e))? {
+    /// Creates the history of an empty ledger: the root key registers
+    /// itself with `root_roles` (admin among them), then `others`.
+    pub fn init_genesis(
+        &self,
+        root: &Identity,
+        root_roles: &[foundry_events::Role],
+        others: &[crate::trust::Grant],
+    ) -> Result<AppendOutcome> {
+        if self.head().seq != 0 {
+            return Err(LedgerError::InvalidAppend(format!(
+                "the ledger already holds {} events; a genesis goes first",
+                self.head().seq
+            )));
+        }
+        self.append_as(
+            root,
+            crate::trust::genesis_request(root, root_roles, others),
+        )
+    }
+
+    /// Appends a signed batch atomically and durably: when this returns
+    /// `Ok`, the events are flushed to disk. Before anything is written the
+    /// signature must hold for the signer's key, and the registry must let
+    /// that key append every event (registered under the actor, live, not
+    /// expired, in scope, with a role for the type); otherwise
+    /// [`LedgerError::Unauthorized`]. With a used idempotency key, returns
+    /// the original events and appends nothing. A failed expectation is a
+    /// [`LedgerError::Conflict`] and nothing is written.
+    pub fn append(&self, batch: SignedBatch) -> Result<AppendOutcome> {
+        batch.check_shape().map_err(LedgerError::InvalidAppend)?;
+        let mut writer = self.writer()?;
+        let (message, encoded) = batch.message();
+        let signer = batch.signer();
+        let verifying = match writer.registry.key(signer) {
+            Some(k) => k.verifying,
+            None => parse_public_key(signer).map_err(LedgerError::Unauthorized)?,
+        };
+        if !signature_holds(&verifying, &message, &batch.signature) {
+            return Err(LedgerError::Unauthorized(format!(
+                "the signature of the batch does not hold for signer {signer}"
+            )));
+        }
+        let tree = &self.inner.tree;
+        if let Some(key) = batch.idempotency_key() {
+            if let Some(v) = tree
+                .get(layout::idempotency(key))
+                .map_err(|e| self.err(e))?
+            {
                 let (first, count) = decode_span(&v).ok_or_else(|| LedgerError::Corrupt {
                     seq: 0,
                     reason: format!("idempotency entry for {key:?} is damaged"),
@@ -266,74 +333,150 @@ impl Ledger {
             }
         }
 
-        for (stream, expected) in &req.expected {
-            let actual = self.stream_version(stream)?;
-            let ok = match expected {
-                ExpectedVersion::Any => true,
-                ExpectedVersion::NoStream => actual == 0,
-                ExpectedVersion::Exact(v) => actual == *v,
+        let head = writer.head;
+        let recorded_at = Timestamp(now_nanos().max(head.recorded_at));
+        let typed: Vec<Event> = batch
+            .statements
+            .iter()
+            .map(|s| s.decode_event())
+            .collect::<std::result::Result<_, _>>()?;
+        // Authorize in order against the registry as each event would find
+        // it (a genesis registers the root before the root registers more).
+        let mut staged: Option<Registry> = None;
+        for (i, (s, event)) in batch.statements.iter().zip(&typed).enumerate() {
+            let at = Placement {
+                seq: head.seq + 1 + i as u64,
+                recorded_at,
             };
-            if !ok {
-                return Err(LedgerError::Conflict {
-                    stream: stream.clone(),
-                    expected: expected.to_string(),
-                    actual,
-                });
+            let registry = staged.as_ref().unwrap_or(&writer.registry);
+            registry
+                .authorize(
+                    at,
+                    Claim {
+                        signer: &s.signer,
+                        actor: &s.actor,
+                        stream: &s.stream,
+                    },
+                    event,
+                )
+                .map_err(|e| {
+                    LedgerError::Unauthorized(format!("event {i} ({}): {e}", s.event_type))
+                })?;
+            if Registry::changes_on(event.event_type()) {
+                let mut next = staged.take().unwrap_or_else(|| writer.registry.clone());
+                next.apply(at, &s.actor, event);
+                staged = Some(next);
             }
         }
-
-        let recorded_at = now_nanos().max(head.recorded_at);
-        let mut versions: HashMap<String, u64> = HashMap::new();
-        let mut records = Vec::with_capacity(req.events.len());
-        let mut prev = head.hash;
-        for (seq, ne) in (head.seq + 1..).zip(&req.events) {
-            let stream = ne
-                .stream
-                .clone()
-                .unwrap_or_else(|| ne.event.default_stream());
-            if stream.is_empty() || stream.len() > MAX_STREAM_LEN || stream.contains('\0') {
-                return Err(LedgerError::InvalidAppend(format!(
-                    "stream name {stream:?} must be 1..={MAX_STREAM_LEN} bytes without NUL"
-                )));
+        match &batch.conditions {
+            Conditions::Expect(expected) => {
+                for (stream, expected) in expected {
+                    let actual = self.stream_version(stream)?;
+                    let ok = match expected {
+                        ExpectedVersion::Any => true,
+                        ExpectedVersion::NoStream => actual == 0,
+                        ExpectedVersion::Exact(v) => actual == *v,
+                    };
+                    if !ok {
+                        return Err(LedgerError::Conflict {
+                            stream: stream.clone(),
+                            expected: expected.to_string(),
+                            actual,
+                        });
+                    }
+                }
             }
-            let version = match versions.get(&stream) {
-                Some(v) => *v + 1,
-                None => self.stream_version(&stream)? + 1,
-            };
-            versions.insert(stream.clone(), version);
-            let rec = RecordedEvent {
-                seq,
-                stream,
-                stream_version: version,
-                event_id: uuid::Uuid::now_v7(),
-                event_type: ne.event.event_type().as_str().to_string(),
-                schema_version: SCHEMA_VERSION,
-                recorded_at: Timestamp(recorded_at),
-                actor: req.actor.clone(),
-                causation_id: ne.causation_id,
-                correlation_id: ne.correlation_id,
-                idempotency_key: req.idempotency_key.clone(),
-                payload: ne.event.encode_payload()?,
-                prev_hash: prev,
-                hash: Sha256Digest::ZERO,
-            };
-            // Encode once, hash the stored bytes, patch the hash in place.
-            let mut bytes = rec.encode()?;
-            let hash = hash_record_bytes(&bytes)?;
-            let n = bytes.len();
-            bytes[n - 32..].copy_from_slice(&hash.0);
-            let rec = RecordedEvent { hash, ..rec };
-            prev = hash;
-            records.push((rec, bytes));
+            Conditions::Relayed(_) => {
+                let scoped = writer
+                    .registry
+                    .key(signer)
+                    .is_some_and(|k| k.run_scope.is_some());
+                if !scoped {
+                    return Err(LedgerError::Unauthorized(format!(
+                        "only batches of run-scoped keys can be relayed; {signer} is not one"
+                    )));
+                }
+            }
         }
-        let new_head = self.write_batch(&records, *head)?;
-        *head = new_head;
-        drop(head);
+        let records = self.place(head, recorded_at, batch, encoded)?;
+        let new_head = self.write_batch(&records, head)?;
+        writer.head = new_head;
+        if let Some(r) = staged {
+            writer.registry = r;
+        }
+        drop(writer);
         self.inner.head_tx.send_replace(new_head.seq);
         Ok(AppendOutcome {
             events: records.into_iter().map(|(r, _)| r).collect(),
             duplicate: false,
         })
+    }
+
+    /// Turns a signed batch into the records that continue the chain from
+    /// `head`: seqs, stream versions, batch positions, the seal on the last
+    /// one, and the hashes. `encoded` are the statements' bytes. Checks no
+    /// authorization (that is [`Ledger::append`]'s job).
+    pub(crate) fn place(
+        &self,
+        head: Head,
+        recorded_at: Timestamp,
+        batch: SignedBatch,
+        encoded: Vec<Vec<u8>>,
+    ) -> Result<Vec<(RecordedEvent, Vec<u8>)>> {
+        let n = batch.statements.len();
+        let seal = Seal {
+            conditions: batch.conditions.digest(),
+            signature: batch.signature,
+        };
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut records = Vec::with_capacity(n);
+        let mut prev = head.hash;
+        for (i, (statement, bytes)) in batch.statements.into_iter().zip(encoded).enumerate() {
+            let stream = &statement.stream;
+            if stream.is_empty() || stream.len() > MAX_STREAM_LEN || stream.contains('\0') {
+                return Err(LedgerError::InvalidAppend(format!(
+                    "stream name {stream:?} must be 1..={MAX_STREAM_LEN} bytes without NUL"
+                )));
+            }
+            let version = match versions.get(stream) {
+                Some(v) => *v + 1,
+                None => self.stream_version(stream)? + 1,
+            };
+            versions.insert(stream.clone(), version);
+            let seq = head.seq + 1 + i as u64;
+            let seal = (i + 1 == n).then_some(seal);
+            // Encode once, hash the stored bytes, patch the hash in place.
+            let mut stored = encode_record(
+                &RecordPlacement {
+                    seq,
+                    stream_version: version,
+                    recorded_at,
+                    batch_index: i as u32,
+                    batch_len: n as u32,
+                },
+                &seal,
+                &bytes,
+                &prev,
+                &Sha256Digest::ZERO,
+            );
+            let hash = hash_record_bytes(&stored)?;
+            let len = stored.len();
+            stored[len - 32..].copy_from_slice(&hash.0);
+            let rec = RecordedEvent {
+                seq,
+                stream_version: version,
+                recorded_at,
+                batch_index: i as u32,
+                batch_len: n as u32,
+                seal,
+                statement,
+                prev_hash: prev,
+                hash,
+            };
+            prev = hash;
+            records.push((rec, stored));
+        }
+        Ok(records)
     }
 
     /// Writes sealed records that continue the chain from `head` as one
@@ -346,7 +489,7 @@ impl Ledger {
         let first_seq = first.seq;
         let mut batch = sled::Batch::default();
         batch.insert(
-            &keys::event(first_seq),
+            &layout::event(first_seq),
             chunk::encode(records.iter().map(|(_, b)| b.as_slice())),
         );
         // Per stream: first version in this batch and the seqs, in order.
@@ -383,16 +526,16 @@ impl Ledger {
         }
         for (stream, (first_version, seqs)) in streams {
             let last_version = first_version + seqs.len() as u64 / 8 - 1;
-            batch.insert(keys::stream_entry(stream, first_version), seqs);
-            batch.insert(keys::version(stream), &last_version.to_be_bytes());
+            batch.insert(layout::stream_entry(stream, first_version), seqs);
+            batch.insert(layout::version(stream), &last_version.to_be_bytes());
         }
         for (ty, seqs) in types {
-            batch.insert(keys::type_entry(ty, first_seq), seqs);
+            batch.insert(layout::type_entry(ty, first_seq), seqs);
         }
         for (k, (first, count)) in spans {
-            batch.insert(keys::idempotency(k), &encode_span(first, count));
+            batch.insert(layout::idempotency(k), &encode_span(first, count));
         }
-        batch.insert(keys::HEAD, new_head.encode().as_slice());
+        batch.insert(layout::HEAD, new_head.encode().as_slice());
         self.inner
             .tree
             .apply_batch(batch)
@@ -404,24 +547,33 @@ impl Ledger {
     /// Stores already-sealed records verbatim (import). The caller has
     /// verified them; they must continue the chain from the current head.
     pub(crate) fn append_verbatim(&self, records: &[(RecordedEvent, Vec<u8>)]) -> Result<()> {
-        let mut head = self
-            .inner
-            .writer
-            .lock()
-            .map_err(|_| LedgerError::InvalidAppend("writer lock poisoned".into()))?;
+        let mut writer = self.writer()?;
         let new_head = self
-            .write_batch(records, *head)
+            .write_batch(records, writer.head)
             .map_err(|e| LedgerError::ImportRefused(e.to_string()))?;
-        *head = new_head;
-        drop(head);
+        writer.head = new_head;
+        for (rec, _) in records {
+            if EventType::parse(&rec.event_type).is_some_and(Registry::changes_on) {
+                let event = rec.decode_event()?;
+                writer.registry.apply(
+                    Placement {
+                        seq: rec.seq,
+                        recorded_at: rec.recorded_at,
+                    },
+                    &rec.actor,
+                    &event,
+                );
+            }
+        }
+        drop(writer);
         self.inner.head_tx.send_replace(new_head.seq);
         Ok(())
     }
 
     /// The chunk holding `seq`: its first seq and bytes.
     pub(crate) fn chunk_of(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>> {
-        let lo = [keys::EVENT];
-        let hi = keys::event(seq);
+        let lo = [layout::EVENT];
+        let hi = layout::event(seq);
         match self
             .inner
             .tree
@@ -430,7 +582,7 @@ impl Ledger {
         {
             Some(r) => {
                 let (k, v) = r.map_err(|e| self.err(e))?;
-                Ok(keys::tail_u64(&k).map(|first| (first, v)))
+                Ok(layout::tail_u64(&k).map(|first| (first, v)))
             }
             None => Ok(None),
         }
@@ -460,14 +612,14 @@ impl Ledger {
 
     /// Iterates the stored chunks (first seq, bytes) in order.
     pub(crate) fn raw_chunks(&self) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + '_ {
-        let lo = [keys::EVENT];
-        let hi = [keys::EVENT + 1];
+        let lo = [layout::EVENT];
+        let hi = [layout::EVENT + 1];
         self.inner
             .tree
             .range(lo.as_slice()..hi.as_slice())
             .map(move |r| {
                 let (k, v) = r.map_err(|e| self.err(e))?;
-                let first = keys::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
+                let first = layout::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
                     seq: 0,
                     reason: "malformed chunk key".into(),
                 })?;
@@ -484,14 +636,14 @@ impl Ledger {
             Ok(Some((first, _))) => first,
             _ => from,
         };
-        let lo = keys::event(start);
-        let hi = [keys::EVENT + 1];
+        let lo = layout::event(start);
+        let hi = [layout::EVENT + 1];
         self.inner
             .tree
             .range(lo.as_slice()..hi.as_slice())
             .map(move |r| {
                 let (k, bytes) = r.map_err(|e| self.err(e))?;
-                let first_seq = keys::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
+                let first_seq = layout::tail_u64(&k).ok_or_else(|| LedgerError::Corrupt {
                     seq: 0,
                     reason: "malformed chunk key".into(),
                 })?;
@@ -535,9 +687,9 @@ impl Ledger {
 
     /// The events of one stream from version `from_version` on.
     pub fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>> {
-        let prefix = keys::stream_prefix(stream);
+        let prefix = layout::stream_prefix(stream);
         let from_version = from_version.max(1);
-        let hi = keys::stream_entry(stream, from_version);
+        let hi = layout::stream_entry(stream, from_version);
         let start = match self
             .inner
             .tree
@@ -553,8 +705,8 @@ impl Ledger {
             if !k.starts_with(&prefix) || k.len() != prefix.len() + 8 {
                 break;
             }
-            let first_version = keys::tail_u64(&k).unwrap_or(0);
-            for (i, seq) in keys::u64s(&v).enumerate() {
+            let first_version = layout::tail_u64(&k).unwrap_or(0);
+            for (i, seq) in layout::u64s(&v).enumerate() {
                 if first_version + i as u64 >= from_version {
                     out.push(self.get(seq)?.ok_or(LedgerError::Corrupt {
                         seq,
@@ -568,11 +720,11 @@ impl Ledger {
 
     /// Seqs of all events of one type from `from` on, in order.
     pub fn seqs_of_type(&self, ty: EventType, from: u64) -> Result<Vec<u64>> {
-        let prefix = keys::type_prefix(ty.as_str());
+        let prefix = layout::type_prefix(ty.as_str());
         let mut out = Vec::new();
         for r in self.inner.tree.scan_prefix(&prefix) {
             let (_, v) = r.map_err(|e| self.err(e))?;
-            out.extend(keys::u64s(&v).filter(|s| *s >= from));
+            out.extend(layout::u64s(&v).filter(|s| *s >= from));
         }
         Ok(out)
     }
@@ -594,10 +746,10 @@ impl Ledger {
     /// Names of every stream with its current version.
     pub fn streams(&self) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        for r in self.inner.tree.scan_prefix([keys::VERSION]) {
+        for r in self.inner.tree.scan_prefix([layout::VERSION]) {
             let (k, v) = r.map_err(|e| self.err(e))?;
             let name = String::from_utf8_lossy(&k[1..]).into_owned();
-            out.push((name, keys::tail_u64(&v).unwrap_or(0)));
+            out.push((name, layout::tail_u64(&v).unwrap_or(0)));
         }
         Ok(out)
     }
@@ -607,9 +759,9 @@ impl Ledger {
         let v = self
             .inner
             .tree
-            .get(keys::PUBLISHED)
+            .get(layout::PUBLISHED)
             .map_err(|e| self.err(e))?;
-        Ok(v.and_then(|v| keys::tail_u64(&v)).unwrap_or(0))
+        Ok(v.and_then(|v| layout::tail_u64(&v)).unwrap_or(0))
     }
 
     /// Seqs appended but not yet acknowledged by the distribution channel,
@@ -629,7 +781,7 @@ impl Ledger {
         }
         self.inner
             .tree
-            .insert(keys::PUBLISHED, &seq.to_be_bytes())
+            .insert(layout::PUBLISHED, &seq.to_be_bytes())
             .map_err(|e| self.err(e))?;
         self.inner.db.flush().map_err(|e| self.err(e))?;
         Ok(())
@@ -720,10 +872,12 @@ impl Tail {
 }
 
 pub(crate) fn decode_at(seq: u64, bytes: &[u8]) -> Result<RecordedEvent> {
-    RecordedEvent::decode(bytes).map_err(|e| LedgerError::Corrupt {
-        seq,
-        reason: e.to_string(),
-    })
+    RecordRef::decode(bytes)
+        .map(|r| r.to_owned())
+        .map_err(|e| LedgerError::Corrupt {
+            seq,
+            reason: e.to_string(),
+        })
 }
 
 fn encode_span(first: u64, count: u64) -> [u8; 16] {

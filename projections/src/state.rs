@@ -3,7 +3,7 @@
 //! always give the same state, byte for byte.
 
 use crate::views::*;
-use foundry_events::{Envelope, Event, GateResult, MetricValue, Sha256Digest};
+use foundry_events::{CodeVersion, Envelope, Event, GateResult, MetricValue, Sha256Digest};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every view, in memory, as of `last_seq`.
@@ -460,10 +460,7 @@ impl State {
                 r.run_config_sha256 = Some(p.run_config_sha256);
                 r.total_steps = Some(p.total_steps);
                 r.started_at.get_or_insert(at);
-                let code = match &p.code.git_commit {
-                    Some(c) => format!("{}@{}", p.code.version, c),
-                    None => p.code.version.clone(),
-                };
+                let code = code_label(&p.code);
                 self.edge(
                     NodeRef::new("run", &p.run_id),
                     "code",
@@ -750,7 +747,80 @@ impl State {
                     );
                 }
             }
+            Event::RollbackRequested(p) => {
+                let ev = event_ref(env);
+                self.cite(
+                    env,
+                    format!("request to roll back {}: {}", p.channel, p.reason),
+                );
+                self.channel(&p.channel).history.push(channel_entry(
+                    "rollback_requested",
+                    None,
+                    None,
+                    &p.reason,
+                    Vec::new(),
+                    Vec::new(),
+                    &ev,
+                ));
+            }
+            Event::RollbackRejected(p) => {
+                let ev = event_ref(env);
+                self.channel(&p.channel).history.push(channel_entry(
+                    "rollback_rejected",
+                    None,
+                    None,
+                    &p.reason,
+                    Vec::new(),
+                    Vec::new(),
+                    &ev,
+                ));
+            }
+            Event::ChannelPolicySet(p) => {
+                let ev = event_ref(env);
+                let names = |v: &Option<Vec<String>>| {
+                    v.as_ref()
+                        .map_or_else(|| "default".to_string(), |v| v.join(", "))
+                };
+                let summary = format!(
+                    "policy: requesters {}; rollbacks {}; evaluators {}; gates [{}]; at least {} examples",
+                    names(&p.requesters),
+                    names(&p.rollbackers),
+                    names(&p.evaluators),
+                    p.gates.join(", "),
+                    p.min_examples
+                );
+                self.channel(&p.channel).history.push(channel_entry(
+                    "policy_set",
+                    None,
+                    None,
+                    &summary,
+                    Vec::new(),
+                    Vec::new(),
+                    &ev,
+                ));
+            }
+            // Keys are the ledger's own business (see its registry).
+            Event::KeyRegistered(_) | Event::KeyRevoked(_) => {}
         }
         true
     }
+}
+
+/// How lineage names the code that trained a run: the crate version, the
+/// git commit (`+dirty` when the tree had uncommitted changes) and the
+/// executable's hash, whichever are known.
+pub fn code_label(c: &CodeVersion) -> String {
+    let mut s = c.version.clone();
+    if let Some(g) = &c.git_commit {
+        s.push('@');
+        s.push_str(g.get(..12).unwrap_or(g));
+    }
+    if c.dirty {
+        s.push_str("+dirty");
+    }
+    if let Some(x) = &c.executable_sha256 {
+        s.push_str(" exe ");
+        s.push_str(&x.short());
+    }
+    s
 }

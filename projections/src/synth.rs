@@ -10,7 +10,7 @@
 
 use crate::Result;
 use foundry_events::*;
-use foundry_ledger::{AppendRequest, Ledger, NewEvent};
+use foundry_ledger::{AppendRequest, Identity, Ledger, NewEvent};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -268,6 +268,7 @@ impl Synth {
                         dtype: "bf16".into(),
                     },
                     code: CodeVersion {
+                        executable_sha256: None,
                         version: "0.1.0".into(),
                         git_commit: Some(format!("{:07x}", rng.gen_range(0..3u32) * 0x111_1111)),
                         dirty: false,
@@ -448,6 +449,7 @@ impl Synth {
                 version: "0.1.0".into(),
                 git_commit: None,
                 dirty: false,
+                executable_sha256: None,
             },
             device: DeviceInfo::default(),
         }))
@@ -496,6 +498,7 @@ impl Synth {
                 previous_checkpoint_id: previous,
                 gates,
                 evidence,
+                signed_by: vec![],
                 reason: format!("eval {} scored {:.3}", d.eval_id, d.score),
             }))
         } else {
@@ -504,6 +507,7 @@ impl Synth {
                 channel: d.channel,
                 gates,
                 evidence,
+                signed_by: vec![],
                 reason: format!("field_exact_match {:.3} < {threshold}", d.score),
             }))
         }
@@ -560,9 +564,29 @@ impl Synth {
     }
 }
 
-/// Appends `events` events of the seeded history to `ledger`, in batches of
-/// at most `batch`; returns the head seq. Each call to `on_batch` gets the
-/// head after a batch (tests use it to catch up in between).
+/// Gives an empty ledger its genesis: a fresh root key named `synth` that
+/// holds every role, so a synthetic history can be appended in mixed
+/// batches. Returns that identity.
+pub fn bootstrap(ledger: &Ledger) -> Result<Identity> {
+    let id = Identity::generate("synth")?;
+    ledger.init_genesis(&id, Role::ALL, &[])?;
+    Ok(id)
+}
+
+/// An empty ledger in a temporary directory (for tests).
+#[cfg(test)]
+pub(crate) fn tests_ledger() -> (tempfile::TempDir, Ledger) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let ledger = foundry_ledger::Home::at(dir.path())
+        .init()
+        .unwrap_or_else(|e| panic!("init: {e}"));
+    (dir, ledger)
+}
+
+/// Appends `events` events of the seeded history to `ledger` (which must be
+/// empty: it gets a [`bootstrap`] genesis first), in batches of at most
+/// `batch`; returns the head seq. Each call to `on_batch` gets the head
+/// after a batch (tests use it to catch up in between).
 pub fn append_synthetic(
     ledger: &Ledger,
     seed: u64,
@@ -570,16 +594,17 @@ pub fn append_synthetic(
     batch: usize,
     mut on_batch: impl FnMut(u64) -> Result<()>,
 ) -> Result<u64> {
+    let id = bootstrap(ledger)?;
     let mut synth = Synth::new(seed);
     let mut done = 0u64;
     while done < events {
         let n = batch.min((events - done) as usize);
         let evs = synth.next_batch(n);
         done += evs.len() as u64;
-        let out = ledger.append(AppendRequest::new(
-            "synth",
-            evs.into_iter().map(NewEvent::new).collect(),
-        ))?;
+        let out = ledger.append_as(
+            &id,
+            AppendRequest::new(evs.into_iter().map(NewEvent::new).collect()),
+        )?;
         synth.observe(&out.events);
         on_batch(ledger.head().seq)?;
     }

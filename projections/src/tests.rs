@@ -19,6 +19,7 @@ fn env(seq: u64, event: impl Into<Event>) -> Envelope {
         schema_version: SCHEMA_VERSION,
         recorded_at: Timestamp(1_767_225_600_000_000_000 + seq as i64 * 1_000_000_000),
         actor: format!("actor-{seq}"),
+        signer: "UTEST".into(),
         causation_id: None,
         correlation_id: None,
         idempotency_key: None,
@@ -100,6 +101,7 @@ fn started(run: &str, commit: &str) -> Event {
             dtype: "f32".into(),
         },
         code: CodeVersion {
+            executable_sha256: None,
             version: "0.1.0".into(),
             git_commit: Some(commit.into()),
             dirty: false,
@@ -175,6 +177,7 @@ fn scored(eval: &str, cp: &str, run: &str, v: f64) -> Event {
 
 fn promoted(cp: &str, channel: &str, evidence: Vec<String>) -> Event {
     Event::AdapterPromoted(AdapterPromoted {
+        signed_by: vec![],
         checkpoint_id: cp.into(),
         channel: channel.into(),
         previous_checkpoint_id: None,
@@ -325,6 +328,7 @@ fn fold_checkpoints_evals_promotions() {
             vec![uuid_for(3).to_string(), uuid_for(4).to_string()],
         ),
         Event::PromotionRejected(PromotionRejected {
+            signed_by: vec![],
             checkpoint_id: "cp1".into(),
             channel: "edge".into(),
             gates: vec![],
@@ -558,10 +562,22 @@ fn store_recovers_from_interrupted_write_and_foreign_ledger() {
 
 // ---------------------------------------------------------------- time travel
 
+/// The key the scripted histories are appended with (every role).
+fn tester() -> foundry_ledger::Identity {
+    static ID: std::sync::OnceLock<foundry_ledger::Identity> = std::sync::OnceLock::new();
+    ID.get_or_init(|| foundry_ledger::Identity::generate("alice").expect("key"))
+        .clone()
+}
+
 fn append(ledger: &Ledger, e: Event) -> RecordedEvent {
     std::thread::sleep(std::time::Duration::from_millis(3));
+    if ledger.head().seq == 0 {
+        ledger
+            .init_genesis(&tester(), Role::ALL, &[])
+            .expect("genesis");
+    }
     let out = ledger
-        .append(AppendRequest::new("alice", vec![NewEvent::new(e)]))
+        .append_as(&tester(), AppendRequest::new(vec![NewEvent::new(e)]))
         .expect("append");
     out.events.into_iter().next().expect("one event")
 }
@@ -619,10 +635,10 @@ fn time_travel_on_a_scripted_history() {
     let (cur, why) = prod_at(Bound::Time(rb.recorded_at)).expect("channel");
     assert_eq!(cur.as_deref(), Some("aaaa1111"));
     assert_eq!(why.expect("entry").reason, "regression on invoices");
-    // A run as it was after its first checkpoint.
-    let s = fold_until(&ledger, Bound::Seq(3)).expect("fold");
+    // A run as it was after its first checkpoint (seq 1 is the genesis).
+    let s = fold_until(&ledger, Bound::Seq(4)).expect("fold");
     assert_eq!(s.runs["r1"].checkpoints, vec!["aaaa1111"]);
-    assert_eq!(s.last_seq, 3);
+    assert_eq!(s.last_seq, 4);
     // Bounds from CLI arguments.
     assert_eq!(Bound::from_args(None, Some(3)).expect("b"), Bound::Seq(3));
     assert!(Bound::from_args(Some("yesterday"), None).is_err());

@@ -4,6 +4,10 @@
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
+/// Events in the genesis `ledger init` writes: the root and five more keys
+/// (you, the trainer, the evaluator, the promoter, the Modal dispatcher).
+pub const GENESIS: u64 = 6;
+
 /// Path of the `ledger` binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ledger")
@@ -23,7 +27,8 @@ pub fn ledger_env(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(args)
         .env_remove("FOUNDRY_HOME")
         .env_remove("FOUNDRY_NATS_URL")
-        .env("FOUNDRY_ACTOR", "tester")
+        .env_remove("FOUNDRY_KEY")
+        .env_remove("FOUNDRY_TRUST_ROOT")
         .envs(env.iter().copied())
         .output()
         .expect("run ledger")
@@ -172,7 +177,8 @@ pub fn start(
         .args(args)
         .env_remove("FOUNDRY_HOME")
         .env_remove("FOUNDRY_NATS_URL")
-        .env("FOUNDRY_ACTOR", "tester")
+        .env_remove("FOUNDRY_KEY")
+        .env_remove("FOUNDRY_TRUST_ROOT")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -183,4 +189,68 @@ pub fn start(
     err.read_line(&mut line).expect("first line");
     assert!(line.contains(ready), "{line}");
     (Proc(child), err)
+}
+
+/// One key per actor name, shared by every scripted history of this test
+/// process, and the root that registers them.
+fn scripted_key(name: &str) -> foundry_ledger::Identity {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static KEYS: OnceLock<Mutex<HashMap<String, foundry_ledger::Identity>>> = OnceLock::new();
+    let mut keys = KEYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    keys.entry(name.to_string())
+        .or_insert_with(|| foundry_ledger::Identity::generate(name).expect("key"))
+        .clone()
+}
+
+/// Appends `e` to a scripted history as `actor`, signed with that actor's
+/// key: the ledger gets a genesis first if it is empty, and the actor's
+/// key is registered (with every role) by the root on first use.
+pub fn append_as_actor(
+    ledger: &foundry_ledger::Ledger,
+    actor: &str,
+    e: foundry_events::Event,
+) -> foundry_events::RecordedEvent {
+    use foundry_events::Role;
+    use foundry_ledger::trust::Grant;
+    use foundry_ledger::{AppendRequest, NewEvent};
+    let root = scripted_key("root");
+    if ledger.head().seq == 0 {
+        ledger
+            .init_genesis(&root, &[Role::Admin], &[])
+            .expect("genesis");
+    }
+    let id = scripted_key(actor);
+    if ledger.registry().key(id.public_key()).is_none() {
+        ledger
+            .append_as(
+                &root,
+                AppendRequest::new(vec![NewEvent::new(Grant::of(&id, Role::ALL, "").event())]),
+            )
+            .expect("register");
+    }
+    ledger
+        .append_as(&id, AppendRequest::new(vec![NewEvent::new(e)]))
+        .expect("append")
+        .events
+        .remove(0)
+}
+
+/// Starts a scripted history: a genesis in which the root registers a key
+/// (every role) for each of `actors`, so the history after it is offset by
+/// `1 + actors.len()` seqs whatever the order of the actors' first events.
+pub fn scripted_genesis(ledger: &foundry_ledger::Ledger, actors: &[&str]) -> u64 {
+    use foundry_events::Role;
+    use foundry_ledger::trust::Grant;
+    let grants: Vec<Grant> = actors
+        .iter()
+        .map(|a| Grant::of(&scripted_key(a), Role::ALL, "scripted"))
+        .collect();
+    ledger
+        .init_genesis(&scripted_key("root"), &[Role::Admin], &grants)
+        .expect("genesis");
+    1 + actors.len() as u64
 }

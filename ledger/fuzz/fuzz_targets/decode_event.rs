@@ -2,7 +2,7 @@
 //! never a panic.
 #![no_main]
 
-use foundry_events::{hash_record_bytes, RecordView, RecordedEvent};
+use foundry_events::{hash_record_bytes, RecordRef, RecordedEvent};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,8 +10,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = rec.decode_event();
         let _ = rec.compute_hash();
     }
-    if let Ok(view) = RecordView::decode(data) {
+    if let Ok(view) = RecordRef::decode(data) {
         let _ = view.decode_event();
+        let _ = view.statement_digest();
     }
     let _ = hash_record_bytes(data);
 });

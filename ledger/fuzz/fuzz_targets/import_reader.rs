@@ -6,7 +6,7 @@ use foundry_ledger::ExportReader;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(mut reader) = ExportReader::new(data) {
+    if let Ok(mut reader) = ExportReader::new(data, None) {
         while let Ok(Some(_)) = reader.next_record() {}
     }
 });

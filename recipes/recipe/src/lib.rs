@@ -231,8 +231,13 @@ pub struct Channel {
     pub beat_production_by: Option<f64>,
     /// Metric of that comparison.
     pub compare_metric: String,
-    /// Who may promote (None: anyone).
+    /// Who may request a promotion to (or a rollback of) this channel:
+    /// registered key names (None: any operator).
     pub actors: Option<Vec<String>>,
+    /// Evaluator key names whose scores count as evidence (None: any key
+    /// holding the evaluator role).
+    #[serde(default)]
+    pub evaluators: Option<Vec<String>>,
 }
 
 impl Channel {
@@ -246,6 +251,13 @@ impl Channel {
         self.actors
             .as_ref()
             .is_none_or(|a| a.iter().any(|x| x == actor))
+    }
+
+    /// Whether an eval signed by `evaluator` counts as evidence here.
+    pub fn trusts(&self, evaluator: &str) -> bool {
+        self.evaluators
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|x| x == evaluator))
     }
 }
 

@@ -595,12 +595,13 @@ impl Cx {
                     format!("metric {:?} is not in eval.metrics", c.compare_metric),
                 ));
             }
-            if let Some(actors) = &c.actors {
-                if let Some(i) = actors.iter().position(|a| a.trim().is_empty()) {
-                    return Err(self.err(
-                        &format!("promotion.{name}.actors[{i}]"),
-                        "must not be empty",
-                    ));
+            for (key, names) in [("actors", &c.actors), ("evaluators", &c.evaluators)] {
+                if let Some(names) = names {
+                    if let Some(i) = names.iter().position(|a| a.trim().is_empty()) {
+                        return Err(
+                            self.err(&format!("promotion.{name}.{key}[{i}]"), "must not be empty")
+                        );
+                    }
                 }
             }
         }

@@ -350,7 +350,8 @@ pub const PROMOTION_CHANNEL: &[KeySpec] = &[
     k("gates", Kind::StrList, Default::List(&[]), "Conditions like `field_exact_match >= 0.94`; all must hold."),
     k("beat_production_by", Kind::Float, Default::Null, "Points (percent) the candidate must beat the current production adapter by on compare_metric; null: no comparison."),
     k("compare_metric", Kind::Str, Default::Str("field_exact_match"), "Metric of the production comparison."),
-    k("actors", Kind::StrList, Default::Null, "Actors allowed to promote to this channel; null: anyone."),
+    k("actors", Kind::StrList, Default::Null, "Key names allowed to request a promotion to (or a rollback of) this channel; null: any operator."),
+    k("evaluators", Kind::StrList, Default::Null, "Evaluator key names whose EvalScored counts as evidence; null: any key with the evaluator role."),
 ];
 
 /// `[backend]`.

@@ -187,7 +187,7 @@ fn env_override_errors_name_the_variable() {
     );
     assert_eq!(
         err_env(MIN, &[("FOUNDRY_PROMOTION_PRODUCTION_SPEED", "1")]),
-        "r.toml: promotion (FOUNDRY_PROMOTION_PRODUCTION_SPEED): unknown key (expected FOUNDRY_PROMOTION_<CHANNEL>_<KEY> with KEY one of GATES, BEAT_PRODUCTION_BY, COMPARE_METRIC, ACTORS)"
+        "r.toml: promotion (FOUNDRY_PROMOTION_PRODUCTION_SPEED): unknown key (expected FOUNDRY_PROMOTION_<CHANNEL>_<KEY> with KEY one of GATES, BEAT_PRODUCTION_BY, COMPARE_METRIC, ACTORS, EVALUATORS)"
     );
 }
 

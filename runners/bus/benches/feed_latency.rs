@@ -37,17 +37,14 @@ impl Runner for Probe {
 }
 
 fn checkpoint(i: u64) -> AppendRequest {
-    AppendRequest::new(
-        "runner:trainer",
-        vec![NewEvent::new(CheckpointCommitted {
-            run_id: "bench".into(),
-            checkpoint_id: format!("ckpt-{i}"),
-            step: i,
-            files: vec![],
-            loss: Some(0.5),
-            location: "local".into(),
-        })],
-    )
+    AppendRequest::new(vec![NewEvent::new(CheckpointCommitted {
+        run_id: "bench".into(),
+        checkpoint_id: format!("ckpt-{i}"),
+        step: i,
+        files: vec![],
+        loss: Some(0.5),
+        location: "local".into(),
+    })])
 }
 
 fn report(name: &str, mut v: Vec<Duration>) {
@@ -98,6 +95,10 @@ fn main() {
         let nats = common::NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
         let ledger: Ledger = Home::at(dir.path().join("l")).init().unwrap();
+        let trainer = foundry_ledger::Identity::generate("runner:trainer").unwrap();
+        ledger
+            .init_genesis(&trainer, foundry_events::Role::ALL, &[])
+            .unwrap();
         let (stop, stop_rx) = watch::channel(false);
         let svc = tokio::spawn(serve(
             ledger.clone(),
@@ -105,7 +106,7 @@ fn main() {
             stop_rx,
         ));
         let nc = NatsOptions::url(nats.url()).connect().await.unwrap();
-        let client = Arc::new(NatsLedgerClient::new(nc.clone()));
+        let client = Arc::new(NatsLedgerClient::new(nc.clone(), trainer.clone()));
         while client.head().await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -123,7 +124,6 @@ fn main() {
         let mut host = Host::new();
         let ctx = RunnerContext {
             client: client.clone(),
-            actor: "runner:evaluator".into(),
             runner_id: "probe".into(),
             home: Home::at(dir.path().join("r")),
             stop: host.stop_signal(),
@@ -141,9 +141,12 @@ fn main() {
         .await;
         let local = measure(n, &mut rx, async |i| {
             let l = ledger.clone();
-            tokio::task::spawn_blocking(move || l.append(checkpoint(i)).unwrap().events[0].seq)
-                .await
-                .unwrap()
+            let id = trainer.clone();
+            tokio::task::spawn_blocking(move || {
+                l.append_as(&id, checkpoint(i)).unwrap().events[0].seq
+            })
+            .await
+            .unwrap()
         })
         .await;
         report("append via service -> handler", remote);

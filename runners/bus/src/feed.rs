@@ -67,6 +67,7 @@ pub fn consumer_name(runner: &str) -> String {
 ///
 /// [`progress`]: EventFeed::progress
 pub struct JetStreamFeed {
+    confirm: Option<std::sync::Arc<dyn foundry_runner::LedgerClient>>,
     consumer: jetstream::consumer::Consumer<pull::Config>,
     messages: Option<pull::Stream>,
     types: Vec<String>,
@@ -129,6 +130,7 @@ impl JetStreamFeed {
         };
         let (progress_tx, progress_rx) = watch::channel(start);
         Ok(JetStreamFeed {
+            confirm: None,
             consumer,
             messages: None,
             types: types.iter().map(|t| t.as_str().to_string()).collect(),
@@ -137,6 +139,29 @@ impl JetStreamFeed {
             progress_tx,
             progress_rx,
         })
+    }
+
+    /// Checks every event it is about to deliver against the ledger
+    /// service (`get(seq)`, same hash) before the runner sees it. A record
+    /// that anyone with publish rights could have put into the stream is
+    /// then never acted upon unless the ledger holds it.
+    pub fn confirming_with(
+        mut self,
+        client: std::sync::Arc<dyn foundry_runner::LedgerClient>,
+    ) -> Self {
+        self.confirm = Some(client);
+        self
+    }
+
+    /// Whether the ledger holds `rec` at its seq (`Err`: could not ask).
+    async fn confirmed(&self, rec: &RecordedEvent) -> Result<bool> {
+        let Some(client) = &self.confirm else {
+            return Ok(true);
+        };
+        Ok(client
+            .get(rec.seq)
+            .await?
+            .is_some_and(|r| r.hash == rec.hash))
     }
 
     async fn pull(&mut self) -> Option<std::result::Result<jetstream::Message, String>> {
@@ -219,6 +244,26 @@ impl EventFeed for JetStreamFeed {
                 }
             };
             if self.types.contains(&rec.event_type) {
+                match self.confirmed(&rec).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::error!(
+                            seq = rec.seq,
+                            subject = %msg.subject,
+                            "not the ledger's record at this seq (published by someone else?), dropped"
+                        );
+                        let _ = msg.ack_with(AckKind::Term).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        // Could not ask the ledger: deliver nothing now;
+                        // JetStream redelivers it after the ack wait.
+                        tracing::warn!(seq = rec.seq, "cannot confirm the event yet: {e}");
+                        let _ = msg.ack_with(AckKind::Nak(Some(self.options.retry))).await;
+                        tokio::time::sleep(self.options.retry).await;
+                        continue;
+                    }
+                }
                 self.current = Some((rec.seq, msg));
                 return Ok(Delivery {
                     event: rec,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use foundry_events::{EventType, RecordedEvent};
-use foundry_ledger::{AppendOutcome, AppendRequest};
+use foundry_ledger::{AppendOutcome, Identity, SignedBatch};
 use foundry_runner::{LedgerClient, Result, RunnerError};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_bytes::ByteBuf;
@@ -25,20 +25,34 @@ pub const DEFAULT_RECONNECT: Duration = Duration::from_secs(5);
 /// operation and why. A request nobody received (no responders: the service
 /// is restarting) is sent again for a while, which is always safe; a request
 /// that timed out is not retried here, because it may have been applied.
+///
+/// Appends are signed here with the client's [`Identity`]; the service
+/// checks the signature and the key's roles, so the NATS connection's own
+/// credentials never let anyone append as someone else.
 #[derive(Clone)]
 pub struct NatsLedgerClient {
     client: async_nats::Client,
+    identity: Identity,
     timeout: Duration,
     reconnect: Duration,
 }
 
 impl NatsLedgerClient {
-    /// A client over a connected NATS client.
-    pub fn new(client: async_nats::Client) -> Self {
+    /// A client over a connected NATS client, signing as `identity`.
+    pub fn new(client: async_nats::Client, identity: Identity) -> Self {
         NatsLedgerClient {
             client,
+            identity,
             timeout: DEFAULT_TIMEOUT,
             reconnect: DEFAULT_RECONNECT,
+        }
+    }
+
+    /// The same connection, signing as another identity.
+    pub fn acting_as(&self, identity: Identity) -> Self {
+        NatsLedgerClient {
+            identity,
+            ..self.clone()
         }
     }
 
@@ -114,8 +128,12 @@ fn records(b: &[ByteBuf]) -> Result<Vec<RecordedEvent>> {
 
 #[async_trait]
 impl LedgerClient for NatsLedgerClient {
-    async fn append(&self, req: AppendRequest) -> Result<AppendOutcome> {
-        let w = wire::WireAppend::from_request(&req)?;
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    async fn append_signed(&self, batch: SignedBatch) -> Result<AppendOutcome> {
+        let w = wire::WireAppend::from_batch(&batch);
         let o: wire::WireOutcome = self.call(ops::APPEND, &w).await?;
         Ok(o.into_outcome()?)
     }

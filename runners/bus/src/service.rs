@@ -189,9 +189,11 @@ async fn handle(ledger: &Ledger, subject: &str, payload: &[u8], budget: usize) -
 
 async fn append(ledger: &Ledger, payload: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
     let w = req::<wire::WireAppend>(ops::APPEND, payload)?;
-    let request = w.into_request().map_err(ledger_err)?;
+    let batch = w.into_batch().map_err(ledger_err)?;
     let ledger = ledger.clone();
-    let outcome = tokio::task::spawn_blocking(move || ledger.append(request))
+    // The ledger checks the signature against the key registered for the
+    // statements' actor and the key's roles; the NATS user is irrelevant.
+    let outcome = tokio::task::spawn_blocking(move || ledger.append(batch))
         .await
         .map_err(|e| err(WireError::other(format!("append task failed: {e}"))))?
         .map_err(ledger_err)?;

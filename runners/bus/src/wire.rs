@@ -3,16 +3,17 @@
 //! Every request and reply body is a MessagePack **map** (rmp-serde
 //! `to_vec_named`), so fields can be added without breaking old peers.
 //! Recorded events travel as their stored record bytes (the 14-element
-//! envelope array of [`RecordedEvent::encode`]), so a remote reader can verify
-//! the hash chain exactly as a local one. New events travel as their catalog
-//! type name plus the MessagePack payload of [`Event::encode_payload`].
+//! record of [`RecordedEvent::encode`]), so a remote reader can verify the
+//! hash chain and the signatures exactly as a local one. New events travel
+//! as the signed statements of a [`SignedBatch`].
 //!
 //! A reply is `{"ok": <body>}` or `{"err": WireError}`; a conflict keeps its
 //! stream, expectation and actual version so the client rebuilds
 //! `LedgerError::Conflict` faithfully.
 
-use foundry_events::{Event, EventId, EventType, RecordedEvent};
-use foundry_ledger::{AppendOutcome, AppendRequest, ExpectedVersion, LedgerError, NewEvent};
+use foundry_events::{RecordedEvent, Sha256Digest, Signature, Statement};
+use foundry_ledger::trust::Conditions;
+use foundry_ledger::{AppendOutcome, ExpectedVersion, LedgerError, SignedBatch};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -69,33 +70,21 @@ impl From<WireExpected> for ExpectedVersion {
     }
 }
 
-/// One event to append, on the wire.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WireNewEvent {
-    /// Catalog type name (`RunRequested`, …).
-    pub event_type: String,
-    /// MessagePack map of the payload.
-    #[serde(with = "serde_bytes")]
-    pub payload: Vec<u8>,
-    /// Target stream; absent means the type's default stream.
-    pub stream: Option<String>,
-    /// Causing event id (UUID text).
-    pub causation_id: Option<String>,
-    /// Correlation id (UUID text).
-    pub correlation_id: Option<String>,
-}
-
-/// An append request on the wire (see [`AppendRequest`]).
+/// A signed append on the wire (see [`SignedBatch`]): the statements as
+/// their signer encoded and signed them, the expectations the signature
+/// binds, and the signature. The service re-checks everything; a client's
+/// NATS credentials never stand in for a signature.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WireAppend {
-    /// Who appends.
-    pub actor: String,
-    /// Idempotency key of the batch.
-    pub idempotency_key: Option<String>,
+    /// Each statement's bytes (a MessagePack array, see `foundry_events::Statement`).
+    pub statements: Vec<ByteBuf>,
     /// Stream expectations, checked before anything is written.
     pub expected: Vec<(String, WireExpected)>,
-    /// The events, in order.
-    pub events: Vec<WireNewEvent>,
+    /// For a relayed batch: the digest of the conditions it was signed
+    /// under elsewhere (then `expected` is empty).
+    pub relayed: Option<Sha256Digest>,
+    /// The Ed25519 signature (64 bytes).
+    pub signature: ByteBuf,
 }
 
 /// An append's outcome on the wire: the stored record bytes.
@@ -172,6 +161,8 @@ pub enum ErrorKind {
     Conflict,
     /// The append request was malformed.
     InvalidAppend,
+    /// The signature did not hold, or the signer may not append this.
+    Unauthorized,
     /// The request could not be decoded or named an unknown operation.
     BadRequest,
     /// Anything else the ledger reported (storage, corruption, …).
@@ -237,13 +228,17 @@ impl WireError {
                 w.kind = ErrorKind::InvalidAppend;
                 w.message = m.clone();
             }
+            LedgerError::Unauthorized(m) => {
+                w.kind = ErrorKind::Unauthorized;
+                w.message = m.clone();
+            }
             _ => {}
         }
         w
     }
 
     /// Back to a ledger error where the kind has one (conflicts, invalid
-    /// appends); `None` for the rest.
+    /// or unauthorized appends); `None` for the rest.
     pub fn to_ledger(&self) -> Option<LedgerError> {
         match self.kind {
             ErrorKind::Conflict => Some(LedgerError::Conflict {
@@ -252,6 +247,7 @@ impl WireError {
                 actual: self.actual.unwrap_or(0),
             }),
             ErrorKind::InvalidAppend => Some(LedgerError::InvalidAppend(self.message.clone())),
+            ErrorKind::Unauthorized => Some(LedgerError::Unauthorized(self.message.clone())),
             _ => None,
         }
     }
@@ -277,77 +273,64 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
 }
 
-fn parse_id(s: &Option<String>, what: &str, i: usize) -> Result<Option<EventId>, LedgerError> {
-    s.as_deref()
-        .map(|s| {
-            s.parse::<EventId>().map_err(|e| {
-                LedgerError::InvalidAppend(format!("event {i}: {what} {s:?} is not a UUID: {e}"))
-            })
-        })
-        .transpose()
-}
-
 impl WireAppend {
-    /// The wire form of an append request.
-    pub fn from_request(req: &AppendRequest) -> Result<Self, LedgerError> {
-        let events = req
-            .events
-            .iter()
-            .map(|n| {
-                Ok(WireNewEvent {
-                    event_type: n.event.event_type().as_str().to_string(),
-                    payload: n.event.encode_payload()?,
-                    stream: n.stream.clone(),
-                    causation_id: n.causation_id.map(|id| id.to_string()),
-                    correlation_id: n.correlation_id.map(|id| id.to_string()),
-                })
-            })
-            .collect::<Result<Vec<_>, LedgerError>>()?;
-        Ok(WireAppend {
-            actor: req.actor.clone(),
-            idempotency_key: req.idempotency_key.clone(),
-            expected: req
-                .expected
+    /// The wire form of a signed batch.
+    pub fn from_batch(b: &SignedBatch) -> Self {
+        let (expected, relayed) = match &b.conditions {
+            Conditions::Expect(e) => (
+                e.iter().map(|(s, v)| (s.clone(), (*v).into())).collect(),
+                None,
+            ),
+            Conditions::Relayed(d) => (Vec::new(), Some(*d)),
+        };
+        WireAppend {
+            statements: b
+                .statements
                 .iter()
-                .map(|(s, v)| (s.clone(), (*v).into()))
+                .map(|s| ByteBuf::from(s.encode()))
                 .collect(),
-            events,
-        })
+            expected,
+            relayed,
+            signature: ByteBuf::from(b.signature.0.to_vec()),
+        }
     }
 
-    /// Back to an append request; unknown types, bad payloads and bad ids are
-    /// `InvalidAppend` naming the event.
-    pub fn into_request(self) -> Result<AppendRequest, LedgerError> {
-        let events = self
-            .events
-            .into_iter()
+    /// Back to a signed batch; a statement that does not decode (or is
+    /// not in canonical form) is `InvalidAppend` naming it.
+    pub fn into_batch(self) -> Result<SignedBatch, LedgerError> {
+        let statements = self
+            .statements
+            .iter()
             .enumerate()
-            .map(|(i, w)| {
-                let ty = EventType::parse(&w.event_type).ok_or_else(|| {
-                    LedgerError::InvalidAppend(format!(
-                        "event {i}: unknown event type {:?}",
-                        w.event_type
-                    ))
-                })?;
-                let event = Event::decode_payload(ty, &w.payload)
-                    .map_err(|e| LedgerError::InvalidAppend(format!("event {i}: {e}")))?;
-                Ok(NewEvent {
-                    event,
-                    stream: w.stream,
-                    causation_id: parse_id(&w.causation_id, "causation_id", i)?,
-                    correlation_id: parse_id(&w.correlation_id, "correlation_id", i)?,
-                })
+            .map(|(i, b)| {
+                Statement::decode(b)
+                    .map_err(|e| LedgerError::InvalidAppend(format!("event {i}: {e}")))
             })
-            .collect::<Result<Vec<_>, LedgerError>>()?;
-        Ok(AppendRequest {
-            actor: self.actor,
-            idempotency_key: self.idempotency_key,
-            expected: self
-                .expected
-                .into_iter()
-                .map(|(s, v)| (s, v.into()))
-                .collect(),
-            events,
+            .collect::<Result<Vec<_>, _>>()?;
+        let signature: [u8; 64] = self.signature.as_slice().try_into().map_err(|_| {
+            LedgerError::InvalidAppend(format!(
+                "the signature has {} bytes, not 64",
+                self.signature.len()
+            ))
+        })?;
+        let conditions = match self.relayed {
+            Some(d) if self.expected.is_empty() => Conditions::Relayed(d),
+            Some(_) => {
+                return Err(LedgerError::InvalidAppend(
+                    "a relayed batch carries no expectations".into(),
+                ))
+            }
+            None => Conditions::Expect(
+                self.expected
+                    .into_iter()
+                    .map(|(s, v)| (s, v.into()))
+                    .collect(),
+            ),
+        };
+        Ok(SignedBatch {
+            statements,
+            conditions,
+            signature: Signature(signature),
         })
     }
 }
@@ -385,11 +368,11 @@ mod tests {
     use foundry_events::{MetricPoint, MetricsLogged};
 
     #[test]
-    fn an_append_request_survives_the_wire() {
+    fn a_signed_batch_survives_the_wire_and_tampering_does_not() {
         let cause = uuid::Uuid::now_v7();
-        let req = AppendRequest::new(
-            "alice",
-            vec![NewEvent::new(MetricsLogged {
+        let id = foundry_ledger::Identity::generate("alice").unwrap();
+        let req = foundry_ledger::AppendRequest::new(vec![foundry_ledger::NewEvent::new(
+            MetricsLogged {
                 run_id: "r1".into(),
                 points: vec![MetricPoint {
                     step: 3,
@@ -400,50 +383,40 @@ mod tests {
                     tokens_per_s: 2.0,
                     elapsed_ms: 9,
                 }],
-            })
-            .caused_by(cause, None)],
+            },
         )
+        .caused_by(cause, None)])
         .idempotent("k1")
         .expect("run/r1", ExpectedVersion::Exact(4));
-        let bytes = encode(&WireAppend::from_request(&req).unwrap()).unwrap();
-        let back = decode::<WireAppend>(&bytes)
-            .unwrap()
-            .into_request()
-            .unwrap();
-        assert_eq!(back.actor, "alice");
-        assert_eq!(back.idempotency_key.as_deref(), Some("k1"));
-        assert_eq!(
-            back.expected,
-            vec![("run/r1".to_string(), ExpectedVersion::Exact(4))]
-        );
-        assert_eq!(back.events[0].event, req.events[0].event);
-        assert_eq!(back.events[0].causation_id, Some(cause));
-        assert_eq!(back.events[0].correlation_id, Some(cause));
-    }
-
-    #[test]
-    fn unknown_types_and_bad_ids_are_invalid_appends_naming_the_event() {
-        let w = WireAppend {
-            actor: "a".into(),
-            idempotency_key: None,
-            expected: vec![],
-            events: vec![WireNewEvent {
-                event_type: "NoSuchEvent".into(),
-                payload: vec![],
-                stream: None,
-                causation_id: None,
-                correlation_id: None,
-            }],
+        let batch = id.sign(req).unwrap();
+        let bytes = encode(&WireAppend::from_batch(&batch)).unwrap();
+        let back = decode::<WireAppend>(&bytes).unwrap().into_batch().unwrap();
+        assert_eq!(back, batch);
+        assert_eq!(back.statements[0].causation_id, Some(cause));
+        let relayed = SignedBatch {
+            conditions: Conditions::Relayed(Sha256Digest::of(b"c")),
+            ..batch.clone()
         };
-        let e = w.clone().into_request().unwrap_err().to_string();
-        assert!(
-            e.contains("event 0: unknown event type \"NoSuchEvent\""),
-            "{e}"
-        );
-        let mut w2 = w;
-        w2.events[0].event_type = "MetricsLogged".into();
-        let e = w2.into_request().unwrap_err().to_string();
+        let back = WireAppend::from_batch(&relayed).into_batch().unwrap();
+        assert_eq!(back, relayed);
+        // A short signature, an undecodable statement, a non-canonical one.
+        let mut w = WireAppend::from_batch(&batch);
+        w.signature = ByteBuf::from(vec![1; 10]);
+        assert!(w.into_batch().unwrap_err().to_string().contains("64"));
+        let mut w = WireAppend::from_batch(&batch);
+        w.statements[0] = ByteBuf::from(vec![0x9b]);
+        let e = w.into_batch().unwrap_err().to_string();
         assert!(e.starts_with("invalid append: event 0:"), "{e}");
+        let mut w = WireAppend::from_batch(&batch);
+        let mut b = w.statements[0].to_vec();
+        // Re-encode the schema version (the fifth element) in a longer form.
+        let canonical = b.clone();
+        let pos = canonical.iter().position(|x| *x == 0xc4).unwrap() + 2 + 16;
+        let pos = pos + 1 + (canonical[pos] & 0x1f) as usize;
+        b.splice(pos..pos + 1, [0xcc, canonical[pos]]);
+        w.statements[0] = ByteBuf::from(b);
+        let e = w.into_batch().unwrap_err().to_string();
+        assert!(e.contains("canonical"), "{e}");
     }
 
     #[test]

@@ -2,14 +2,23 @@
 //! port, JetStream in a temporary directory), stops and restarts.
 
 use foundry_bus::{ensure_stream, NatsOptions, OutboxPublisher, STREAM};
+use foundry_events::Role;
 use foundry_events::{MetricPoint, MetricsLogged, RecordedEvent};
-use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
+use foundry_ledger::{AppendRequest, Home, Identity, Ledger, NewEvent};
 
 mod common;
 use common::NatsServer;
 use std::time::{Duration, Instant};
 
-fn append(l: &Ledger, from: u64, n: u64) {
+/// A ledger whose genesis (seq 1) registers a key that may append anything.
+fn ledger_in(dir: &std::path::Path) -> (Ledger, Identity) {
+    let l = Home::at(dir).init().unwrap();
+    let id = Identity::generate("t").unwrap();
+    l.init_genesis(&id, Role::ALL, &[]).unwrap();
+    (l, id)
+}
+
+fn append(l: &Ledger, id: &Identity, from: u64, n: u64) {
     let events = (from..from + n)
         .map(|step| {
             NewEvent::new(MetricsLogged {
@@ -26,7 +35,7 @@ fn append(l: &Ledger, from: u64, n: u64) {
             })
         })
         .collect();
-    l.append(AppendRequest::new("t", events)).expect("append");
+    l.append_as(id, AppendRequest::new(events)).expect("append");
 }
 
 async fn stream_messages(url: &str) -> u64 {
@@ -40,8 +49,8 @@ async fn stream_messages(url: &str) -> u64 {
 async fn publishes_everything_once_and_dedups_republished_events() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path()).init().unwrap();
-    append(&ledger, 0, 300);
+    let (ledger, id) = ledger_in(dir.path());
+    append(&ledger, &id, 0, 299);
     let client = NatsOptions::url(nats.url()).connect().await.unwrap();
     let js = async_nats::jetstream::new(client);
     let stream = ensure_stream(&js).await.unwrap();
@@ -57,9 +66,11 @@ async fn publishes_everything_once_and_dedups_republished_events() {
     assert_eq!(stream_messages(&nats.url()).await, 300);
     // Subjects and payloads: the stored record, verifiable on its own.
     let msg = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(msg.subject.as_str(), "foundry.events.KeyRegistered.key");
+    let msg = stream.get_raw_message(2).await.unwrap();
     assert_eq!(msg.subject.as_str(), "foundry.events.MetricsLogged.run");
     let rec = RecordedEvent::decode(&msg.payload).unwrap();
-    assert_eq!(rec.seq, 1);
+    assert_eq!(rec.seq, 2);
     assert_eq!(rec.compute_hash().unwrap(), rec.hash);
 }
 
@@ -67,7 +78,7 @@ async fn publishes_everything_once_and_dedups_republished_events() {
 async fn a_nats_restart_mid_stream_loses_and_duplicates_nothing() {
     let mut nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path()).init().unwrap();
+    let (ledger, id) = ledger_in(dir.path());
     let client = NatsOptions::url(nats.url()).connect().await.unwrap();
     let js = async_nats::jetstream::new(client);
     ensure_stream(&js).await.unwrap();
@@ -75,7 +86,7 @@ async fn a_nats_restart_mid_stream_loses_and_duplicates_nothing() {
     let publisher = OutboxPublisher::new(ledger.clone(), js.clone());
     let task = tokio::spawn(publisher.run(stop_rx, Duration::from_millis(100)));
     for batch in 0..20u64 {
-        append(&ledger, batch * 50, 50);
+        append(&ledger, &id, batch * 50, if batch == 0 { 49 } else { 50 });
         if batch == 6 {
             nats.stop();
         }

@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{request_run, LineEngine, LineEval, NatsServer};
+use common::{request_run, LineEngine, LineEval, NatsServer, TestKeys};
 use foundry_bus::{
     consumer_name, serve, FeedOptions, JetStreamFeed, NatsLedgerClient, NatsOptions, STREAM,
 };
 use foundry_events::{Event, EventType, MetricPoint, MetricsLogged, RecordedEvent};
-use foundry_ledger::{AppendRequest, ExpectedVersion, Home, Ledger, LedgerError, NewEvent};
+use foundry_ledger::{
+    AppendRequest, ExpectedVersion, Home, Identity, Ledger, LedgerError, NewEvent,
+};
 use foundry_runner::{
     Delivery, EvaluatorRunner, EventFeed, Host, LedgerClient, PromoterRunner, Runner,
     RunnerContext, RunnerError, TrainerRunner,
@@ -31,8 +33,11 @@ impl Service {
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(serve(ledger.clone(), client, rx));
         // The service answers once it subscribed.
-        let probe = NatsLedgerClient::new(NatsOptions::url(url).connect().await.unwrap())
-            .with_timeout(Duration::from_secs(1));
+        let probe = NatsLedgerClient::new(
+            NatsOptions::url(url).connect().await.unwrap(),
+            Identity::generate("probe").unwrap(),
+        )
+        .with_timeout(Duration::from_secs(1));
         let deadline = Instant::now() + Duration::from_secs(10);
         while probe.head().await.is_err() {
             assert!(Instant::now() < deadline, "ledger service did not come up");
@@ -64,9 +69,20 @@ fn metrics(run: &str, step: u64, points: usize) -> NewEvent {
     })
 }
 
-async fn client(url: &str) -> Arc<NatsLedgerClient> {
+/// Events of a ledger's genesis (the test organisation's keys).
+const G: u64 = 6;
+
+/// A ledger in `dir` whose genesis registers the test organisation's keys.
+fn org_ledger(dir: &std::path::Path) -> (Ledger, TestKeys) {
+    let ledger = Home::at(dir).init().unwrap();
+    let keys = TestKeys::new();
+    keys.genesis(&ledger);
+    (ledger, keys)
+}
+
+async fn client(url: &str, id: &Identity) -> Arc<NatsLedgerClient> {
     Arc::new(
-        NatsLedgerClient::new(NatsOptions::url(url).connect().await.unwrap())
+        NatsLedgerClient::new(NatsOptions::url(url).connect().await.unwrap(), id.clone())
             .with_timeout(Duration::from_secs(3)),
     )
 }
@@ -75,17 +91,18 @@ async fn client(url: &str) -> Arc<NatsLedgerClient> {
 async fn append_and_read_round_trip_with_idempotency_paging_and_conflicts() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path()).init().unwrap();
+    let (ledger, keys) = org_ledger(dir.path());
     let svc = Service::start(&nats.url(), &ledger).await;
-    let c = client(&nats.url()).await;
+    let c = client(&nats.url(), &keys.trainer).await;
 
-    let req = AppendRequest::new("alice", vec![metrics("r1", 0, 3), metrics("r1", 3, 3)])
+    let req = AppendRequest::new(vec![metrics("r1", 0, 3), metrics("r1", 3, 3)])
         .idempotent("k1")
         .expect("run/r1", ExpectedVersion::NoStream);
     let first = c.append(req.clone()).await.unwrap();
     assert!(!first.duplicate);
     assert_eq!(first.events.len(), 2);
-    assert_eq!(first.events[1].seq, 2);
+    assert_eq!(first.events[1].seq, G + 2);
+    assert_eq!(first.events[1].actor, "runner:trainer");
     assert_eq!(
         first.events[1].compute_hash().unwrap(),
         first.events[1].hash
@@ -94,10 +111,10 @@ async fn append_and_read_round_trip_with_idempotency_paging_and_conflicts() {
     let again = c.append(req).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(again.events, first.events);
-    assert_eq!(c.head().await.unwrap(), 2);
+    assert_eq!(c.head().await.unwrap(), G + 2);
     // A stale expectation is a Conflict, exactly as the embedded client says.
-    let stale = AppendRequest::new("bob", vec![metrics("r1", 6, 1)])
-        .expect("run/r1", ExpectedVersion::Exact(1));
+    let stale =
+        AppendRequest::new(vec![metrics("r1", 6, 1)]).expect("run/r1", ExpectedVersion::Exact(1));
     match c.append(stale).await {
         Err(RunnerError::Ledger(LedgerError::Conflict {
             stream,
@@ -109,16 +126,36 @@ async fn append_and_read_round_trip_with_idempotency_paging_and_conflicts() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(ledger.head().seq, 2);
+    assert_eq!(ledger.head().seq, G + 2);
+    // Keys and roles hold over NATS as they do in process: a key the ledger
+    // does not know, and a registered key lacking the role, are refused.
+    let stranger = client(&nats.url(), &Identity::generate("runner:trainer").unwrap()).await;
+    match stranger
+        .append(AppendRequest::new(vec![metrics("r1", 9, 1)]))
+        .await
+    {
+        Err(RunnerError::Ledger(LedgerError::Unauthorized(m))) => {
+            assert!(m.contains("not a registered key"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let alice = client(&nats.url(), &keys.alice).await;
+    match alice
+        .append(AppendRequest::new(vec![metrics("r1", 9, 1)]))
+        .await
+    {
+        Err(RunnerError::Ledger(LedgerError::Unauthorized(m))) => {
+            assert!(m.contains("may not append MetricsLogged"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ledger.head().seq, G + 2);
 
     // Big events: the replies are paged under max_payload and reassembled.
     for i in 0..12u64 {
-        c.append(AppendRequest::new(
-            "alice",
-            vec![metrics("r2", i * 3000, 3000)],
-        ))
-        .await
-        .unwrap();
+        c.append(AppendRequest::new(vec![metrics("r2", i * 3000, 3000)]))
+            .await
+            .unwrap();
     }
     let remote = c.read_stream("run/r2", 1).await.unwrap();
     assert_eq!(remote, ledger.read_stream("run/r2", 1).unwrap());
@@ -126,29 +163,37 @@ async fn append_and_read_round_trip_with_idempotency_paging_and_conflicts() {
     let from_5 = c.read_stream("run/r2", 5).await.unwrap();
     assert_eq!(from_5[0].stream_version, 5);
     assert_eq!(from_5.len(), 8);
-    let typed = c.read_type(EventType::MetricsLogged, 2, 9).await.unwrap();
+    let typed = c
+        .read_type(EventType::MetricsLogged, G + 2, 9)
+        .await
+        .unwrap();
     assert_eq!(
         typed,
-        ledger.read_type(EventType::MetricsLogged, 2, 9).unwrap()
+        ledger
+            .read_type(EventType::MetricsLogged, G + 2, 9)
+            .unwrap()
     );
     assert_eq!(typed.len(), 9);
     assert_eq!(c.get(3).await.unwrap(), ledger.get(3).unwrap());
     assert_eq!(c.get(999).await.unwrap(), None);
     assert_eq!(c.stream_version("run/r2").await.unwrap(), 12);
     assert_eq!(c.stream_version("run/none").await.unwrap(), 0);
-    assert_eq!(c.head().await.unwrap(), 14);
+    assert_eq!(c.head().await.unwrap(), G + 14);
 
     // Every append reached JetStream through the service's outbox.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ledger.published_through().unwrap() < 14 {
+    while ledger.published_through().unwrap() < G + 14 {
         assert!(Instant::now() < deadline, "outbox did not publish");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // No service: a clear transport error, not a hang.
     svc.stop().await;
-    let impatient = NatsLedgerClient::new(NatsOptions::url(nats.url()).connect().await.unwrap())
-        .with_reconnect(Duration::ZERO);
+    let impatient = NatsLedgerClient::new(
+        NatsOptions::url(nats.url()).connect().await.unwrap(),
+        keys.alice.clone(),
+    )
+    .with_reconnect(Duration::ZERO);
     match impatient.head().await {
         Err(RunnerError::Transport(m)) => {
             assert!(
@@ -165,7 +210,7 @@ async fn append_and_read_round_trip_with_idempotency_paging_and_conflicts() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Service::start(&url, &l2).await
     });
-    assert_eq!(c.head().await.unwrap(), 14);
+    assert_eq!(c.head().await.unwrap(), G + 14);
     restart.await.unwrap().stop().await;
 }
 
@@ -199,16 +244,23 @@ impl<F: EventFeed> EventFeed for NakOnce<F> {
 }
 
 /// Trainer, evaluator and promoter in "another process": their own home
-/// (runs and artifacts), the ledger only through NATS.
-async fn remote_host(url: &str, home: &Home, engine: Arc<LineEngine>, nak_once: bool) -> Host {
+/// (runs and artifacts), the ledger only through NATS, each with its key.
+async fn remote_host(
+    url: &str,
+    home: &Home,
+    keys: &TestKeys,
+    engine: Arc<LineEngine>,
+    nak_once: bool,
+) -> Host {
     let nats = NatsOptions::url(url).connect().await.unwrap();
     let js = async_nats::jetstream::new(nats.clone());
-    let client = Arc::new(NatsLedgerClient::new(nats).with_timeout(Duration::from_secs(3)));
+    let client =
+        NatsLedgerClient::new(nats, keys.alice.clone()).with_timeout(Duration::from_secs(3));
     let mut host = Host::new();
     let runners: Vec<Arc<dyn Runner>> = vec![
         Arc::new(TrainerRunner::new(engine).with_lease(Duration::from_millis(600))),
         Arc::new(EvaluatorRunner::new(Arc::new(LineEval))),
-        Arc::new(PromoterRunner::new()),
+        Arc::new(PromoterRunner::new(Arc::new(LineEval))),
     ];
     let opts = FeedOptions {
         ack_wait: Duration::from_secs(5),
@@ -216,17 +268,18 @@ async fn remote_host(url: &str, home: &Home, engine: Arc<LineEngine>, nak_once: 
         retry: Duration::from_millis(100),
     };
     for r in runners {
+        let client = Arc::new(client.acting_as(keys.for_runner(r.name())));
         let feed = JetStreamFeed::open(&js, r.name(), &r.reacts_to(), opts)
             .await
-            .unwrap();
+            .unwrap()
+            .confirming_with(client.clone());
         let feed: Box<dyn EventFeed> = if nak_once {
             Box::new(NakOnce(feed))
         } else {
             Box::new(feed)
         };
         let ctx = RunnerContext {
-            client: client.clone(),
-            actor: format!("runner:{}", r.name()),
+            client,
             runner_id: format!("{}-remote", r.name()),
             home: home.clone(),
             stop: host.stop_signal(),
@@ -237,7 +290,10 @@ async fn remote_host(url: &str, home: &Home, engine: Arc<LineEngine>, nak_once: 
 }
 
 fn types_of(ledger: &Ledger) -> Vec<String> {
-    ledger.iter_from(1).map(|r| r.unwrap().event_type).collect()
+    ledger
+        .iter_from(1)
+        .map(|r| r.unwrap().statement.event_type)
+        .collect()
 }
 
 fn count(types: &[String], ty: EventType) -> usize {
@@ -245,7 +301,7 @@ fn count(types: &[String], ty: EventType) -> usize {
 }
 
 async fn idle(host: &Host, url: &str) {
-    let c = client(url).await;
+    let c = client(url, &Identity::generate("reader").unwrap()).await;
     tokio::time::timeout(Duration::from_secs(60), host.wait_idle(c.as_ref()))
         .await
         .expect("runners did not become idle within 60s")
@@ -288,17 +344,18 @@ fn assert_trained_and_evaluated(ledger: &Ledger, runs: usize) {
 async fn a_requested_run_is_trained_and_evaluated_by_remote_runners() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path().join("ledger-home")).init().unwrap();
+    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
     let runner_home = Home::at(dir.path().join("runner-home"));
     let svc = Service::start(&nats.url(), &ledger).await;
     let host = remote_host(
         &nats.url(),
         &runner_home,
+        &keys,
         Arc::new(LineEngine::new(0)),
         false,
     )
     .await;
-    request_run(&ledger, "r1");
+    request_run(&ledger, &keys.alice, "r1");
     idle(&host, &nats.url()).await;
     host.shutdown().await;
     assert_trained_and_evaluated(&ledger, 1);
@@ -353,14 +410,14 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
         ..NatsOptions::url(nats.url())
     };
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path()).init().unwrap();
+    let (ledger, keys) = org_ledger(dir.path());
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(serve(ledger.clone(), good.connect().await.unwrap(), rx));
-    let c = NatsLedgerClient::new(good.connect().await.unwrap());
+    let c = NatsLedgerClient::new(good.connect().await.unwrap(), keys.trainer.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
         match c
-            .append(AppendRequest::new("alice", vec![metrics("r1", 0, 1)]))
+            .append(AppendRequest::new(vec![metrics("r1", 0, 1)]))
             .await
         {
             Ok(o) => break o,
@@ -368,7 +425,7 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(out.events[0].seq, 1);
+    assert_eq!(out.events[0].seq, G + 1);
     stop.send_replace(true);
     task.await.unwrap().unwrap();
 }
@@ -377,20 +434,21 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
 async fn restarting_the_service_and_nats_loses_and_duplicates_nothing() {
     let mut nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path().join("ledger-home")).init().unwrap();
+    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
     let runner_home = Home::at(dir.path().join("runner-home"));
     let svc = Service::start(&nats.url(), &ledger).await;
     let host = remote_host(
         &nats.url(),
         &runner_home,
+        &keys,
         Arc::new(LineEngine::new(0)),
         false,
     )
     .await;
     // Traffic no runner reacts to, through the service: skipped and acked.
-    let c = client(&nats.url()).await;
+    let c = client(&nats.url(), &keys.trainer).await;
     for i in 0..20 {
-        c.append(AppendRequest::new("alice", vec![metrics("r0", i, 2)]))
+        c.append(AppendRequest::new(vec![metrics("r0", i, 2)]))
             .await
             .unwrap();
     }
@@ -400,7 +458,7 @@ async fn restarting_the_service_and_nats_loses_and_duplicates_nothing() {
     // machine: it is committed but cannot be published.
     svc.stop().await;
     nats.stop();
-    request_run(&ledger, "r1");
+    request_run(&ledger, &keys.alice, "r1");
     assert!(ledger.published_through().unwrap() < ledger.head().seq);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -436,18 +494,19 @@ async fn digests(ledger: &Ledger) -> Vec<String> {
 async fn every_event_delivered_twice_changes_no_outcome() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path().join("ledger-home")).init().unwrap();
+    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
     let runner_home = Home::at(dir.path().join("runner-home"));
     let svc = Service::start(&nats.url(), &ledger).await;
     // Every event the runners react to is nak'ed once, then handled.
     let host = remote_host(
         &nats.url(),
         &runner_home,
+        &keys,
         Arc::new(LineEngine::new(0)),
         true,
     )
     .await;
-    request_run(&ledger, "r1");
+    request_run(&ledger, &keys.alice, "r1");
     idle(&host, &nats.url()).await;
     host.shutdown().await;
     assert_trained_and_evaluated(&ledger, 1);
@@ -463,6 +522,7 @@ async fn every_event_delivered_twice_changes_no_outcome() {
     let host = remote_host(
         &nats.url(),
         &runner_home,
+        &keys,
         Arc::new(LineEngine::new(0)),
         false,
     )
@@ -478,12 +538,12 @@ async fn every_event_delivered_twice_changes_no_outcome() {
 async fn a_service_restart_mid_training_is_ridden_out() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let ledger = Home::at(dir.path().join("ledger-home")).init().unwrap();
+    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
     let runner_home = Home::at(dir.path().join("runner-home"));
     let svc = Service::start(&nats.url(), &ledger).await;
     let engine = Arc::new(LineEngine::new(15));
-    let host = remote_host(&nats.url(), &runner_home, engine.clone(), false).await;
-    request_run(&ledger, "r1");
+    let host = remote_host(&nats.url(), &runner_home, &keys, engine.clone(), false).await;
+    request_run(&ledger, &keys.alice, "r1");
     let deadline = Instant::now() + Duration::from_secs(30);
     while ledger
         .read_type(EventType::CheckpointCommitted, 1, 10)
@@ -513,4 +573,47 @@ async fn a_service_restart_mid_training_is_ridden_out() {
         stream_seqs(&nats.url()).await,
         (1..=head).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_published_into_the_stream_by_someone_else_is_never_acted_on() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
+    let runner_home = Home::at(dir.path().join("runner-home"));
+    let svc = Service::start(&nats.url(), &ledger).await;
+    let host = remote_host(
+        &nats.url(),
+        &runner_home,
+        &keys,
+        Arc::new(LineEngine::new(0)),
+        false,
+    )
+    .await;
+    // A NATS user forges a RunRequested record (signed by a key of their
+    // own, chained to nothing) and publishes it straight into the stream.
+    let (other, other_keys) = org_ledger(&dir.path().join("forger"));
+    request_run(&other, &other_keys.alice, "forged");
+    let js = async_nats::jetstream::new(NatsOptions::url(nats.url()).connect().await.unwrap());
+    let mut forged = 0;
+    for r in other.scan_raw(ledger.head().seq + 1) {
+        let (_, bytes) = r.unwrap();
+        let rec = RecordedEvent::decode(&bytes).unwrap();
+        let subject = format!("foundry.events.{}.run", rec.event_type);
+        js.publish(subject, bytes.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        forged += 1;
+    }
+    assert_eq!(forged, 4);
+    // The real history goes on; the runners train only the real run.
+    request_run(&ledger, &keys.alice, "r1");
+    idle(&host, &nats.url()).await;
+    host.shutdown().await;
+    svc.stop().await;
+    assert_trained_and_evaluated(&ledger, 1);
+    assert!(ledger.read_stream("run/forged", 1).unwrap().is_empty());
+    assert!(!runner_home.run_dir("forged").exists());
 }

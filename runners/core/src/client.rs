@@ -2,17 +2,26 @@
 
 use async_trait::async_trait;
 use foundry_events::{EventType, RecordedEvent};
-use foundry_ledger::{AppendOutcome, AppendRequest, Ledger};
+use foundry_ledger::{AppendOutcome, AppendRequest, Identity, Ledger, SignedBatch};
 
 use crate::Result;
 
 /// Append and read: everything a runner does with the ledger. Implemented
 /// in-process by [`LocalLedger`] and over NATS by the `ledger serve` client,
-/// so runners never care which one they got.
+/// so runners never care which one they got. A client acts as one
+/// [`Identity`]: what it appends is signed with that key.
 #[async_trait]
 pub trait LedgerClient: Send + Sync {
-    /// Appends a batch atomically (see [`Ledger::append`]).
-    async fn append(&self, req: AppendRequest) -> Result<AppendOutcome>;
+    /// The identity this client signs as.
+    fn identity(&self) -> &Identity;
+    /// Appends a batch that is already signed (by this client's identity, or
+    /// relayed as another key signed it; see [`Ledger::append`]).
+    async fn append_signed(&self, batch: SignedBatch) -> Result<AppendOutcome>;
+    /// Signs `req` as this client's identity and appends it atomically.
+    async fn append(&self, req: AppendRequest) -> Result<AppendOutcome> {
+        let batch = self.identity().sign(req)?;
+        self.append_signed(batch).await
+    }
     /// The events of one stream from `from_version` (1-based) on.
     async fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<RecordedEvent>>;
     /// Up to `limit` events of one type with seq ≥ `from`.
@@ -29,16 +38,26 @@ pub trait LedgerClient: Send + Sync {
     async fn head(&self) -> Result<u64>;
 }
 
-/// The embedded client: the ledger opened in this process.
+/// The embedded client: the ledger opened in this process, acting as one
+/// identity.
 #[derive(Clone)]
 pub struct LocalLedger {
     ledger: Ledger,
+    identity: Identity,
 }
 
 impl LocalLedger {
-    /// Wraps an open ledger.
-    pub fn new(ledger: Ledger) -> Self {
-        LocalLedger { ledger }
+    /// Wraps an open ledger; appends are signed as `identity`.
+    pub fn new(ledger: Ledger, identity: Identity) -> Self {
+        LocalLedger { ledger, identity }
+    }
+
+    /// The same ledger, acting as another identity.
+    pub fn acting_as(&self, identity: Identity) -> Self {
+        LocalLedger {
+            ledger: self.ledger.clone(),
+            identity,
+        }
     }
 
     /// The wrapped ledger (the embedded feed tails it).
@@ -49,10 +68,14 @@ impl LocalLedger {
 
 #[async_trait]
 impl LedgerClient for LocalLedger {
-    async fn append(&self, req: AppendRequest) -> Result<AppendOutcome> {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    async fn append_signed(&self, batch: SignedBatch) -> Result<AppendOutcome> {
         let ledger = self.ledger.clone();
         // Appends fsync; keep them off the async workers.
-        tokio::task::spawn_blocking(move || ledger.append(req))
+        tokio::task::spawn_blocking(move || ledger.append(batch))
             .await
             .map_err(|e| crate::RunnerError::Transport(format!("append task: {e}")))?
             .map_err(Into::into)

@@ -41,8 +41,22 @@ pub struct EvalJob {
 /// job by the runner, so engines cannot mix evidence up).
 pub type EvalOutcome = EvalScored;
 
+/// What the promoter must know of an evaluation harness: the eval spec hash
+/// (`eval_spec_sha256`) that an eval of a run trained by `config`, on
+/// `split`, scoring at most `limit` examples, carries. Evidence with another
+/// spec (fewer examples, other decoding) does not count.
+pub trait EvalSpecs: Send + Sync {
+    /// The spec hash, or a one-line reason the config implies no valid spec.
+    fn spec_sha256(
+        &self,
+        config: Option<&serde_json::Value>,
+        split: &str,
+        limit: Option<u64>,
+    ) -> std::result::Result<foundry_events::Sha256Digest, String>;
+}
+
 /// An evaluation engine. Errors are one-line reasons.
-pub trait EvalEngine: Send + Sync {
+pub trait EvalEngine: EvalSpecs {
     /// Scores the job's model (with the checkpoint's adapter, if any) on the split.
     fn evaluate(&self, job: &EvalJob) -> std::result::Result<EvalOutcome, String>;
 }
@@ -106,11 +120,8 @@ impl EvaluatorRunner {
         let out = ctx
             .client
             .append(
-                AppendRequest::new(
-                    ctx.actor.clone(),
-                    vec![NewEvent::new(request.clone())
-                        .caused_by(trigger.event_id, trigger.correlation_id)],
-                )
+                AppendRequest::new(vec![NewEvent::new(request.clone())
+                    .caused_by(trigger.event_id, trigger.correlation_id)])
                 .idempotent(key),
             )
             .await?;
@@ -161,6 +172,7 @@ impl EvaluatorRunner {
             split: req.split.clone(),
             limit: req.limit,
         };
+        let split_sha256 = job.dataset.split_sha256(&job.split);
         let engine = self.engine.clone();
         let scored = tokio::task::spawn_blocking(move || engine.evaluate(&job))
             .await
@@ -173,14 +185,14 @@ impl EvaluatorRunner {
             model_id: req.model_id,
             dataset_id: req.dataset_id,
             split: req.split,
+            split_sha256,
             ..scored
         };
         ctx.client
             .append(
-                AppendRequest::new(
-                    ctx.actor.clone(),
-                    vec![NewEvent::new(scored).caused_by(trigger.event_id, trigger.correlation_id)],
-                )
+                AppendRequest::new(vec![
+                    NewEvent::new(scored).caused_by(trigger.event_id, trigger.correlation_id)
+                ])
                 .idempotent(key),
             )
             .await?;

@@ -14,10 +14,9 @@ use crate::{Delivery, EventFeed, LedgerClient, Result, RunnerError};
 /// What a runner's handler gets besides the event.
 #[derive(Clone)]
 pub struct RunnerContext {
-    /// The ledger, local or remote.
+    /// The ledger, local or remote, acting as this runner's identity
+    /// (its registered name is the actor of everything it appends).
     pub client: Arc<dyn LedgerClient>,
-    /// The actor recorded on appended events (e.g. `runner:trainer@host`).
-    pub actor: String,
     /// This runner instance's id (claims and heartbeats name it).
     pub runner_id: String,
     /// The local home: run directories and the artifact store.
@@ -27,6 +26,11 @@ pub struct RunnerContext {
 }
 
 impl RunnerContext {
+    /// The registered name this runner appends as.
+    pub fn actor(&self) -> &str {
+        self.client.identity().name()
+    }
+
     /// Whether the host asked runners to stop.
     pub fn stopping(&self) -> bool {
         *self.stop.borrow()

@@ -33,10 +33,10 @@ mod trainer;
 
 pub use client::{LedgerClient, LocalLedger};
 pub use error::{Result, RunnerError};
-pub use evaluator::{EvalEngine, EvalJob, EvalOutcome, EvaluatorRunner};
+pub use evaluator::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs, EvaluatorRunner};
 pub use feed::{Delivery, EmbeddedFeed, EventFeed};
 pub use host::{Host, Runner, RunnerContext};
-pub use promoter::{decide, Decision, PromoterRunner};
+pub use promoter::{decide, pinned_policy, Decision, EvidenceRules, PromoterRunner};
 pub use trainer::{
     checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink,
     TrainSummary, TrainerRunner, TrainingEngine,
@@ -63,7 +63,7 @@ pub async fn append_outcome(
             foundry_ledger::NewEvent::new(e).caused_by(trigger.event_id, trigger.correlation_id)
         })
         .collect();
-    let mut req = foundry_ledger::AppendRequest::new(ctx.actor.clone(), events);
+    let mut req = foundry_ledger::AppendRequest::new(events);
     if let Some(k) = key {
         req = req.idempotent(k);
     }
@@ -89,13 +89,29 @@ pub fn host_info() -> foundry_events::HostInfo {
     }
 }
 
-/// The running code's version, for the events it appends.
+/// The running code's version, for the events it appends: the crate
+/// version, the git commit the binary was built from and whether its tree
+/// had uncommitted changes (both read by build.rs at build time), and the
+/// sha256 of the executable itself (read once, at first use).
 pub fn code_version() -> foundry_events::CodeVersion {
     foundry_events::CodeVersion {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        git_commit: option_env!("FOUNDRY_GIT_COMMIT").map(str::to_string),
+        git_commit: option_env!("FOUNDRY_GIT_COMMIT")
+            .filter(|c| !c.is_empty())
+            .map(str::to_string),
         dirty: option_env!("FOUNDRY_GIT_DIRTY") == Some("1"),
+        executable_sha256: executable_sha256(),
     }
+}
+
+/// sha256 of the running executable, hashed once per process.
+pub fn executable_sha256() -> Option<foundry_events::Sha256Digest> {
+    static EXE: std::sync::OnceLock<Option<foundry_events::Sha256Digest>> =
+        std::sync::OnceLock::new();
+    *EXE.get_or_init(|| {
+        let path = std::env::current_exe().ok()?;
+        foundry_ledger::hash_file(&path).ok().map(|(d, _)| d)
+    })
 }
 
 #[cfg(test)]

@@ -148,3 +148,20 @@ pub async fn channel_state(
     }
     Ok((current, history))
 }
+
+/// The adapters a channel would fall back to, oldest first, its current one
+/// last: each promotion pushes, each rollback pops. A rollback goes to the
+/// one before the last.
+pub async fn channel_stack(client: &dyn LedgerClient, channel: &str) -> Result<Vec<String>> {
+    let mut stack: Vec<String> = Vec::new();
+    for (_, e) in stream_events(client, &format!("channel/{channel}")).await? {
+        match e {
+            Event::AdapterPromoted(p) => stack.push(p.checkpoint_id),
+            Event::ChannelRolledBack(_) => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(stack)
+}

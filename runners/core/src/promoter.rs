@@ -1,21 +1,37 @@
 //! The promoter runner: PromotionRequested (and EvalScored, for requests that
 //! were waiting for their evidence) → AdapterPromoted or PromotionRejected,
-//! following the recipe's policy for the channel and citing the evidence.
+//! and RollbackRequested → ChannelRolledBack or RollbackRejected, following
+//! the channel's policies and citing the evidence with who signed it.
+//!
+//! Two policies bind a channel. The recipe that trained the candidate
+//! names one (`[promotion.<channel>]`: requesters, trusted evaluators,
+//! gates, the margin over production). An admin may pin one on the channel
+//! itself (ChannelPolicySet): it binds every candidate whatever its recipe
+//! says, so nobody lowers the bar by declaring a lenient recipe. Both must
+//! be satisfied.
+//!
+//! Evidence is an EvalScored that the ledger accepted from a key with the
+//! evaluator role (the ledger refuses any other signer), that both policies
+//! trust by name, on the run's dataset and the recipe's eval split, with
+//! the split's hash and the eval spec's hash the recipe implies, and with
+//! at least the policy's minimum of examples (always at least one).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use foundry_events::{
-    AdapterPromoted, EvalScored, Event, EventType, GateResult, MetricValue, PromotionRejected,
-    PromotionRequested, RecordedEvent,
+    AdapterPromoted, ChannelPolicySet, ChannelRolledBack, DatasetPinned, EvalScored, Event,
+    EventType, EvidenceSigner, GateResult, MetricValue, PromotionRejected, PromotionRequested,
+    RecordedEvent, RollbackRejected, RollbackRequested, Sha256Digest,
 };
 use foundry_ledger::{AppendRequest, NewEvent};
-use foundry_recipes::{Channel, Recipe};
+use foundry_recipes::{Channel, Gate, GateOp, Recipe};
 
 use crate::host::{Runner, RunnerContext};
-use crate::{lookup, Delivery, Result, RunnerError};
+use crate::{lookup, Delivery, EvalSpecs, Result, RunnerError};
 
-/// The outcome of weighing a promotion against a channel's policy.
+/// The outcome of weighing a promotion against a channel's policies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// Whether every gate passed.
@@ -26,51 +42,84 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Weighs a candidate against `policy`: the actor restriction, every gate on
+fn op_text(op: &GateOp) -> &'static str {
+    match op {
+        GateOp::Ge => ">=",
+        GateOp::Gt => ">",
+        GateOp::Le => "<=",
+        GateOp::Lt => "<",
+    }
+}
+
+fn requester_gate(list: &[String], actor: &str, whose: &str) -> GateResult {
+    let ok = list.iter().any(|a| a == actor);
+    GateResult {
+        gate: format!("{whose} requesters [{}]", list.join(", ")),
+        actual: None,
+        passed: ok,
+        detail: if ok {
+            format!("{actor} may request it")
+        } else {
+            format!("{actor} may not request it")
+        },
+    }
+}
+
+fn metric_gate(gate: &Gate, candidate: &BTreeMap<String, MetricValue>, whose: &str) -> GateResult {
+    let actual = candidate.get(&gate.metric).map(|m| m.value);
+    let (passed, detail) = match actual {
+        Some(v) if v.is_finite() => (gate.passes(v), format!("{} = {v:.4}", gate.metric)),
+        _ => (false, format!("no {} in the eval", gate.metric)),
+    };
+    let prefix = if whose == "recipe" {
+        String::new()
+    } else {
+        format!("{whose}: ")
+    };
+    GateResult {
+        gate: format!(
+            "{prefix}{} {} {}",
+            gate.metric,
+            op_text(&gate.op),
+            gate.threshold
+        ),
+        actual,
+        passed,
+        detail,
+    }
+}
+
+/// Weighs a candidate against the recipe's `policy` and, when an admin set
+/// one, the channel's own `pinned` policy: who requested it, every gate on
 /// the candidate's metrics, and the margin over the production adapter's
-/// metric when the policy asks for one. Pure, so it is tested on its own.
+/// metric when the recipe asks for one. Pure, so it is tested on its own.
 pub fn decide(
     policy: &Channel,
+    pinned: Option<&ChannelPolicySet>,
     actor: &str,
     candidate: &BTreeMap<String, MetricValue>,
     production: Option<(&str, &BTreeMap<String, MetricValue>)>,
 ) -> Decision {
     let mut gates = Vec::new();
-    if let Some(allowed) = &policy.actors {
-        let ok = policy.allows(actor);
-        gates.push(GateResult {
-            gate: format!("actor in [{}]", allowed.join(", ")),
-            actual: None,
-            passed: ok,
-            detail: if ok {
-                format!("{actor} may promote")
-            } else {
-                format!("{actor} may not promote to this channel")
-            },
-        });
+    if let Some(list) = pinned.and_then(|p| p.requesters.as_ref()) {
+        gates.push(requester_gate(list, actor, "channel policy"));
+    }
+    if let Some(list) = &policy.actors {
+        gates.push(requester_gate(list, actor, "recipe"));
     }
     for gate in policy.parsed_gates() {
-        let actual = candidate.get(&gate.metric).map(|m| m.value);
-        let (passed, detail) = match actual {
-            Some(v) if v.is_finite() => (gate.passes(v), format!("{} = {v:.4}", gate.metric)),
-            _ => (false, format!("no {} in the eval", gate.metric)),
-        };
-        gates.push(GateResult {
-            gate: format!(
-                "{} {} {}",
-                gate.metric,
-                match gate.op {
-                    foundry_recipes::GateOp::Ge => ">=",
-                    foundry_recipes::GateOp::Gt => ">",
-                    foundry_recipes::GateOp::Le => "<=",
-                    foundry_recipes::GateOp::Lt => "<",
-                },
-                gate.threshold
-            ),
-            actual,
-            passed,
-            detail,
-        });
+        gates.push(metric_gate(&gate, candidate, "recipe"));
+    }
+    for text in pinned.map(|p| p.gates.as_slice()).unwrap_or_default() {
+        match text.parse::<Gate>() {
+            Ok(gate) => gates.push(metric_gate(&gate, candidate, "channel policy")),
+            Err(e) => gates.push(GateResult {
+                gate: format!("channel policy: {text}"),
+                actual: None,
+                passed: false,
+                detail: format!("not a gate: {e}"),
+            }),
+        }
     }
     if let Some(points) = policy.beat_production_by {
         let metric = &policy.compare_metric;
@@ -137,36 +186,123 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The promoter runner.
-#[derive(Default)]
-pub struct PromoterRunner;
+/// What an eval must match to count as evidence for a channel.
+pub struct EvidenceRules<'a> {
+    /// The run's pinned dataset.
+    pub dataset: &'a DatasetPinned,
+    /// The recipe's eval split.
+    pub split: &'a str,
+    /// The eval spec hash the recipe implies.
+    pub spec: Sha256Digest,
+    /// The recipe's policy for the channel.
+    pub recipe: &'a Channel,
+    /// The channel's own policy, if an admin set one.
+    pub pinned: Option<&'a ChannelPolicySet>,
+}
 
-impl PromoterRunner {
-    /// A promoter.
-    pub fn new() -> Self {
-        PromoterRunner
+impl EvidenceRules<'_> {
+    /// Why an eval, signed by `signer`, does not count; `None` when it does.
+    pub fn disqualify(&self, signer: &str, e: &EvalScored) -> Option<String> {
+        if !self.recipe.trusts(signer) {
+            return Some(format!(
+                "signed by {signer}, not an evaluator the recipe trusts"
+            ));
+        }
+        if let Some(list) = self.pinned.and_then(|p| p.evaluators.as_ref()) {
+            if !list.iter().any(|x| x == signer) {
+                return Some(format!(
+                    "signed by {signer}, not an evaluator the channel policy trusts"
+                ));
+            }
+        }
+        if e.dataset_id != self.dataset.dataset_id || e.split != self.split {
+            return Some(format!(
+                "scored {}/{}, not the recipe's {}/{}",
+                short(&e.dataset_id),
+                e.split,
+                short(&self.dataset.dataset_id),
+                self.split
+            ));
+        }
+        if e.split_sha256 != self.dataset.split_sha256(self.split) {
+            return Some("its split hash is not the pinned split's".into());
+        }
+        if e.eval_spec_sha256 != self.spec {
+            return Some(format!(
+                "its eval spec {} is not the recipe's {}",
+                e.eval_spec_sha256.short(),
+                self.spec.short()
+            ));
+        }
+        let min = self.pinned.map_or(1, |p| p.min_examples.max(1));
+        if e.examples < min {
+            return Some(format!("{} examples, fewer than {min}", e.examples));
+        }
+        None
     }
 }
 
-/// The latest eval of `checkpoint_id` on `dataset_id`/`split`, with its event.
-async fn latest_eval(
+/// Who signed an evidence event.
+fn signer_of(r: &RecordedEvent) -> EvidenceSigner {
+    EvidenceSigner {
+        event_id: r.event_id.to_string(),
+        event_type: r.event_type.clone(),
+        actor: r.actor.clone(),
+        signer: r.signer.clone(),
+    }
+}
+
+/// The channel's own policy: its latest ChannelPolicySet, if any.
+pub async fn pinned_policy(ctx: &RunnerContext, channel: &str) -> Result<Option<ChannelPolicySet>> {
+    let mut out = None;
+    for (_, e) in lookup::stream_events(ctx.client.as_ref(), &format!("channel/{channel}")).await? {
+        if let Event::ChannelPolicySet(p) = e {
+            out = Some(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The promoter runner.
+pub struct PromoterRunner {
+    specs: Arc<dyn EvalSpecs>,
+}
+
+impl PromoterRunner {
+    /// A promoter that knows, through `specs`, which eval spec a recipe
+    /// implies (the eval harness's own rule).
+    pub fn new(specs: Arc<dyn EvalSpecs>) -> Self {
+        PromoterRunner { specs }
+    }
+}
+
+/// The latest eval of `checkpoint_id` that counts under `rules`, with its event.
+async fn latest_evidence(
     ctx: &RunnerContext,
     checkpoint_id: &str,
-    dataset_id: &str,
-    split: &str,
+    rules: &EvidenceRules<'_>,
 ) -> Result<Option<(RecordedEvent, EvalScored)>> {
     let mut best = None;
     for (r, e) in lookup::all_of_type(ctx.client.as_ref(), EventType::EvalScored).await? {
         if let Event::EvalScored(s) = e {
             if s.checkpoint_id.as_deref() == Some(checkpoint_id)
-                && s.dataset_id == dataset_id
-                && s.split == split
+                && rules.disqualify(&r.actor, &s).is_none()
             {
                 best = Some((r, s));
             }
         }
     }
     Ok(best)
+}
+
+enum Weighed {
+    Waiting,
+    Refused(String),
+    Decided {
+        decision: Decision,
+        evidence: Vec<RecordedEvent>,
+        previous: Option<String>,
+    },
 }
 
 impl PromoterRunner {
@@ -179,19 +315,19 @@ impl PromoterRunner {
         p: &PromotionRequested,
     ) -> Result<()> {
         let key = crate::outcome_key("promoter", &request.event_id, "decision");
-        let reject = |reason: String, gates: Vec<GateResult>, evidence: Vec<String>| {
+        let reject = |reason: String, gates: Vec<GateResult>, evidence: &[RecordedEvent]| {
             Event::PromotionRejected(PromotionRejected {
                 checkpoint_id: p.checkpoint_id.clone(),
                 channel: p.channel.clone(),
                 gates,
-                evidence,
+                evidence: evidence.iter().map(|r| r.event_id.to_string()).collect(),
+                signed_by: evidence.iter().map(signer_of).collect(),
                 reason,
             })
         };
-        let request_id = request.event_id.to_string();
         let outcome = match self.weigh(ctx, request, p).await? {
             Weighed::Waiting => return Ok(()),
-            Weighed::Refused(reason) => reject(reason, vec![], vec![request_id]),
+            Weighed::Refused(reason) => reject(reason, vec![], std::slice::from_ref(request)),
             Weighed::Decided {
                 decision,
                 evidence,
@@ -203,20 +339,20 @@ impl PromoterRunner {
                         channel: p.channel.clone(),
                         previous_checkpoint_id: previous,
                         gates: decision.gates,
-                        evidence,
+                        evidence: evidence.iter().map(|r| r.event_id.to_string()).collect(),
+                        signed_by: evidence.iter().map(signer_of).collect(),
                         reason: p.reason.clone(),
                     })
                 } else {
-                    reject(decision.reason, decision.gates, evidence)
+                    reject(decision.reason, decision.gates, &evidence)
                 }
             }
         };
         ctx.client
             .append(
-                AppendRequest::new(
-                    ctx.actor.clone(),
-                    vec![NewEvent::new(outcome).caused_by(request.event_id, request.correlation_id)],
-                )
+                AppendRequest::new(vec![
+                    NewEvent::new(outcome).caused_by(request.event_id, request.correlation_id)
+                ])
                 .idempotent(key),
             )
             .await?;
@@ -245,20 +381,34 @@ impl PromoterRunner {
                 recipe.name, p.channel
             )));
         };
-        let split = &recipe.eval.split;
-        let Some((eval_rec, eval)) =
-            latest_eval(ctx, &p.checkpoint_id, &run.dataset_id, split).await?
-        else {
+        let pinned = pinned_policy(ctx, &p.channel).await?;
+        let dataset = lookup::dataset(client, &run.dataset_id).await?;
+        let split = recipe.eval.split.clone();
+        let limit = u64::try_from(recipe.eval.max_examples)
+            .ok()
+            .filter(|n| *n > 0);
+        let spec = self
+            .specs
+            .spec_sha256(Some(&declared.resolved_config), &split, limit)
+            .map_err(RunnerError::Engine)?;
+        let rules = EvidenceRules {
+            dataset: &dataset,
+            split: &split,
+            spec,
+            recipe: policy,
+            pinned: pinned.as_ref(),
+        };
+        let Some((eval_rec, eval)) = latest_evidence(ctx, &p.checkpoint_id, &rules).await? else {
             return Ok(Weighed::Waiting);
         };
         let (current, _) = lookup::channel_state(client, &p.channel).await?;
         let (production, _) = lookup::channel_state(client, "production").await?;
-        let mut evidence = vec![eval_rec.event_id.to_string(), request.event_id.to_string()];
+        let mut evidence = vec![eval_rec, request.clone()];
         let prod_eval = match production.as_deref() {
             Some(id) if id != p.checkpoint_id => {
-                let e = latest_eval(ctx, id, &run.dataset_id, split).await?;
+                let e = latest_evidence(ctx, id, &rules).await?;
                 if let Some((r, _)) = &e {
-                    evidence.push(r.event_id.to_string());
+                    evidence.push(r.clone());
                 }
                 e.map(|(_, s)| (id.to_string(), s.metrics))
             }
@@ -266,6 +416,7 @@ impl PromoterRunner {
         };
         let decision = decide(
             policy,
+            pinned.as_ref(),
             &request.actor,
             &eval.metrics,
             prod_eval.as_ref().map(|(id, m)| (id.as_str(), m)),
@@ -302,16 +453,96 @@ impl PromoterRunner {
         }
         Ok(out)
     }
-}
 
-enum Weighed {
-    Waiting,
-    Refused(String),
-    Decided {
-        decision: Decision,
-        evidence: Vec<String>,
-        previous: Option<String>,
-    },
+    /// Rolls a channel back to the adapter it held before its current one,
+    /// if the requester may: the channel policy's rollbackers (else its
+    /// requesters) and the current adapter's recipe's requesters for the
+    /// channel must name them, when set.
+    async fn rollback(
+        &self,
+        ctx: &RunnerContext,
+        request: &RecordedEvent,
+        r: &RollbackRequested,
+    ) -> Result<()> {
+        let key = crate::outcome_key("promoter", &request.event_id, "rollback");
+        let refuse = |reason: String| {
+            Event::RollbackRejected(RollbackRejected {
+                channel: r.channel.clone(),
+                reason,
+            })
+        };
+        let stack = lookup::channel_stack(ctx.client.as_ref(), &r.channel).await?;
+        let refusal = self
+            .may_roll_back(
+                ctx,
+                &request.actor,
+                &r.channel,
+                stack.last().map(String::as_str),
+            )
+            .await?;
+        let outcome = match (refusal, stack.last()) {
+            (Some(why), _) => refuse(why),
+            (None, None) => refuse(format!(
+                "channel {:?} serves no adapter; nothing to roll back",
+                r.channel
+            )),
+            (None, Some(current)) => Event::ChannelRolledBack(ChannelRolledBack {
+                channel: r.channel.clone(),
+                from_checkpoint_id: Some(current.clone()),
+                to_checkpoint_id: stack.len().checked_sub(2).map(|i| stack[i].clone()),
+                reason: r.reason.clone(),
+            }),
+        };
+        ctx.client
+            .append(
+                AppendRequest::new(vec![
+                    NewEvent::new(outcome).caused_by(request.event_id, request.correlation_id)
+                ])
+                .idempotent(key),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `None` when `actor` may roll `channel` back from `current`, else why not.
+    async fn may_roll_back(
+        &self,
+        ctx: &RunnerContext,
+        actor: &str,
+        channel: &str,
+        current: Option<&str>,
+    ) -> Result<Option<String>> {
+        if let Some(p) = pinned_policy(ctx, channel).await? {
+            if let Some(list) = p.rollbackers.as_ref().or(p.requesters.as_ref()) {
+                if !list.iter().any(|a| a == actor) {
+                    return Ok(Some(format!(
+                        "{actor} may not roll back {channel}: the channel policy allows [{}]",
+                        list.join(", ")
+                    )));
+                }
+            }
+        }
+        let client = ctx.client.as_ref();
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        if let Ok((_, c)) = lookup::checkpoint(client, current).await {
+            let run = lookup::run_request(client, &c.run_id).await?;
+            let declared = lookup::recipe(client, &run.recipe_id).await?;
+            let recipe: Recipe = serde_json::from_value(declared.resolved_config)
+                .map_err(|e| RunnerError::Missing(format!("recipe {}: {e}", run.recipe_id)))?;
+            if let Some(policy) = recipe.promotion.get(channel) {
+                if !policy.allows(actor) {
+                    return Ok(Some(format!(
+                        "{actor} may not roll back {channel}: recipe {} allows [{}]",
+                        recipe.name,
+                        policy.actors.clone().unwrap_or_default().join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -321,12 +552,17 @@ impl Runner for PromoterRunner {
     }
 
     fn reacts_to(&self) -> Vec<EventType> {
-        vec![EventType::PromotionRequested, EventType::EvalScored]
+        vec![
+            EventType::PromotionRequested,
+            EventType::EvalScored,
+            EventType::RollbackRequested,
+        ]
     }
 
     async fn handle(&self, ctx: &RunnerContext, delivery: &Delivery) -> Result<()> {
         match delivery.event.decode_event()? {
             Event::PromotionRequested(p) => self.consider(ctx, &delivery.event, &p).await,
+            Event::RollbackRequested(r) => self.rollback(ctx, &delivery.event, &r).await,
             Event::EvalScored(s) => {
                 let Some(checkpoint_id) = s.checkpoint_id else {
                     return Ok(());

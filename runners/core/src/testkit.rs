@@ -12,16 +12,78 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use foundry_events::Role;
 use foundry_events::{
     BaseModelPinned, DatasetPinned, DeviceInfo, EvalScored, Event, MetricPoint, MetricValue,
     RecipeDeclared, RunRequested, Sha256Digest, SplitStats,
 };
-use foundry_ledger::{AppendRequest, Ledger, NewEvent};
+use foundry_ledger::trust::Grant;
+use foundry_ledger::{AppendRequest, Identity, Ledger, NewEvent};
 
 use crate::{
-    code_version, CheckpointRecord, Control, EvalEngine, EvalJob, EvalOutcome, TrainJob, TrainPlan,
-    TrainSink, TrainSummary, TrainingEngine,
+    code_version, CheckpointRecord, Control, EvalEngine, EvalJob, EvalOutcome, EvalSpecs, TrainJob,
+    TrainPlan, TrainSink, TrainSummary, TrainingEngine,
 };
+
+/// The keys of a small organisation: an admin root, an operator `alice`,
+/// and one key per runner, each with its own role.
+#[derive(Clone, Debug)]
+pub struct TestKeys {
+    pub root: Identity,
+    pub alice: Identity,
+    pub trainer: Identity,
+    pub evaluator: Identity,
+    pub promoter: Identity,
+    pub dispatcher: Identity,
+}
+
+impl Default for TestKeys {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestKeys {
+    /// Fresh keys.
+    pub fn new() -> Self {
+        let k = |n: &str| Identity::generate(n).unwrap();
+        TestKeys {
+            root: k("root"),
+            alice: k("alice"),
+            trainer: k("runner:trainer"),
+            evaluator: k("runner:evaluator"),
+            promoter: k("runner:promoter"),
+            dispatcher: k("runner:modal"),
+        }
+    }
+
+    /// Registers them all in an empty ledger (its genesis).
+    pub fn genesis(&self, ledger: &Ledger) {
+        ledger
+            .init_genesis(
+                &self.root,
+                &[Role::Admin],
+                &[
+                    Grant::of(&self.alice, &[Role::Operator], "a person"),
+                    Grant::of(&self.trainer, &[Role::Trainer], "runner"),
+                    Grant::of(&self.evaluator, &[Role::Evaluator], "runner"),
+                    Grant::of(&self.promoter, &[Role::Promoter], "runner"),
+                    Grant::of(&self.dispatcher, &[Role::Dispatcher], "runner"),
+                ],
+            )
+            .unwrap();
+    }
+
+    /// The key a runner of this name acts as.
+    pub fn for_runner(&self, name: &str) -> Identity {
+        match name {
+            "trainer" => self.trainer.clone(),
+            "evaluator" => self.evaluator.clone(),
+            "promoter" => self.promoter.clone(),
+            _ => self.dispatcher.clone(),
+        }
+    }
+}
 
 pub const RECIPE: &str = r#"
 name = "line"
@@ -180,6 +242,22 @@ impl TrainingEngine for LineEngine {
 /// Scores a checkpoint by the share of held-out points it predicts within 0.1.
 pub struct LineEval;
 
+/// The spec hash of every line eval.
+pub fn line_spec() -> Sha256Digest {
+    Sha256Digest::of(b"line-eval")
+}
+
+impl EvalSpecs for LineEval {
+    fn spec_sha256(
+        &self,
+        _config: Option<&serde_json::Value>,
+        _split: &str,
+        _limit: Option<u64>,
+    ) -> Result<Sha256Digest, String> {
+        Ok(line_spec())
+    }
+}
+
 impl EvalEngine for LineEval {
     fn evaluate(&self, job: &EvalJob) -> Result<EvalOutcome, String> {
         let (w, b) = match &job.checkpoint {
@@ -211,7 +289,7 @@ impl EvalEngine for LineEval {
             dataset_id: String::new(),
             split: String::new(),
             split_sha256: Sha256Digest([0; 32]),
-            eval_spec_sha256: Sha256Digest::of(b"line-eval"),
+            eval_spec_sha256: line_spec(),
             examples: test.len() as u64,
             metrics,
             breakdown: BTreeMap::new(),
@@ -223,25 +301,24 @@ impl EvalEngine for LineEval {
     }
 }
 
-fn append(ledger: &Ledger, actor: &str, ev: impl Into<Event>) {
+fn append(ledger: &Ledger, actor: &Identity, ev: impl Into<Event>) {
     ledger
-        .append(AppendRequest::new(actor, vec![NewEvent::new(ev)]))
+        .append_as(actor, AppendRequest::new(vec![NewEvent::new(ev)]))
         .unwrap();
 }
 
-/// Declares the recipe, pins inputs and requests `run_id`, directly in the
-/// ledger (as an operator's command on the ledger's machine would).
 /// Declares the line recipe, pins a dataset and a base model (by event
-/// only) and requests `run_id`, directly in the ledger.
+/// only) and requests `run_id`, directly in the ledger, signed by
+/// `operator` (as an operator's command on the ledger's machine would).
 ///
 /// # Panics
 /// On a ledger error: this is test support.
-pub fn request_run(ledger: &Ledger, run_id: &str) {
+pub fn request_run(ledger: &Ledger, operator: &Identity, run_id: &str) {
     let resolved =
         foundry_recipes::resolve_str(RECIPE, "line.toml", &BTreeMap::new(), None).unwrap();
     append(
         ledger,
-        "alice",
+        operator,
         RecipeDeclared {
             recipe_id: resolved.id.clone(),
             name: "line".into(),
@@ -260,7 +337,7 @@ pub fn request_run(ledger: &Ledger, run_id: &str) {
     );
     append(
         ledger,
-        "alice",
+        operator,
         DatasetPinned {
             dataset_id: "d1".into(),
             source: "./data".into(),
@@ -271,7 +348,7 @@ pub fn request_run(ledger: &Ledger, run_id: &str) {
     );
     append(
         ledger,
-        "alice",
+        operator,
         BaseModelPinned {
             model_id: "m1".into(),
             source: "./model".into(),
@@ -284,7 +361,7 @@ pub fn request_run(ledger: &Ledger, run_id: &str) {
     );
     append(
         ledger,
-        "alice",
+        operator,
         RunRequested {
             run_id: run_id.into(),
             recipe_id: resolved.id,

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foundry_events::{Event, EventType, MetricValue, PromotionRequested};
-use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
+use foundry_ledger::{AppendRequest, Home, Identity, Ledger, NewEvent};
 
-use crate::testkit::{LineEngine, LineEval, RECIPE};
+use crate::testkit::{LineEngine, LineEval, TestKeys, RECIPE};
 use crate::*;
 
 struct Fixture {
     _dir: tempfile::TempDir,
     home: Home,
     ledger: Ledger,
+    keys: TestKeys,
     client: Arc<LocalLedger>,
 }
 
@@ -24,18 +25,25 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path().join("home"));
     let ledger = home.init().unwrap();
-    let client = Arc::new(LocalLedger::new(ledger.clone()));
+    let keys = TestKeys::new();
+    keys.genesis(&ledger);
+    let client = Arc::new(LocalLedger::new(ledger.clone(), keys.alice.clone()));
     Fixture {
         _dir: dir,
         home,
         ledger,
+        keys,
         client,
     }
 }
 
-fn append(ledger: &Ledger, actor: &str, ev: impl Into<Event>) -> foundry_events::RecordedEvent {
+fn append(
+    ledger: &Ledger,
+    actor: &Identity,
+    ev: impl Into<Event>,
+) -> foundry_events::RecordedEvent {
     ledger
-        .append(AppendRequest::new(actor, vec![NewEvent::new(ev)]))
+        .append_as(actor, AppendRequest::new(vec![NewEvent::new(ev)]))
         .unwrap()
         .events
         .remove(0)
@@ -43,8 +51,13 @@ fn append(ledger: &Ledger, actor: &str, ev: impl Into<Event>) -> foundry_events:
 
 /// Declares the recipe and pins inputs; returns the run id requested.
 fn request_run(f: &Fixture, run_id: &str) -> String {
-    testkit::request_run(&f.ledger, run_id);
+    testkit::request_run(&f.ledger, &f.keys.alice, run_id);
     run_id.to_string()
+}
+
+/// The client a runner of this name uses: the ledger, as its own key.
+fn client_for(f: &Fixture, runner: &str) -> Arc<LocalLedger> {
+    Arc::new(f.client.acting_as(f.keys.for_runner(runner)))
 }
 
 fn start_host(f: &Fixture, engine: Arc<LineEngine>, tag: &str) -> Host {
@@ -52,7 +65,7 @@ fn start_host(f: &Fixture, engine: Arc<LineEngine>, tag: &str) -> Host {
     let runners: Vec<Arc<dyn Runner>> = vec![
         Arc::new(TrainerRunner::new(engine).with_lease(Duration::from_millis(600))),
         Arc::new(EvaluatorRunner::new(Arc::new(LineEval))),
-        Arc::new(PromoterRunner::new()),
+        Arc::new(PromoterRunner::new(Arc::new(LineEval))),
     ];
     for r in runners {
         let cursor = f
@@ -62,8 +75,7 @@ fn start_host(f: &Fixture, engine: Arc<LineEngine>, tag: &str) -> Host {
             .join(format!("{}.cursor", r.name()));
         let feed = EmbeddedFeed::open(f.ledger.clone(), &r.reacts_to(), cursor).unwrap();
         let ctx = RunnerContext {
-            client: f.client.clone(),
-            actor: format!("runner:{}", r.name()),
+            client: client_for(f, r.name()),
             runner_id: format!("{}-{tag}", r.name()),
             home: f.home.clone(),
             stop: host.stop_signal(),
@@ -74,7 +86,10 @@ fn start_host(f: &Fixture, engine: Arc<LineEngine>, tag: &str) -> Host {
 }
 
 fn types_of(ledger: &Ledger) -> Vec<String> {
-    ledger.iter_from(1).map(|r| r.unwrap().event_type).collect()
+    ledger
+        .iter_from(1)
+        .map(|r| r.unwrap().statement.event_type)
+        .collect()
 }
 
 fn count(types: &[String], ty: EventType) -> usize {
@@ -216,8 +231,7 @@ async fn two_trainers_racing_for_one_run_claim_it_once() {
     )
     .unwrap();
     let ctx = RunnerContext {
-        client: f.client.clone(),
-        actor: "runner:trainer".into(),
+        client: client_for(&f, "trainer"),
         runner_id: "trainer-b".into(),
         home: f.home.clone(),
         stop: b.stop_signal(),
@@ -252,7 +266,15 @@ async fn promotions_follow_the_gates_the_actors_and_wait_for_evidence() {
     let last = ckpts.last().unwrap().0.clone();
     let first = ckpts[0].0.clone(); // checkpoint 1 is never evaluated (every 2)
 
-    let promote = |who: &str, id: &str, channel: &str| {
+    // bob is an operator too, but the production policy names alice only.
+    let bob = Identity::generate("bob").unwrap();
+    append(
+        &f.ledger,
+        &f.keys.root,
+        foundry_ledger::trust::Grant::of(&bob, &[foundry_events::Role::Operator], "").event(),
+    );
+    let alice = f.keys.alice.clone();
+    let promote = |who: &Identity, id: &str, channel: &str| {
         append(
             &f.ledger,
             who,
@@ -263,10 +285,10 @@ async fn promotions_follow_the_gates_the_actors_and_wait_for_evidence() {
             },
         )
     };
-    promote("bob", &last, "staging");
-    promote("bob", &last, "production"); // bob may not promote to production
-    promote("alice", &last, "nightly"); // no such policy
-    promote("alice", &first, "staging"); // waits: no eval yet
+    promote(&bob, &last, "staging");
+    promote(&bob, &last, "production"); // bob may not promote to production
+    promote(&alice, &last, "nightly"); // no such policy
+    promote(&alice, &first, "staging"); // waits: no eval yet
     host.wait_idle(f.client.as_ref()).await.unwrap();
 
     let decisions: Vec<Event> = f
@@ -285,12 +307,26 @@ async fn promotions_follow_the_gates_the_actors_and_wait_for_evidence() {
             assert_eq!(p.checkpoint_id, last);
             assert_eq!(p.evidence.len(), 2);
             assert!(p.gates.iter().all(|g| g.passed));
+            // Who signed the evidence: the evaluator's key, and bob's request.
+            let who: Vec<(&str, &str)> = p
+                .signed_by
+                .iter()
+                .map(|s| (s.event_type.as_str(), s.actor.as_str()))
+                .collect();
+            assert_eq!(
+                who,
+                vec![
+                    ("EvalScored", "runner:evaluator"),
+                    ("PromotionRequested", "bob")
+                ]
+            );
+            assert_eq!(p.signed_by[0].signer, f.keys.evaluator.public_key());
         }
         other => panic!("{other:?}"),
     }
     match &decisions[1] {
         Event::PromotionRejected(p) => {
-            assert!(p.reason.contains("bob may not promote"), "{}", p.reason)
+            assert!(p.reason.contains("bob may not request it"), "{}", p.reason)
         }
         other => panic!("{other:?}"),
     }
@@ -304,7 +340,7 @@ async fn promotions_follow_the_gates_the_actors_and_wait_for_evidence() {
     // The waiting request is decided when its evidence arrives.
     append(
         &f.ledger,
-        "alice",
+        &alice,
         foundry_events::EvalRequested {
             eval_id: "manual-1".into(),
             checkpoint_id: Some(first.clone()),
@@ -350,21 +386,21 @@ fn decide_weighs_gates_actors_and_the_production_margin() {
         );
         b
     };
-    let d = decide(&policy, "x", &m(0.9), None);
+    let d = decide(&policy, None, "x", &m(0.9), None);
     assert!(d.promote, "{d:?}");
-    let d = decide(&policy, "x", &m(0.9), Some(("prod", &m(0.898))));
+    let d = decide(&policy, None, "x", &m(0.9), Some(("prod", &m(0.898))));
     assert!(!d.promote);
     assert!(d.reason.contains("+0.20 points"), "{}", d.reason);
-    let d = decide(&policy, "x", &m(0.9), Some(("prod", &m(0.89))));
+    let d = decide(&policy, None, "x", &m(0.9), Some(("prod", &m(0.89))));
     assert!(d.promote, "{d:?}");
-    let d = decide(&policy, "x", &m(0.4), None);
+    let d = decide(&policy, None, "x", &m(0.4), None);
     assert!(!d.promote);
     assert!(
         d.reason.contains("field_exact_match >= 0.5"),
         "{}",
         d.reason
     );
-    let d = decide(&policy, "x", &BTreeMap::new(), None);
+    let d = decide(&policy, None, "x", &BTreeMap::new(), None);
     assert!(
         d.reason.contains("no field_exact_match in the eval"),
         "{}",

@@ -407,10 +407,9 @@ impl TrainerRunner {
                 lease_ms: self.lease.as_millis() as u64,
                 attempt,
             });
-            let append = AppendRequest::new(
-                ctx.actor.clone(),
-                vec![NewEvent::new(claim).caused_by(trigger.event_id, trigger.correlation_id)],
-            )
+            let append = AppendRequest::new(vec![
+                NewEvent::new(claim).caused_by(trigger.event_id, trigger.correlation_id)
+            ])
             .expect(stream.clone(), ExpectedVersion::Exact(state.version));
             match ctx.client.append(append).await {
                 Ok(_) => break (state, attempt),

@@ -4,10 +4,9 @@
 
 use candle_core::DType;
 use foundry_eval::{EvalExample, EvalIdentity, EvalSpec, ModelUnderTest};
-use foundry_events::{DatasetPinned, Sha256Digest};
+use foundry_events::Sha256Digest;
 use foundry_idefics2::Idefics2;
-use foundry_runner::{EvalEngine, EvalJob, EvalOutcome};
-use sha2::{Digest, Sha256};
+use foundry_runner::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs};
 
 use crate::inputs::{load_split, model_dir, recipe_of, select_device, verify_model};
 use crate::train::{processor_for, quantized_linears};
@@ -24,36 +23,26 @@ impl Idefics2Eval {
     }
 }
 
-/// The hash of a split: sha256 over its shards' `path sha256` lines, sorted,
-/// so an eval names exactly the data it scored.
-pub fn split_sha256(dataset: &DatasetPinned, split: &str) -> Sha256Digest {
-    let mut lines: Vec<String> = dataset
-        .shards
-        .iter()
-        .filter(|s| s.split == split)
-        .map(|s| format!("{} {}\n", s.path, s.sha256.to_hex()))
-        .collect();
-    lines.sort();
-    let mut h = Sha256::new();
-    for l in lines {
-        h.update(l.as_bytes());
-    }
-    Sha256Digest(h.finalize().into())
-}
-
 /// The eval spec of a job: the recipe's split, limit and generation length,
 /// everything else the harness's documented defaults.
 pub fn spec_of(job: &EvalJob) -> Result<EvalSpec> {
+    spec_for(job.config.as_ref(), &job.split, job.limit)
+}
+
+/// The eval spec for a recipe's resolved `config` (if any), a split and a
+/// limit: what the evaluator scores with and the promoter expects evidence
+/// to carry.
+pub fn spec_for(
+    config: Option<&serde_json::Value>,
+    split: &str,
+    limit: Option<u64>,
+) -> Result<EvalSpec> {
     let mut spec = EvalSpec {
-        split: job.split.clone(),
-        limit: job.limit,
+        split: split.to_string(),
+        limit,
         ..EvalSpec::default()
     };
-    if let Some(n) = job
-        .config
-        .as_ref()
-        .and_then(|c| c["eval"]["max_new_tokens"].as_u64())
-    {
+    if let Some(n) = config.and_then(|c| c["eval"]["max_new_tokens"].as_u64()) {
         spec.decoding.max_new_tokens = n as u32;
     }
     spec.bootstrap.resamples = 200;
@@ -115,11 +104,24 @@ fn run(job: &EvalJob) -> Result<EvalOutcome> {
             run_id: job.run_id.clone(),
             model_id: job.model.model_id.clone(),
             dataset_id: job.dataset.dataset_id.clone(),
-            split_sha256: split_sha256(&job.dataset, &job.split),
+            split_sha256: job.dataset.split_sha256(&job.split),
             code: foundry_runner::code_version(),
             device: device_info,
         },
     ))
+}
+
+impl EvalSpecs for Idefics2Eval {
+    fn spec_sha256(
+        &self,
+        config: Option<&serde_json::Value>,
+        split: &str,
+        limit: Option<u64>,
+    ) -> std::result::Result<Sha256Digest, String> {
+        spec_for(config, split, limit)
+            .map(|s| s.sha256())
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl EvalEngine for Idefics2Eval {

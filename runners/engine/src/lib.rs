@@ -16,7 +16,7 @@ mod eval;
 mod inputs;
 mod train;
 
-pub use eval::{spec_of, split_sha256, Idefics2Eval};
+pub use eval::{spec_for, spec_of, Idefics2Eval};
 pub use inputs::{answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row};
 pub use train::{dry_run, processor_for, train_config, DryRun, QloraEngine};
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use foundry_events::{Event, EventType, RecipeDeclared, RunRequested};
 use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
+use foundry_runner::testkit::TestKeys;
 use foundry_runner::{
     EmbeddedFeed, EvaluatorRunner, Host, LocalLedger, Runner, RunnerContext, TrainerRunner,
 };
@@ -47,9 +48,9 @@ fn write_dataset(root: &Path) {
     }
 }
 
-fn append(ledger: &Ledger, ev: impl Into<Event>) {
+fn append(ledger: &Ledger, keys: &TestKeys, ev: impl Into<Event>) {
     ledger
-        .append(AppendRequest::new("tester", vec![NewEvent::new(ev)]))
+        .append_as(&keys.alice, AppendRequest::new(vec![NewEvent::new(ev)]))
         .unwrap();
 }
 
@@ -76,18 +77,21 @@ fn run_pipeline(
     before_run: impl FnOnce(),
 ) -> Ledger {
     let ledger = home.init().unwrap();
+    let keys = TestKeys::new();
+    keys.genesis(&ledger);
     let pin = foundry_datasets::pin_dir(data_dir, &data_dir.display().to_string(), None).unwrap();
-    append(&ledger, pin.to_event());
+    append(&ledger, &keys, pin.to_event());
     let model = foundry_datasets::pin_model(
         &model_dir.display().to_string(),
         &foundry_datasets::HubOptions::default(),
     )
     .unwrap();
-    append(&ledger, model.to_event());
+    append(&ledger, &keys, model.to_event());
     let recipe =
         foundry_recipes::resolve_file(&repo("recipes/tiny-cpu.toml"), &overrides(), None).unwrap();
     append(
         &ledger,
+        &keys,
         RecipeDeclared {
             recipe_id: recipe.id.clone(),
             name: recipe.recipe.name.clone(),
@@ -99,6 +103,7 @@ fn run_pipeline(
     before_run();
     append(
         &ledger,
+        &keys,
         RunRequested {
             run_id: "run-1".into(),
             recipe_id: recipe.id,
@@ -108,7 +113,7 @@ fn run_pipeline(
             overrides: BTreeMap::new(),
         },
     );
-    let client = Arc::new(LocalLedger::new(ledger.clone()));
+    let client = Arc::new(LocalLedger::new(ledger.clone(), keys.alice.clone()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -132,8 +137,7 @@ fn run_pipeline(
             )
             .unwrap();
             let ctx = RunnerContext {
-                client: client.clone(),
-                actor: format!("runner:{}", r.name()),
+                client: Arc::new(client.acting_as(keys.for_runner(r.name()))),
                 runner_id: format!("{}-test", r.name()),
                 home: home.clone(),
                 stop: host.stop_signal(),

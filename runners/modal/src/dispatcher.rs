@@ -160,9 +160,53 @@ fn io(path: &Path, e: std::io::Error) -> ModalError {
     ModalError::Invalid(format!("{}: {e}", path.display()))
 }
 
+/// The key file's sha256, or `none` where it does not exist yet (a dry run).
+fn key_sha256(path: &Path) -> Result<String> {
+    if path.is_file() {
+        file_sha256(path)
+    } else {
+        Ok("none".into())
+    }
+}
+
 fn file_sha256(path: &Path) -> Result<String> {
     let (sha, _) = foundry_ledger::hash_file(path)?;
     Ok(sha.to_hex())
+}
+
+/// The container's key file, in the run's dispatch directory.
+pub const CONTAINER_KEY: &str = "container.nk";
+
+/// The key the run's container signs with: read from `work` if an earlier
+/// attempt of the dispatcher made it, else made and saved there (mode
+/// 0600). Its name is `modal:<run>:<first characters of the key>`.
+pub fn container_identity(work: &Path, run_id: &str) -> Result<foundry_ledger::Identity> {
+    let path = work.join(CONTAINER_KEY);
+    if path.is_file() {
+        return Ok(foundry_ledger::Identity::load(&path, None)?);
+    }
+    std::fs::create_dir_all(work).map_err(|e| io(work, e))?;
+    let probe = foundry_ledger::Identity::generate("probe")?;
+    let short: String = run_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    let name = format!("modal:{short}:{}", &probe.public_key()[1..9]);
+    let id = foundry_ledger::Identity::from_seed(&name, probe.seed())?;
+    id.save(&path)?;
+    Ok(id)
+}
+
+/// How long a container's key lives: every attempt's timeout, plus a day
+/// for queueing and the dispatcher's final import, at most 30 days.
+pub fn container_key_lifetime(timeout_s: i64, retries: i64) -> Duration {
+    let attempts = u64::try_from(retries.max(0)).unwrap_or(0) + 1;
+    let secs = u64::try_from(timeout_s.max(1))
+        .unwrap_or(1)
+        .saturating_mul(attempts)
+        .saturating_add(24 * 3600);
+    Duration::from_secs(secs.min(29 * 24 * 3600))
 }
 
 /// Prepares a submission of `run_id` in `work`: snapshots the ledger,
@@ -212,6 +256,7 @@ pub async fn prepare(
         },
     ];
     let bundle = work.join("bundle.foundry");
+    let key_file = work.join(CONTAINER_KEY);
     let anchor = outbox::snapshot(client, &bundle, &now_ts().to_rfc3339()).await?;
     let spec = LauncherSpec {
         run_id: run_id.to_string(),
@@ -222,6 +267,7 @@ pub async fn prepare(
         device: opts.device.clone(),
         ledger_binary: opts.ledger_binary.display().to_string(),
         bundle: bundle.display().to_string(),
+        key_file: key_file.display().to_string(),
         checkpoint_volume: backend.checkpoint_volume.clone(),
         data_volume: backend.data_volume.clone(),
         hf_cache_volume: opts.hf_cache_volume.clone(),
@@ -235,9 +281,10 @@ pub async fn prepare(
         "sha256:{}",
         sha256_hex(
             format!(
-                "debian_slim python 3.11\n/foundry/bin/ledger {}\n/foundry/bundle.foundry {}\n",
+                "debian_slim python 3.11\n/foundry/bin/ledger {}\n/foundry/bundle.foundry {}\n/foundry/key.nk {}\n",
                 file_sha256(&opts.ledger_binary)?,
-                file_sha256(&bundle)?
+                file_sha256(&bundle)?,
+                key_sha256(&key_file)?
             )
             .as_bytes()
         )
@@ -375,6 +422,28 @@ impl Job<'_> {
 
     /// Fetches the outbox, and imports what is new: checkpoint files first,
     /// then the events. Returns the number of events appended.
+    /// Revokes the container's key once the job is over (idempotent).
+    async fn revoke_container_key(&self) -> Result<()> {
+        let path = self.work.join(CONTAINER_KEY);
+        if !path.is_file() {
+            return Ok(());
+        }
+        let id = foundry_ledger::Identity::load(&path, None)?;
+        let registry_has = lookup::all_of_type(self.ctx.client.as_ref(), EventType::KeyRegistered)
+            .await?
+            .iter()
+            .any(|(_, e)| matches!(e, Event::KeyRegistered(k) if k.public_key == id.public_key()));
+        if !registry_has {
+            return Ok(());
+        }
+        let ev = Event::KeyRevoked(foundry_events::KeyRevoked {
+            name: id.name().to_string(),
+            public_key: id.public_key().to_string(),
+            reason: format!("the Modal job of run {} is over", self.run_id),
+        });
+        self.append(Some("container-key-revoked".into()), ev).await
+    }
+
     async fn sync_outbox(&self, cli: &ModalCli, last_sha: &mut Option<String>) -> Result<usize> {
         let local = self.work.join("outbox.foundry");
         if !cli
@@ -572,6 +641,8 @@ impl ModalRunner {
             self.record(ctx, trigger, req, config, &sub, work).await?;
             return Ok((sub, anchor));
         }
+        self.register_container_key(ctx, trigger, req, config, work)
+            .await?;
         let plan = prepare(
             ctx.client.as_ref(),
             &self.opts,
@@ -623,6 +694,37 @@ impl ModalRunner {
         ))
     }
 
+    /// Registers the container's key (run-scoped, expiring, trainer
+    /// only) before the snapshot is taken, so the container's scratch
+    /// ledger — and then the real one, when its outbox is relayed — knows
+    /// it. Idempotent: a retried dispatch registers it once.
+    async fn register_container_key(
+        &self,
+        ctx: &RunnerContext,
+        trigger: &RecordedEvent,
+        req: &RunRequested,
+        config: &serde_json::Value,
+        work: &Path,
+    ) -> Result<()> {
+        let backend = backend_of(config)?;
+        let id = container_identity(work, &req.run_id)?;
+        let expires = now_ts().0.saturating_add(
+            i64::try_from(container_key_lifetime(backend.timeout_s, backend.retries).as_nanos())
+                .unwrap_or(i64::MAX),
+        );
+        let ev = Event::KeyRegistered(foundry_events::KeyRegistered {
+            name: id.name().to_string(),
+            public_key: id.public_key().to_string(),
+            roles: vec!["trainer".into()],
+            run_scope: Some(req.run_id.clone()),
+            expires_at: Some(Timestamp(expires)),
+            note: format!("Modal container of run {}", req.run_id),
+        });
+        let key = foundry_runner::outcome_key("modal", &trigger.event_id, "container-key");
+        foundry_runner::append_outcome(ctx, trigger, Some(key), vec![ev]).await?;
+        Ok(())
+    }
+
     async fn record(
         &self,
         ctx: &RunnerContext,
@@ -639,9 +741,10 @@ impl ModalRunner {
             "sha256:{}",
             sha256_hex(
                 format!(
-                    "debian_slim python 3.11\n/foundry/bin/ledger {}\n/foundry/bundle.foundry {}\n",
+                    "debian_slim python 3.11\n/foundry/bin/ledger {}\n/foundry/bundle.foundry {}\n/foundry/key.nk {}\n",
                     file_sha256(&self.opts.ledger_binary)?,
-                    file_sha256(&bundle)?
+                    file_sha256(&bundle)?,
+                    key_sha256(&work.join(CONTAINER_KEY))?
                 )
                 .as_bytes()
             )
@@ -785,6 +888,8 @@ impl ModalRunner {
             .map(|o| o.tail(8))
             .unwrap_or_default();
         let exit_code = status.as_ref().and_then(|s| s.exit_code);
+        // Nothing more comes from the container: its key is no use to anyone.
+        job.revoke_container_key().await?;
         match job.run_terminal().await? {
             Some(Event::RunCompleted(_)) => job.updated("succeeded", exit_code, logs, "end").await,
             // Cancelled here while the container, which saw it too, wound down.

@@ -28,6 +28,9 @@ pub struct LauncherSpec {
     pub ledger_binary: String,
     /// The local ledger snapshot put into the image.
     pub bundle: String,
+    /// The container's key file (a run-scoped, expiring trainer key the
+    /// dispatcher registered), put into the image.
+    pub key_file: String,
     /// Volume for run work, checkpoints and the outbox (recipe `backend.checkpoint_volume`).
     pub checkpoint_volume: String,
     /// Volume the pinned datasets and base models are staged in (recipe `backend.data_volume`).
@@ -110,33 +113,45 @@ impl LauncherSpec {
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
             .collect();
-        let values: [(&str, String); 14] = [
-            ("{{RUN_ID_TEXT}}", run_text),
-            ("{{RUN_ID}}", py_str(&self.run_id)),
-            ("{{APP_NAME}}", py_str(&self.app_name)),
-            ("{{GPU}}", py_str(&self.gpu)),
-            ("{{TIMEOUT_S}}", self.timeout_s.to_string()),
-            ("{{RETRIES}}", self.retries.to_string()),
-            ("{{DEVICE}}", py_str(&self.device)),
-            ("{{LEDGER_BINARY}}", py_str(&self.ledger_binary)),
-            ("{{BUNDLE}}", py_str(&self.bundle)),
-            ("{{CHECKPOINT_VOLUME}}", py_str(&self.checkpoint_volume)),
-            ("{{DATA_VOLUME}}", py_str(&self.data_volume)),
-            ("{{HF_CACHE_VOLUME}}", py_str(&self.hf_cache_volume)),
-            ("{{SECRETS}}", secrets),
-            ("{{NATS_URL}}", py_str(&self.nats_url)),
+        let values: [(&str, String); 15] = [
+            ("RUN_ID_TEXT", run_text),
+            ("RUN_ID", py_str(&self.run_id)),
+            ("APP_NAME", py_str(&self.app_name)),
+            ("GPU", py_str(&self.gpu)),
+            ("TIMEOUT_S", self.timeout_s.to_string()),
+            ("RETRIES", self.retries.to_string()),
+            ("DEVICE", py_str(&self.device)),
+            ("LEDGER_BINARY", py_str(&self.ledger_binary)),
+            ("BUNDLE", py_str(&self.bundle)),
+            ("KEY_FILE", py_str(&self.key_file)),
+            ("CHECKPOINT_VOLUME", py_str(&self.checkpoint_volume)),
+            ("DATA_VOLUME", py_str(&self.data_volume)),
+            ("HF_CACHE_VOLUME", py_str(&self.hf_cache_volume)),
+            ("SECRETS", secrets),
+            ("NATS_URL", py_str(&self.nats_url)),
         ];
-        let mut out = TEMPLATE.to_string();
-        for (k, v) in &values {
-            out = out.replace(k, v);
+        // One pass over the template: a value is written once and never
+        // read again, so no value can bring in a placeholder of its own.
+        let mut out = String::with_capacity(TEMPLATE.len() + 512);
+        let mut rest = TEMPLATE;
+        while let Some(at) = rest.find("{{") {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at + 2..];
+            let Some(end) = tail.find("}}") else {
+                return Err(ModalError::Invalid(
+                    "launcher template: a placeholder is not closed".into(),
+                ));
+            };
+            let name = &tail[..end];
+            let Some((_, v)) = values.iter().find(|(k, _)| *k == name) else {
+                return Err(ModalError::Invalid(format!(
+                    "launcher template: placeholder {{{{{name}}}}} has no value"
+                )));
+            };
+            out.push_str(v);
+            rest = &tail[end + 2..];
         }
-        if let Some(at) = out.find("{{") {
-            let end = out[at..].find("}}").map_or(out.len(), |e| at + e + 2);
-            return Err(ModalError::Invalid(format!(
-                "launcher template: placeholder {} has no value",
-                &out[at..end]
-            )));
-        }
+        out.push_str(rest);
         Ok(out)
     }
 }
@@ -168,6 +183,7 @@ mod tests {
             hf_cache_volume: "foundry-hf-cache".into(),
             secrets: vec!["hf-token".into(), "nats-creds".into()],
             nats_url: String::new(),
+            key_file: "/work/container.nk".into(),
         }
     }
 

@@ -26,6 +26,7 @@ RETRIES = {{RETRIES}}
 DEVICE = {{DEVICE}}
 LEDGER_BINARY = {{LEDGER_BINARY}}
 BUNDLE = {{BUNDLE}}
+KEY_FILE = {{KEY_FILE}}
 CHECKPOINT_VOLUME = {{CHECKPOINT_VOLUME}}
 DATA_VOLUME = {{DATA_VOLUME}}
 HF_CACHE_VOLUME = {{HF_CACHE_VOLUME}}
@@ -44,6 +45,7 @@ image = (
     modal.Image.debian_slim(python_version="3.11")
     .add_local_file(LEDGER_BINARY, "/foundry/bin/ledger", copy=True)
     .add_local_file(BUNDLE, "/foundry/bundle.foundry", copy=True)
+    .add_local_file(KEY_FILE, "/foundry/key.nk", copy=True)
 )
 checkpoints = modal.Volume.from_name(CHECKPOINT_VOLUME, create_if_missing=True)
 data = modal.Volume.from_name(DATA_VOLUME, create_if_missing=True)
@@ -94,10 +96,15 @@ def train():
         FOUNDRY_HF_CACHE=_path(MOUNT_HF_CACHE, "hub"),
         HF_HUB_OFFLINE="1",
         FOUNDRY_TRAIN_DEVICE=DEVICE,
-        FOUNDRY_ACTOR="modal:" + APP_NAME,
     )
+    # The run's own key: registered by the dispatcher for this run only, and
+    # expiring. Key files must not be readable by others.
+    key = _path("/foundry/key.nk")
+    os.chmod(key, 0o600)
     cmd = [
         _path("/foundry/bin/ledger"),
+        "--key",
+        key,
         "runner",
         "train",
         "--run",

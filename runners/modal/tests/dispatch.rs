@@ -13,6 +13,7 @@ use foundry_events::{
 };
 use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};
 use foundry_modal::{ModalCli, ModalOptions, ModalRunner};
+use foundry_runner::testkit::TestKeys;
 use foundry_runner::{EmbeddedFeed, Host, LocalLedger, Runner, RunnerContext};
 
 fn fake_modal() -> PathBuf {
@@ -23,12 +24,13 @@ struct World {
     dir: tempfile::TempDir,
     home: Home,
     ledger: Ledger,
+    keys: TestKeys,
     fake_home: PathBuf,
 }
 
-fn append(ledger: &Ledger, ev: Event) -> u64 {
-    ledger
-        .append(AppendRequest::new("tester", vec![NewEvent::new(ev)]))
+fn append(w: &World, ev: Event) -> u64 {
+    w.ledger
+        .append_as(&w.keys.alice, AppendRequest::new(vec![NewEvent::new(ev)]))
         .unwrap()
         .events[0]
         .seq
@@ -40,6 +42,8 @@ fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::at(dir.path().join("home"));
     let ledger = home.init().unwrap();
+    let keys = TestKeys::new();
+    keys.genesis(&ledger);
     let data = dir.path().join("data");
     let model = dir.path().join("model");
     std::fs::create_dir_all(&data).unwrap();
@@ -49,8 +53,9 @@ fn world() -> World {
     let config = serde_json::json!({"backend": {
         "kind": "modal", "device": "cpu", "gpu": "H100", "timeout_s": 600, "retries": 0,
         "app_name": "foundry-t", "checkpoint_volume": "ckpt", "data_volume": "data"}});
-    append(
+    w_append(
         &ledger,
+        &keys,
         Event::RecipeDeclared(RecipeDeclared {
             recipe_id: "r1".into(),
             name: "t".into(),
@@ -59,8 +64,9 @@ fn world() -> World {
             env_overrides: BTreeMap::new(),
         }),
     );
-    append(
+    w_append(
         &ledger,
+        &keys,
         Event::DatasetPinned(DatasetPinned {
             dataset_id: "d1".into(),
             source: data.display().to_string(),
@@ -69,8 +75,9 @@ fn world() -> World {
             splits: BTreeMap::new(),
         }),
     );
-    append(
+    w_append(
         &ledger,
+        &keys,
         Event::BaseModelPinned(BaseModelPinned {
             model_id: "m1".into(),
             source: model.display().to_string(),
@@ -81,8 +88,9 @@ fn world() -> World {
             quantization: "none".into(),
         }),
     );
-    append(
+    w_append(
         &ledger,
+        &keys,
         Event::RunRequested(RunRequested {
             run_id: "run1".into(),
             recipe_id: "r1".into(),
@@ -97,8 +105,17 @@ fn world() -> World {
         dir,
         home,
         ledger,
+        keys,
         fake_home,
     }
+}
+
+fn w_append(ledger: &Ledger, keys: &TestKeys, ev: Event) -> u64 {
+    ledger
+        .append_as(&keys.alice, AppendRequest::new(vec![NewEvent::new(ev)]))
+        .unwrap()
+        .events[0]
+        .seq
 }
 
 /// A container program standing in for `ledger runner train`.
@@ -131,7 +148,10 @@ fn start(w: &World, binary: PathBuf) -> (Host, Arc<LocalLedger>) {
         poll: Duration::from_millis(200),
     };
     let runner: Arc<dyn Runner> = Arc::new(ModalRunner::new(opts));
-    let client = Arc::new(LocalLedger::new(w.ledger.clone()));
+    let client = Arc::new(LocalLedger::new(
+        w.ledger.clone(),
+        w.keys.dispatcher.clone(),
+    ));
     let mut host = Host::new();
     let feed = EmbeddedFeed::open(
         w.ledger.clone(),
@@ -141,7 +161,6 @@ fn start(w: &World, binary: PathBuf) -> (Host, Arc<LocalLedger>) {
     .unwrap();
     let ctx = RunnerContext {
         client: client.clone(),
-        actor: "runner:modal".into(),
         runner_id: "modal@test".into(),
         home: w.home.clone(),
         stop: host.stop_signal(),
@@ -186,7 +205,7 @@ async fn cancelling_the_run_stops_the_modal_job() {
     }
     assert_eq!(events(&w.ledger, EventType::ModalJobSubmitted).len(), 1);
     append(
-        &w.ledger,
+        &w,
         Event::RunCancelled(RunCancelled {
             run_id: "run1".into(),
             reason: "no longer needed".into(),
@@ -244,13 +263,21 @@ async fn an_outbox_that_does_not_verify_fails_the_run_and_imports_nothing() {
     assert!(f.reason.starts_with("outbox: "), "{}", f.reason);
     assert!(f.reason.contains("outbox.foundry"), "{}", f.reason);
     assert!(!f.retryable);
-    // Only the dispatcher's own events were appended.
+    // Only the dispatcher's own events were appended (the container's key
+    // registered, then revoked once the job was over).
     for rec in w.ledger.read_from(head_before + 1, usize::MAX).unwrap() {
         assert!(
-            ["ModalJobSubmitted", "ModalJobUpdated", "RunFailed"]
-                .contains(&rec.event_type.as_str()),
+            [
+                "ModalJobSubmitted",
+                "ModalJobUpdated",
+                "RunFailed",
+                "KeyRegistered",
+                "KeyRevoked"
+            ]
+            .contains(&rec.event_type.as_str()),
             "imported {}",
             rec.event_type
         );
+        assert_eq!(rec.actor, w.keys.dispatcher.name());
     }
 }

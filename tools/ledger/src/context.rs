@@ -1,12 +1,12 @@
-//! What every command needs: the home, the actor, the output mode, and, with
-//! `--nats`, the remote ledger.
+//! What every command needs: the home, the identity it signs with, the
+//! output mode, and, with `--nats`, the remote ledger.
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use foundry_bus::{NatsLedgerClient, NatsOptions};
-use foundry_ledger::{AppendOutcome, AppendRequest, Home, Ledger, LedgerError};
+use foundry_ledger::{AppendOutcome, AppendRequest, Home, Identity, Ledger, LedgerError};
 use foundry_runner::LedgerClient;
 use std::cell::OnceCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long a command waits for another process to release the ledger lock
@@ -26,7 +26,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn client(&self) -> Result<&NatsLedgerClient> {
+    fn client(&self, identity: &Identity) -> Result<&NatsLedgerClient> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
@@ -34,35 +34,49 @@ impl Remote {
             .rt
             .block_on(self.opts.connect())
             .with_context(|| format!("cannot reach the ledger service at {}", self.opts.url))?;
-        Ok(self.client.get_or_init(|| NatsLedgerClient::new(nats)))
+        Ok(self
+            .client
+            .get_or_init(|| NatsLedgerClient::new(nats, identity.clone())))
     }
 }
+
+/// The home's file naming its default key (written by `ledger init`).
+pub const DEFAULT_KEY_FILE: &str = "default";
 
 /// Shared state of one CLI invocation.
 pub struct Context {
     /// The Foundry home (with `--nats`: where the replica lives).
     pub home: Home,
-    /// Who acts (recorded on appended events).
-    pub actor: String,
+    /// `--key`: a key file, a key name, or (FOUNDRY_KEY) a literal seed.
+    key: Option<String>,
+    /// `--trust-root`: the root key (nkey) a history must have.
+    pub trust_root: Option<String>,
+    identity: OnceCell<Identity>,
     /// JSON output instead of tables.
     pub json: bool,
     /// The remote ledger, when `--nats` was given.
     pub remote: Option<Remote>,
 }
 
+/// Where a user's own keys live when not in a home:
+/// `$XDG_CONFIG_HOME/foundry/keys` or `~/.config/foundry/keys`.
+pub fn user_keys_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|c| c.join("foundry").join("keys"))
+}
+
 impl Context {
     /// Builds the context from the global options.
     pub fn new(
         home: PathBuf,
-        actor: Option<String>,
+        key: Option<String>,
+        trust_root: Option<String>,
         json: bool,
         nats: Option<NatsOptions>,
     ) -> Result<Self> {
-        let actor = actor
-            .filter(|a| !a.trim().is_empty())
-            .or_else(|| std::env::var("USER").ok())
-            .or_else(|| std::env::var("LOGNAME").ok())
-            .unwrap_or_else(|| "unknown".to_string());
         let remote = match nats {
             Some(opts) => Some(Remote {
                 opts,
@@ -76,10 +90,91 @@ impl Context {
         };
         Ok(Context {
             home: Home::at(home),
-            actor,
+            key: key.filter(|k| !k.trim().is_empty()),
+            trust_root: trust_root.filter(|k| !k.trim().is_empty()),
+            identity: OnceCell::new(),
             json,
             remote,
         })
+    }
+
+    /// Whether `--key` (or FOUNDRY_KEY) named a key.
+    pub fn key_given(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Where this home keeps key files.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.home.root().join("keys")
+    }
+
+    /// Finds a key by name: `<home>/keys/NAME.nk`, then the user's
+    /// config dir.
+    pub fn find_key(&self, name: &str) -> Option<PathBuf> {
+        let mut dirs = vec![self.keys_dir()];
+        dirs.extend(user_keys_dir());
+        dirs.into_iter()
+            .map(|d| foundry_ledger::trust::key_path(&d, name))
+            .find(|p| p.is_file())
+    }
+
+    /// Loads the identity named by `spec`: a key file's path, a key name
+    /// (looked up with [`Context::find_key`]), or a literal seed (`SU…`,
+    /// as a secret in FOUNDRY_KEY may hold) whose name is then the one the
+    /// ledger registered for its public key.
+    pub fn load_identity(&self, spec: &str) -> Result<Identity> {
+        let spec = spec.trim();
+        if spec.starts_with("SU") && !Path::new(spec).exists() {
+            let probe = Identity::from_seed("unnamed", spec)
+                .map_err(|e| anyhow!("FOUNDRY_KEY/--key: {e}"))?;
+            let name = self
+                .registered_name(probe.public_key())
+                .unwrap_or_else(|| "unnamed".to_string());
+            return Ok(Identity::from_seed(&name, spec)?);
+        }
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Ok(Identity::load(path, None)?);
+        }
+        if spec.contains('/') || spec.ends_with(".nk") {
+            bail!("--key {spec}: no such key file");
+        }
+        match self.find_key(spec) {
+            Some(p) => Ok(Identity::load(&p, Some(spec))?),
+            None => bail!(
+                "--key {spec}: no key named {spec} in {} (make one with `ledger key new {spec}`)",
+                self.keys_dir().display()
+            ),
+        }
+    }
+
+    /// The name the home's ledger registered for a public key, if it can
+    /// tell without network (used for keys given as bare seeds).
+    fn registered_name(&self, public: &str) -> Option<String> {
+        let ledger = self.home.open_ledger().ok()?;
+        ledger.registry().key(public).map(|k| k.name.clone())
+    }
+
+    /// The identity this command signs with: `--key` / FOUNDRY_KEY, else
+    /// the home's default key (`ledger init` makes it).
+    pub fn identity(&self) -> Result<&Identity> {
+        if let Some(id) = self.identity.get() {
+            return Ok(id);
+        }
+        let id = match &self.key {
+            Some(k) => self.load_identity(k)?,
+            None => {
+                let default = self.keys_dir().join(DEFAULT_KEY_FILE);
+                let name = std::fs::read_to_string(&default).map_err(|_| {
+                    anyhow!(
+                        "no key to sign with: this home has no default key ({}); run `ledger init` (which makes one) or pass --key FILE|NAME",
+                        default.display()
+                    )
+                })?;
+                self.load_identity(name.trim())?
+            }
+        };
+        Ok(self.identity.get_or_init(|| id))
     }
 
     /// The home's own ledger, waiting briefly if another short-lived command
@@ -115,37 +210,65 @@ impl Context {
     /// Brings the replica up to the remote head (no-op without `--nats`).
     /// Every copied record is checked against the chain; a home whose ledger
     /// is not a replica of that remote one is refused.
+    ///
+    /// The records' signatures and authorizations are checked too, so a
+    /// service (or anyone answering in its name) cannot slip in events its
+    /// signers could not have appended; with `--trust-root`, the replica's
+    /// history must start from that root key.
     pub fn sync(&self, ledger: &Ledger) -> Result<()> {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
-        let client = remote.client()?;
+        let reader = match self.identity() {
+            Ok(id) => id.clone(),
+            // Reading needs no key of one's own.
+            Err(_) => Identity::generate("reader")?,
+        };
+        let client = remote.client(&reader)?;
+        let mut page_size = SYNC_PAGE;
         loop {
             let from = ledger.head().seq + 1;
             let page = remote
                 .rt
-                .block_on(client.read_raw(from, SYNC_PAGE))
+                .block_on(client.read_raw(from, page_size))
                 .map_err(|e| anyhow!("reading the remote ledger at {}: {e}", remote.opts.url))?;
             if page.is_empty() {
                 return Ok(());
             }
-            ledger.replicate(&page).with_context(|| {
+            if from == 1 {
+                if let Some(root) = &self.trust_root {
+                    let first = foundry_events::RecordedEvent::decode(&page[0])?;
+                    if &first.signer != root {
+                        bail!(
+                            "the ledger at {} has the root key {}, not the trusted root {root}",
+                            remote.opts.url,
+                            first.signer
+                        );
+                    }
+                }
+            }
+            let stored = ledger.replicate(&page).with_context(|| {
                 format!(
                     "{} is not a replica of the ledger at {}",
                     self.home.root().display(),
                     remote.opts.url
                 )
             })?;
+            if stored == 0 {
+                // One batch bigger than the page: ask for more at once.
+                page_size = page_size.saturating_mul(4);
+            }
         }
     }
 
     /// Appends: to the home's ledger, or with `--nats` through the remote
     /// service (the replica is then synced, so the result can be read).
     pub fn append(&self, ledger: &Ledger, req: AppendRequest) -> Result<AppendOutcome> {
+        let id = self.identity()?;
         let Some(remote) = &self.remote else {
-            return Ok(ledger.append(req)?);
+            return Ok(ledger.append_as(id, req)?);
         };
-        let client = remote.client()?;
+        let client = remote.client(id)?;
         let out = remote
             .rt
             .block_on(client.append(req))

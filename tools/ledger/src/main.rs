@@ -22,9 +22,15 @@ struct Cli {
         default_value = "./.foundry"
     )]
     home: PathBuf,
-    /// Who is acting; recorded on every event (default: the OS user).
-    #[arg(long, global = true, env = "FOUNDRY_ACTOR")]
-    actor: Option<String>,
+    /// The key to sign with: a key file, a key name (in `<home>/keys/` or
+    /// `~/.config/foundry/keys/`), or in FOUNDRY_KEY a seed (`SU…`).
+    /// Default: the home's default key, made by `ledger init`.
+    #[arg(long, global = true, env = "FOUNDRY_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// The root key (nkey `U…`) a history must start from: `verify`,
+    /// `import` and replicas (`--nats`) refuse any other.
+    #[arg(long, global = true, env = "FOUNDRY_TRUST_ROOT")]
+    trust_root: Option<String>,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -36,8 +42,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create the home directory and an empty ledger.
-    Init,
+    /// Create the home, its keys (root, you, the runners) and the ledger's genesis.
+    Init(cmd::init::InitArgs),
+    /// Make, register, revoke and list signing keys.
+    #[command(subcommand)]
+    Key(cmd::key::KeyCommand),
+    /// Show the key this command would sign with, and what it may do.
+    Whoami,
+    /// Set a channel's own promotion policy (admin).
+    #[command(subcommand)]
+    Channel(cmd::key::ChannelCommand),
     /// List events, optionally filtered; --follow waits for new ones.
     Log(cmd::log::LogArgs),
     /// Recompute every hash and the chain; report the first bad seq.
@@ -76,7 +90,7 @@ enum Command {
     Promote(cmd::promote::PromoteArgs),
     /// Score a checkpoint (or the base model) on a pinned split; appends EvalScored.
     Eval(cmd::eval::EvalArgs),
-    /// Put a channel back to the adapter it held before.
+    /// Ask for a channel to go back to the adapter it held before; the promoter checks the policy.
     Rollback(cmd::promote::RollbackArgs),
     /// Share this home's ledger over NATS (single writer + outbox) until Ctrl-C.
     Serve(cmd::serve::ServeArgs),
@@ -114,7 +128,13 @@ fn main() -> ExitCode {
     // Training and inference allocate and free large tensors every step.
     foundry_qlora::tune_allocator();
     let cli = Cli::parse();
-    let ctx = match Context::new(cli.home, cli.actor, cli.json, cli.nats.options()) {
+    let ctx = match Context::new(
+        cli.home,
+        cli.key,
+        cli.trust_root,
+        cli.json,
+        cli.nats.options(),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -122,7 +142,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Init => cmd::init::run(&ctx),
+        Command::Init(a) => cmd::init::run(&ctx, a),
+        Command::Key(c) => cmd::key::run(&ctx, c),
+        Command::Whoami => cmd::key::whoami(&ctx),
+        Command::Channel(c) => cmd::key::channel(&ctx, c),
         Command::Log(a) => cmd::log::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Export(a) => cmd::transfer::export(&ctx, a),
@@ -152,6 +175,7 @@ fn main() -> ExitCode {
             cmd::remote::Engines {
                 trainer: Some(std::sync::Arc::new(foundry_engine::QloraEngine::new())),
                 evaluator: Some(std::sync::Arc::new(foundry_engine::Idefics2Eval::new())),
+                specs: std::sync::Arc::new(foundry_engine::Idefics2Eval::new()),
             },
         ),
         Command::Recipe(c) => cmd::recipe::run(&ctx, c),

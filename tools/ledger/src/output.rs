@@ -11,6 +11,18 @@ pub fn table<T: Tabled>(rows: impl IntoIterator<Item = T>) {
     println!("{t}");
 }
 
+/// Prints rows of strings under `headers` as a table.
+pub fn grid(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut b = tabled::builder::Builder::default();
+    b.push_record(headers.iter().map(|h| h.to_string()));
+    for r in rows {
+        b.push_record(r);
+    }
+    let mut t = b.build();
+    t.with(Style::sharp());
+    println!("{t}");
+}
+
 /// Prints a value as pretty JSON.
 pub fn json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

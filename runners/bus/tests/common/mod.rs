@@ -9,4 +9,4 @@ mod nats;
 pub use nats::NatsServer;
 
 #[allow(unused_imports)]
-pub use foundry_runner::testkit::{request_run, LineEngine, LineEval};
+pub use foundry_runner::testkit::{request_run, LineEngine, LineEval, TestKeys};

@@ -55,7 +55,7 @@ fn open_scratch(
                 .with_context(|| format!("cannot clear the partial import in {}", dir.display()))?;
             ledger = home.init()?;
         }
-        ledger.import(bundle)?;
+        ledger.import(bundle, None)?;
     } else if anchor.events > 0 {
         let rec = ledger
             .get(anchor.events)?
@@ -136,9 +136,9 @@ async fn train(
         .with_lease(super::embedded::lease())
         .for_backend(&backend);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let _ = ctx;
     let rctx = RunnerContext {
         client: client.clone(),
-        actor: ctx.actor.clone(),
         // Stable across retries: a retried container takes its run back at once.
         runner_id: format!("modal/{run}"),
         home,
@@ -179,6 +179,9 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
     std::fs::create_dir_all(&a.work)
         .with_context(|| format!("cannot create {}", a.work.display()))?;
     let home = Home::at(a.work.join("home"));
+    // The run's own key (`--key`, the file the dispatcher put in the image):
+    // registered for this run only, and expiring.
+    let identity = ctx.identity()?.clone();
     let rt = super::embedded::runtime()?;
     let ended = rt.block_on(async {
         // The global --nats options (credentials from FOUNDRY_NATS_* env,
@@ -189,7 +192,7 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
                 Ok(Ok(nats)) => {
                     println!("foundry: events go to the ledger over NATS at {url}");
                     let client: Arc<dyn LedgerClient> =
-                        Arc::new(foundry_bus::NatsLedgerClient::new(nats));
+                        Arc::new(foundry_bus::NatsLedgerClient::new(nats, identity.clone()));
                     // Checkpoint files stay in the Volume: have it committed
                     // after each checkpoint, so the dispatcher can pull them.
                     let watcher = tokio::spawn(announce_checkpoints(client.clone(), a.run.clone()));
@@ -230,7 +233,8 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
                 }
             }
         });
-        let client: Arc<dyn LedgerClient> = Arc::new(LocalLedger::new(ledger.clone()));
+        let client: Arc<dyn LedgerClient> =
+            Arc::new(LocalLedger::new(ledger.clone(), identity.clone()));
         let result = train(ctx, client, home.clone(), &a.run).await;
         watcher.abort();
         let _ = watcher.await;

@@ -82,8 +82,7 @@ fn pin(ctx: &Context, a: PinArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
     let out = ctx.append(
         &ledger,
-        AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(p.to_event())])
-            .idempotent(p.dataset_id.clone()),
+        AppendRequest::new(vec![NewEvent::new(p.to_event())]).idempotent(p.dataset_id.clone()),
     )?;
     let seq = out.events.first().map(|e| e.seq).unwrap_or(0);
     if ctx.json {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use foundry_ledger::Ledger;
+use anyhow::{anyhow, Context as _, Result};
+use foundry_events::Role;
+use foundry_ledger::{Identity, Ledger};
 use foundry_runner::{
     EmbeddedFeed, EvaluatorRunner, Host, LocalLedger, PromoterRunner, Runner, RunnerContext,
     TrainerRunner,
@@ -49,8 +50,31 @@ impl Which {
 pub struct Embedded {
     /// The host driving the runners.
     pub host: Host,
-    /// The ledger client they share.
+    /// A client of the same ledger, for waiting on it.
     pub client: Arc<LocalLedger>,
+}
+
+/// The role whose key an embedded runner of this name signs with.
+fn role_of(runner: &str) -> Role {
+    match runner {
+        "trainer" => Role::Trainer,
+        "evaluator" => Role::Evaluator,
+        "promoter" => Role::Promoter,
+        _ => Role::Dispatcher,
+    }
+}
+
+/// The home's key of the embedded runner with `role` (made by `ledger init`).
+pub fn runner_identity(ctx: &Context, role: Role) -> Result<Identity> {
+    let path = super::init::runner_key_file(&ctx.keys_dir(), role);
+    if !path.is_file() {
+        return Err(anyhow!(
+            "this home has no {} key ({}): embedded runners sign with the keys `ledger init` makes",
+            role.as_str(),
+            path.display()
+        ));
+    }
+    Ok(Identity::load(&path, None)?)
 }
 
 /// The lease the embedded trainer takes on a run, from FOUNDRY_LEASE_MS.
@@ -65,7 +89,10 @@ pub fn lease() -> Duration {
 /// Starts the chosen runners over `ledger`, each with its cursor under
 /// `home/runners/`.
 pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
-    let client = Arc::new(LocalLedger::new(ledger.clone()));
+    let client = Arc::new(LocalLedger::new(
+        ledger.clone(),
+        runner_identity(ctx, Role::Promoter)?,
+    ));
     let mut host = Host::new();
     let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
     if which.trainer {
@@ -79,7 +106,9 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
         ))));
     }
     if which.promoter {
-        runners.push(Arc::new(PromoterRunner::new()));
+        runners.push(Arc::new(PromoterRunner::new(Arc::new(
+            foundry_engine::Idefics2Eval::new(),
+        ))));
     }
     if which.modal {
         runners.push(Arc::new(foundry_modal::ModalRunner::new(
@@ -89,6 +118,7 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
     let host_name = foundry_runner::host_info().hostname;
     let instance = uuid::Uuid::now_v7().simple().to_string();
     for r in runners {
+        let id = runner_identity(ctx, role_of(r.name()))?;
         let cursor = ctx
             .home
             .root()
@@ -97,8 +127,7 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
         let feed = EmbeddedFeed::open(ledger.clone(), &r.reacts_to(), cursor)
             .with_context(|| format!("runner {}", r.name()))?;
         let rctx = RunnerContext {
-            client: client.clone(),
-            actor: format!("runner:{}@{host_name}", r.name()),
+            client: Arc::new(client.acting_as(id)),
             runner_id: format!("{}@{host_name}/{}", r.name(), &instance[20..]),
             home: ctx.home.clone(),
             stop: host.stop_signal(),

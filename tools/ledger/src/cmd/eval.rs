@@ -82,10 +82,7 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
         }
     };
     let eval_id = request.eval_id.clone();
-    ctx.append(
-        &ledger,
-        AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(request)]),
-    )?;
+    ctx.append(&ledger, AppendRequest::new(vec![NewEvent::new(request)]))?;
     let stream = format!("eval/{eval_id}");
     embedded::drive_until(ctx, &ledger, Which::JUDGES, |l| {
         Ok(l.read_stream(&stream, 1)?

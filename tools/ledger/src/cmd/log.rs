@@ -207,5 +207,29 @@ pub fn summarize(e: &Event) -> String {
         ),
         Event::ModalJobSubmitted(p) => format!("modal {} on {}", p.function_call_id, p.gpu),
         Event::ModalJobUpdated(p) => format!("modal {} {}", p.function_call_id, p.state),
+        Event::KeyRegistered(p) => format!(
+            "key {} {}… roles {}{}",
+            p.name,
+            p.public_key.get(..12).unwrap_or(&p.public_key),
+            p.roles.join(","),
+            p.run_scope
+                .as_deref()
+                .map(|r| format!(" (run {r} only)"))
+                .unwrap_or_default()
+        ),
+        Event::KeyRevoked(p) => format!(
+            "key {} {}… revoked: {}",
+            p.name,
+            p.public_key.get(..12).unwrap_or(&p.public_key),
+            p.reason
+        ),
+        Event::ChannelPolicySet(p) => format!(
+            "policy of {}: {} gates, at least {} examples",
+            p.channel,
+            p.gates.len(),
+            p.min_examples
+        ),
+        Event::RollbackRequested(p) => format!("roll back {}: {}", p.channel, p.reason),
+        Event::RollbackRejected(p) => format!("rollback of {} refused: {}", p.channel, p.reason),
     }
 }

@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod eval;
 pub mod infer;
 pub mod init;
+pub mod key;
 pub mod lineage;
 pub mod log;
 pub mod model;

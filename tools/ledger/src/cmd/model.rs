@@ -50,8 +50,7 @@ fn pin(ctx: &Context, source: &str, hub: &HubArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
     let out = ctx.append(
         &ledger,
-        AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(p.to_event())])
-            .idempotent(p.model_id.clone()),
+        AppendRequest::new(vec![NewEvent::new(p.to_event())]).idempotent(p.model_id.clone()),
     )?;
     let seq = out.events.first().map(|e| e.seq).unwrap_or(0);
     if ctx.json {

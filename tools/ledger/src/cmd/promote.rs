@@ -1,9 +1,10 @@
-//! `ledger promote <checkpoint> --to <channel>` and `ledger rollback <channel>`.
+//! `ledger promote <checkpoint> --to <channel>` and `ledger rollback
+//! <channel>`: requests the promoter decides under the channel's policies.
 
-use anyhow::{anyhow, bail, Result};
-use foundry_events::{ChannelRolledBack, Event, PromotionRequested};
+use anyhow::{bail, Result};
+use foundry_events::{Event, PromotionRequested, RollbackRequested};
 use foundry_ledger::{AppendRequest, NewEvent};
-use foundry_projections::{resolve, ViewKind, ViewRead, ViewStore};
+use foundry_projections::{resolve, ViewKind, ViewStore};
 
 use super::embedded::{self, Which};
 use crate::context::Context;
@@ -43,14 +44,11 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
     let rec = ctx
         .append(
             &ledger,
-            AppendRequest::new(
-                ctx.actor.clone(),
-                vec![NewEvent::new(PromotionRequested {
-                    checkpoint_id: checkpoint_id.clone(),
-                    channel: a.channel.clone(),
-                    reason: a.reason,
-                })],
-            ),
+            AppendRequest::new(vec![NewEvent::new(PromotionRequested {
+                checkpoint_id: checkpoint_id.clone(),
+                channel: a.channel.clone(),
+                reason: a.reason,
+            })]),
         )?
         .events
         .remove(0);
@@ -118,58 +116,58 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
     Ok(())
 }
 
-/// Puts a channel back to the adapter it held before its current one.
+/// Asks for a channel to go back to the adapter it held before its current
+/// one; in embedded mode the promoter decides here (the channel's policy
+/// says who may), with `--nats` the promoter on the bus does.
 pub fn rollback(ctx: &Context, a: RollbackArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(&ledger)?;
-    let channel = views
-        .channel(&a.channel)?
-        .ok_or_else(|| anyhow!("channel {:?} has never had an adapter", a.channel))?;
-    let current = channel
-        .current_checkpoint_id
-        .clone()
-        .ok_or_else(|| anyhow!("channel {:?} is empty; nothing to roll back", a.channel))?;
-    // The adapter before the current one: replay the channel's own events.
-    let mut stack: Vec<String> = Vec::new();
-    for r in ledger.read_stream(&format!("channel/{}", a.channel), 1)? {
+    let rec = ctx
+        .append(
+            &ledger,
+            AppendRequest::new(vec![NewEvent::new(RollbackRequested {
+                channel: a.channel.clone(),
+                reason: a.reason,
+            })]),
+        )?
+        .events
+        .remove(0);
+    let stream = format!("channel/{}", a.channel);
+    embedded::drive_until(ctx, &ledger, Which::JUDGES, |l| {
+        Ok(l.read_stream(&stream, 1)?
+            .iter()
+            .any(|r| r.causation_id == Some(rec.event_id)))
+    })?;
+    for r in ledger.read_stream(&stream, 1)? {
+        if r.causation_id != Some(rec.event_id) {
+            continue;
+        }
         match r.decode_event()? {
-            Event::AdapterPromoted(p) => stack.push(p.checkpoint_id),
-            Event::ChannelRolledBack(_) => {
-                stack.pop();
+            Event::ChannelRolledBack(p) => {
+                if ctx.json {
+                    crate::output::json(&serde_json::json!({
+                        "channel": p.channel, "from": p.from_checkpoint_id,
+                        "to": p.to_checkpoint_id, "seq": r.seq,
+                    }))?;
+                } else {
+                    println!(
+                        "{}: {} -> {} (seq {})",
+                        p.channel,
+                        p.from_checkpoint_id.as_deref().unwrap_or("(empty)"),
+                        p.to_checkpoint_id.as_deref().unwrap_or("(empty)"),
+                        r.seq
+                    );
+                }
+                return Ok(());
+            }
+            Event::RollbackRejected(p) => {
+                bail!("rollback of {} refused: {}", p.channel, p.reason)
             }
             _ => {}
         }
     }
-    stack.pop();
-    let to = stack.last().cloned();
-    let rec = ctx
-        .append(
-            &ledger,
-            AppendRequest::new(
-                ctx.actor.clone(),
-                vec![NewEvent::new(ChannelRolledBack {
-                    channel: a.channel.clone(),
-                    from_checkpoint_id: Some(current.clone()),
-                    to_checkpoint_id: to.clone(),
-                    reason: a.reason,
-                })],
-            ),
-        )?
-        .events
-        .remove(0);
-    if ctx.json {
-        crate::output::json(&serde_json::json!({
-            "channel": a.channel, "from": current, "to": to, "seq": rec.seq,
-        }))?;
-    } else {
-        println!(
-            "{}: {} -> {} (seq {})",
-            a.channel,
-            current,
-            to.as_deref().unwrap_or("(empty)"),
-            rec.seq
-        );
-    }
-    Ok(())
+    bail!(
+        "rollback of {} requested (seq {}), but no promoter decided it in time",
+        a.channel,
+        rec.seq
+    )
 }

@@ -62,7 +62,7 @@ fn declare(ctx: &Context, a: DeclareArgs) -> Result<()> {
     };
     let out = ctx.append(
         &ledger,
-        AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(ev)]).idempotent(r.id.clone()),
+        AppendRequest::new(vec![NewEvent::new(ev)]).idempotent(r.id.clone()),
     )?;
     let seq = out.events.first().map(|e| e.seq).unwrap_or(0);
     if ctx.json {

@@ -63,6 +63,8 @@ pub struct Engines {
     pub trainer: Option<Arc<dyn TrainingEngine>>,
     /// Scores checkpoints.
     pub evaluator: Option<Arc<dyn EvalEngine>>,
+    /// The eval spec a recipe implies (what the promoter checks evidence against).
+    pub specs: Arc<dyn foundry_runner::EvalSpecs>,
 }
 
 /// The feed options, with the ack wait from FOUNDRY_ACK_WAIT_MS (how soon
@@ -98,7 +100,7 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         runners.push(Arc::new(EvaluatorRunner::new(engine)));
     }
     if want(Only::Promoter) {
-        runners.push(Arc::new(PromoterRunner::new()));
+        runners.push(Arc::new(PromoterRunner::new(engines.specs.clone())));
     }
     // Without --only, a machine without the `modal` CLI leaves Modal runs to
     // a dispatcher that has it.
@@ -110,10 +112,13 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         )));
     }
     let opts = super::serve::required_nats(ctx)?;
+    // This process's own key: every runner here signs with it, so it must
+    // hold the roles of the runners it runs.
+    let identity = ctx.identity()?.clone();
     super::embedded::runtime()?.block_on(async move {
         let nats = opts.connect().await?;
         let js = async_nats::jetstream::new(nats.clone());
-        let client = Arc::new(NatsLedgerClient::new(nats));
+        let client = Arc::new(NatsLedgerClient::new(nats, identity.clone()));
         let host_name = foundry_runner::host_info().hostname;
         let instance = uuid::Uuid::now_v7().simple().to_string();
         let mut host = Host::new();
@@ -121,7 +126,8 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         for r in runners {
             let feed = JetStreamFeed::open(&js, r.name(), &r.reacts_to(), feed_options())
                 .await
-                .with_context(|| format!("runner {}", r.name()))?;
+                .with_context(|| format!("runner {}", r.name()))?
+                .confirming_with(client.clone());
             names.push(format!(
                 "{} (consumer {})",
                 r.name(),
@@ -129,7 +135,6 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
             ));
             let rctx = RunnerContext {
                 client: client.clone(),
-                actor: format!("runner:{}@{host_name}", r.name()),
                 runner_id: format!("{}@{host_name}/{}", r.name(), &instance[20..]),
                 home: ctx.home.clone(),
                 stop: host.stop_signal(),
@@ -142,9 +147,10 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .context("cannot listen for Ctrl-C")?;
         eprintln!(
-            "running {} over {}; Ctrl-C stops",
+            "running {} over {} as {}; Ctrl-C stops",
             names.join(", "),
-            opts.url
+            opts.url,
+            identity.name()
         );
         tokio::select! {
             _ = int.recv() => {}

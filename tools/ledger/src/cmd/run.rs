@@ -101,10 +101,7 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
         overrides: BTreeMap::new(),
     };
     let requested = ctx
-        .append(
-            &ledger,
-            AppendRequest::new(ctx.actor.clone(), vec![NewEvent::new(req)]),
-        )?
+        .append(&ledger, AppendRequest::new(vec![NewEvent::new(req)]))?
         .events
         .remove(0)
         .seq;
@@ -338,7 +335,11 @@ fn modal_dry_run(
     let id = format!("dry-run-{}", uuid::Uuid::now_v7().simple());
     let work = ctx.home.root().join("dry-runs").join(&id);
     let opts = foundry_modal::ModalOptions::from_env();
-    let client = foundry_runner::LocalLedger::new(ledger.clone());
+    // A dry run appends nothing; any identity reads.
+    let client = foundry_runner::LocalLedger::new(
+        ledger.clone(),
+        foundry_ledger::Identity::generate("dry-run")?,
+    );
     let plan = embedded::runtime()?.block_on(foundry_modal::prepare(
         &client,
         &opts,
@@ -474,13 +475,10 @@ fn cancel(ctx: &Context, a: CancelArgs) -> Result<()> {
     }
     ctx.append(
         &ledger,
-        AppendRequest::new(
-            ctx.actor.clone(),
-            vec![NewEvent::new(Event::RunCancelled(RunCancelled {
-                run_id: run_id.clone(),
-                reason: a.reason,
-            }))],
-        )
+        AppendRequest::new(vec![NewEvent::new(Event::RunCancelled(RunCancelled {
+            run_id: run_id.clone(),
+            reason: a.reason,
+        }))])
         .idempotent(format!("cancel/{run_id}")),
     )?;
     println!("run {run_id} cancelled");

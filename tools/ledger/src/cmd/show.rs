@@ -253,13 +253,17 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
                 .as_ref()
                 .map(|c| {
                     format!(
-                        "{}{}{}",
+                        "{}{}{}{}",
                         c.version,
                         c.git_commit
                             .as_ref()
                             .map(|g| format!(" @ {g}"))
                             .unwrap_or_default(),
-                        if c.dirty { " (dirty)" } else { "" }
+                        if c.dirty { " (dirty)" } else { "" },
+                        c.executable_sha256
+                            .as_ref()
+                            .map(|x| format!(", executable sha256 {}", x.short()))
+                            .unwrap_or_default()
                     )
                 })
                 .unwrap_or_else(|| "-".into()),

@@ -37,7 +37,7 @@ pub fn import(ctx: &Context, a: ImportArgs) -> Result<()> {
     }
     let ledger = ctx.home.init()?;
     let s = ledger
-        .import(&a.file)
+        .import(&a.file, ctx.trust_root.as_deref())
         .with_context(|| format!("{}", a.file.display()))?;
     report(ctx, "imported", &a.file, &s)
 }
@@ -54,6 +54,8 @@ fn report(
             "events": s.events,
             "head_hash": s.head_hash,
             "file_sha256": s.file_sha256,
+            "root": s.root,
+            "root_trusted": ctx.trust_root.is_some(),
         }))
     } else {
         println!(
@@ -63,6 +65,14 @@ fn report(
             s.head_hash.short(),
             s.file_sha256.short()
         );
+        if let Some(root) = &s.root {
+            let how = if ctx.trust_root.is_some() {
+                "the trusted root"
+            } else {
+                "not checked: pass --trust-root to require it"
+            };
+            println!("root key {root} ({how})");
+        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ fn files_of(e: &Event) -> (bool, Vec<FileDigest>) {
 /// Runs `ledger verify`.
 pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let report = ledger.verify()?;
+    let report = ledger.verify_trusting(ctx.trust_root.as_deref())?;
     if let Some(v) = &report.violation {
         bail!("verify failed at {v}");
     }
@@ -54,16 +54,28 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
             "events": report.events,
             "head_seq": report.head.seq,
             "head_hash": report.head.hash,
+            "signed_batches": report.batches,
+            "root": report.root,
+            "root_trusted": ctx.trust_root.is_some(),
             "artifacts_checked": checked,
             "artifacts_not_stored": not_stored,
         }))?;
     } else {
         println!(
-            "ok: {} events verified, head seq {} hash {}",
+            "ok: {} events and {} signed batches verified, head seq {} hash {}",
             report.events,
+            report.batches,
             report.head.seq,
             report.head.hash.short()
         );
+        if let Some(root) = &report.root {
+            let how = if ctx.trust_root.is_some() {
+                "the trusted root"
+            } else {
+                "not checked: pass --trust-root to require it"
+            };
+            println!("root key {root} ({how})");
+        }
         if a.artifacts {
             println!("ok: {checked} artifacts re-hashed ({not_stored} pinned inputs kept outside the store)");
         }
