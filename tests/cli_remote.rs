@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, first_word, nats_server, repo, Proc};
+use common::{bin, first_word, nats_server, repo, spawn};
 
 const ENV: &[(&str, &str)] = &[
     ("FOUNDRY_TRAINING_MAX_STEPS", "4"),
@@ -19,19 +18,6 @@ const ENV: &[(&str, &str)] = &[
     ("FOUNDRY_TRAINING_CHECKPOINT_EVERY", "2"),
     ("FOUNDRY_TRAINING_MICRO_BATCH", "2"),
 ];
-
-/// Starts `ledger --home HOME args…` with `env`, waits for `ready` on its
-/// stderr, and keeps draining it.
-fn spawn(home: &Path, args: &[&str], env: &[(String, String)], ready: &str) -> Proc {
-    let (proc, mut err) = common::start(home, args, env, ready);
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-    });
-    proc
-}
 
 struct Client {
     home: PathBuf,

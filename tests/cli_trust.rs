@@ -7,11 +7,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{bin, fails, ok, Proc, GENESIS};
+use common::{bin, fails, ok, spawn, GENESIS};
 use foundry_bus::{NatsLedgerClient, NatsOptions};
 use foundry_events::{
     AdapterPromoted, ChannelRolledBack, EvalScored, Event, MetricValue, RecordedEvent,
@@ -65,17 +64,6 @@ fn one_line_error(out: &std::process::Output) -> String {
     assert_eq!(err.lines().count(), 1, "one-line error, got: {err}");
     assert!(err.starts_with("error: "), "{err}");
     err
-}
-
-fn spawn(home: &Path, args: &[&str], env: &[(String, String)], ready: &str) -> Proc {
-    let (proc, mut err) = common::start(home, args, env, ready);
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-    });
-    proc
 }
 
 fn nats_env() -> Vec<(String, String)> {

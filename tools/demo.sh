@@ -14,8 +14,11 @@
 #   5. commits checkpoints that are evaluated automatically on the recipe's
 #      eval split, the held-out layout (test);
 #   6. asks for a promotion to production, gated on that evaluation;
-#   7. prints `show run` and `lineage`, writes the HTML report, verifies,
-#      exports and re-imports the history, and prints its timings.
+#   7. prints `show run` and `lineage`, writes the HTML report, verifies
+#      (signatures and roles too, against the home's root key), exports and
+#      re-imports the history, and prints its timings.
+# `ledger init` makes the home's keys: every event is signed by the key of
+# whoever appended it (you, or one of the embedded runners).
 # It prints the base's and the adapter's field exact match on new freely
 # arranged cards and on the held-out layout, and whether issue 8's goal
 # (>= 0.9 on the held-out layout, >= 30 points above the base) is met.
@@ -43,6 +46,7 @@ field_em() { awk '$2 == "field_exact_match" && v == "" {v = $4} END {print v}'; 
 
 step "1. synthesize $COUNT small invoices: freely arranged ones to train on; the layout family invoice-d, held out, is the test split"
 $L init
+ROOT=$($L --json whoami | awk -F'"' '/"root":/ {print $4}')
 $L synth --out "$HOME_DIR/data" --count "$COUNT" --seed 7 --profile tiny --holdout invoice-d --free-arrangement
 DATASET=$($L dataset pin "$HOME_DIR/data" | first_word)
 echo "dataset $DATASET"
@@ -79,10 +83,11 @@ $L show run "$RUN"
 $L lineage "$CHECKPOINT"
 $L report run "$RUN" --html "$HOME_DIR/run-report.html"
 echo "report: $HOME_DIR/run-report.html"
-$L verify --artifacts
+$L key list
+$L verify --artifacts --trust-root "$ROOT"
 $L export "$HOME_DIR/ledger.export"
-target/release/ledger --home "$HOME_DIR.copy" import "$HOME_DIR/ledger.export" > /dev/null
-target/release/ledger --home "$HOME_DIR.copy" verify
+target/release/ledger --home "$HOME_DIR.copy" import "$HOME_DIR/ledger.export" --trust-root "$ROOT" > /dev/null
+target/release/ledger --home "$HOME_DIR.copy" verify --trust-root "$ROOT"
 took "show, lineage, report, verify, export"
 
 step "the last checkpoint on new freely arranged cards (validation split)"

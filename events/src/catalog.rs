@@ -749,9 +749,23 @@ catalog! {
 
 impl Event {
     /// The stream this event belongs to by default: `run/<id>`, `recipe/<id>`,
-    /// `dataset/<id>`, `model/<id>`, `eval/<id>` or `channel/<name>`.
+    /// `dataset/<id>`, `model/<id>`, `eval/<id>`, `key/<name>` or
+    /// `channel/<name>`.
     pub fn default_stream(&self) -> String {
-        let id: &str = match self {
+        format!("{}/{}", self.event_type().stream_kind(), self.stream_id())
+    }
+
+    /// Whether `stream` is this event's own stream (without building it).
+    pub fn in_own_stream(&self, stream: &str) -> bool {
+        stream
+            .strip_prefix(self.event_type().stream_kind())
+            .and_then(|rest| rest.strip_prefix('/'))
+            == Some(self.stream_id())
+    }
+
+    /// The id part of the event's own stream.
+    fn stream_id(&self) -> &str {
+        match self {
             Event::RecipeDeclared(p) => &p.recipe_id,
             Event::DatasetPinned(p) => &p.dataset_id,
             Event::BaseModelPinned(p) => &p.model_id,
@@ -778,7 +792,6 @@ impl Event {
             Event::ChannelPolicySet(p) => &p.channel,
             Event::RollbackRequested(p) => &p.channel,
             Event::RollbackRejected(p) => &p.channel,
-        };
-        format!("{}/{}", self.event_type().stream_kind(), id)
+        }
     }
 }

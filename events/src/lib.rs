@@ -20,9 +20,9 @@ mod arbitrary;
 pub use catalog::*;
 pub use digest::{ParseDigestError, Sha256Digest};
 pub use record::{
-    batch_message, conditions_digest, encode_record, hash_record_bytes, stored_hash, Envelope,
-    EventId, ExpectedVersion, Placement as RecordPlacement, RecordRef, RecordedEvent, Seal,
-    Signature, Statement, RECORD_FORMAT,
+    batch_message, chain_hash, conditions_digest, encode_record, hash_record_bytes, stored_hash,
+    Envelope, EventId, ExpectedVersion, Placement as RecordPlacement, RecordRef, RecordedEvent,
+    Seal, Signature, Statement, RECORD_FORMAT,
 };
 pub use roles::Role;
 pub use timestamp::{ParseTimestampError, Timestamp};

@@ -183,46 +183,40 @@ impl<'a> Reader<'a> {
         self.bytes.get(self.pos).copied()
     }
 
+    /// A container header: a fix form (`fix_base` | count in the low bits
+    /// `fix_mask`), or a 16- or 32-bit count after `long16` / `long32`.
+    fn header(
+        &mut self,
+        fix_base: u8,
+        fix_mask: u8,
+        long16: u8,
+        long32: u8,
+        expected: &'static str,
+    ) -> Result<u32, FormError> {
+        let b = self.peek().ok_or_else(|| self.err(expected))?;
+        if b & !fix_mask == fix_base {
+            self.pos += 1;
+            return Ok(u32::from(b & fix_mask));
+        }
+        let n = if b == long16 {
+            2
+        } else if b == long32 {
+            4
+        } else {
+            return Err(self.err(expected));
+        };
+        self.pos += 1;
+        Ok(self.be(n, expected)? as u32)
+    }
+
     /// An array header; returns the element count.
     pub fn array(&mut self) -> Result<u32, FormError> {
-        const E: &str = "an array";
-        let b = self.peek().ok_or_else(|| self.err(E))?;
-        match b {
-            0x90..=0x9f => {
-                self.pos += 1;
-                Ok(u32::from(b & 0x0f))
-            }
-            0xdc => {
-                self.pos += 1;
-                Ok(self.be(2, E)? as u32)
-            }
-            0xdd => {
-                self.pos += 1;
-                Ok(self.be(4, E)? as u32)
-            }
-            _ => Err(self.err(E)),
-        }
+        self.header(0x90, 0x0f, 0xdc, 0xdd, "an array")
     }
 
     /// A map header; returns the entry count.
     pub fn map(&mut self) -> Result<u32, FormError> {
-        const E: &str = "a map";
-        let b = self.peek().ok_or_else(|| self.err(E))?;
-        match b {
-            0x80..=0x8f => {
-                self.pos += 1;
-                Ok(u32::from(b & 0x0f))
-            }
-            0xde => {
-                self.pos += 1;
-                Ok(self.be(2, E)? as u32)
-            }
-            0xdf => {
-                self.pos += 1;
-                Ok(self.be(4, E)? as u32)
-            }
-            _ => Err(self.err(E)),
-        }
+        self.header(0x80, 0x0f, 0xde, 0xdf, "a map")
     }
 
     /// A 64- or 32-bit float.

@@ -26,9 +26,12 @@
 //!   digest₁ ‖ … ‖ digestₙ)`, which the signer signs once per append
 //!   ([`batch_message`]); `conditions` binds the stream-version expectations
 //!   the batch was appended under ([`conditions_digest`]);
-//! * the chain `hash = sha256(prev_hash ‖ the record without its hash, as an
-//!   8-element array)` ([`hash_record_bytes`]), which covers the seq, the
-//!   time, the batch position, the seal and the statement.
+//! * the chain `hash = sha256(prev_hash ‖ 0x98 ‖ seq ‖ stream_version ‖
+//!   recorded_at ‖ batch_index ‖ batch_len ‖ seal ‖ digest ‖ prev_hash)`,
+//!   each field in its stored MessagePack form and the statement standing
+//!   in as its digest ([`hash_record_bytes`]): it covers the seq, the time,
+//!   the batch position, the seal and the statement, and hashes the
+//!   statement's bytes only once.
 //!
 //! One signature per batch keeps appends and verification fast (an Ed25519
 //! check costs tens of microseconds; a batch of a thousand events needs
@@ -369,14 +372,15 @@ pub struct Placement {
 }
 
 /// Encodes a record around already-encoded statement bytes, with the given
-/// hash (zero while it is being computed).
+/// hash (zero while it is being computed). Returns the bytes and where the
+/// statement sits in them.
 pub fn encode_record(
     at: &Placement,
     seal: &Option<Seal>,
     statement: &[u8],
     prev_hash: &Sha256Digest,
     hash: &Sha256Digest,
-) -> Vec<u8> {
+) -> (Vec<u8>, std::ops::Range<usize>) {
     let mut w = Writer::with_capacity(statement.len() + 200);
     w.array(9);
     w.uint(at.seq);
@@ -385,10 +389,12 @@ pub fn encode_record(
     w.uint(u64::from(at.batch_index));
     w.uint(u64::from(at.batch_len));
     write_seal(&mut w, seal);
+    let start = w.buf.len();
     w.raw(statement);
+    let range = start..w.buf.len();
     w.bin(&prev_hash.0);
     w.bin(&hash.0);
-    w.buf
+    (w.buf, range)
 }
 
 impl RecordedEvent {
@@ -406,7 +412,8 @@ impl RecordedEvent {
             &self.statement.encode(),
             &self.prev_hash,
             &self.hash,
-        ))
+        )
+        .0)
     }
 
     /// Decodes a stored record. Checks the framing only, not the hashes or
@@ -486,6 +493,10 @@ pub struct RecordRef<'a> {
     pub signer: &'a str,
     /// The statement's stored bytes (what [`RecordRef::statement_digest`] hashes).
     pub statement_bytes: &'a [u8],
+    /// The whole stored record.
+    pub bytes: &'a [u8],
+    /// Where the statement sits in `bytes`.
+    pub statement_range: std::ops::Range<usize>,
     /// Previous hash.
     pub prev_hash: Sha256Digest,
     /// Stored hash.
@@ -622,6 +633,8 @@ impl<'a> RecordRef<'a> {
             payload: st.payload,
             signer: st.signer,
             statement_bytes: &bytes[start..end],
+            bytes,
+            statement_range: start..end,
             prev_hash,
             hash,
         })
@@ -630,6 +643,13 @@ impl<'a> RecordRef<'a> {
     /// sha256 of the statement's stored bytes.
     pub fn statement_digest(&self) -> Sha256Digest {
         Sha256Digest::of(self.statement_bytes)
+    }
+
+    /// The chain hash this record must carry, given its statement's digest.
+    pub fn chain_hash(&self, statement_digest: &Sha256Digest) -> Sha256Digest {
+        // The decoder checked the layout `chain_hash` relies on.
+        chain_hash(self.bytes, self.statement_range.clone(), statement_digest)
+            .unwrap_or(Sha256Digest::ZERO)
     }
 
     /// Decodes the typed payload (unknown types, newer schemas are errors).
@@ -685,33 +705,47 @@ impl<'a> RecordRef<'a> {
     }
 }
 
-/// Hashes stored record bytes per the chain rule, without re-encoding:
-/// `sha256(prev_hash ‖ the record's bytes as an 8-element array without
-/// the trailing hash)`. Fails if the bytes do not end in two 32-byte
-/// binaries (prev_hash, hash).
+/// Hashes stored record bytes per the chain rule (see the module docs):
+/// `sha256(prev_hash ‖ 0x98 ‖ the record's first six fields as stored ‖
+/// sha256(statement) ‖ the stored prev_hash)`. Decodes the record to find
+/// its statement; fails on anything that is not one.
 pub fn hash_record_bytes(bytes: &[u8]) -> Result<Sha256Digest, EventError> {
+    let r = RecordRef::decode(bytes)?;
+    Ok(r.chain_hash(&r.statement_digest()))
+}
+
+/// The chain hash of stored record bytes whose statement occupies
+/// `statement` and has the digest `digest` (so a writer that just encoded
+/// the statement does not hash it twice). Fails if the bytes do not end in
+/// two 32-byte binaries (prev_hash, hash) after the statement.
+pub fn chain_hash(
+    bytes: &[u8],
+    statement: std::ops::Range<usize>,
+    digest: &Sha256Digest,
+) -> Result<Sha256Digest, EventError> {
     let n = bytes.len();
-    if n < 1 + 2 * DIGEST_FORM || bytes[0] != RECORD_HEADER {
+    if bytes.first() != Some(&RECORD_HEADER)
+        || statement.start < 1
+        || statement.end + 2 * DIGEST_FORM != n
+        || statement.start > statement.end
+    {
         return Err(EventError::Record(
-            "record too short or not a 9-field record".into(),
-        ));
-    }
-    let tail = &bytes[n - DIGEST_FORM..];
-    if tail[0] != 0xc4 || tail[1] != 32 {
-        return Err(EventError::Record(
-            "record does not end in a 32-byte hash".into(),
+            "not a 9-field record ending in prev_hash and hash".into(),
         ));
     }
     let prev = &bytes[n - 2 * DIGEST_FORM..n - DIGEST_FORM];
-    if prev[0] != 0xc4 || prev[1] != 32 {
+    let tail = &bytes[n - DIGEST_FORM..];
+    if prev[..2] != [0xc4, 32] || tail[..2] != [0xc4, 32] {
         return Err(EventError::Record(
-            "record's prev_hash is not 32 bytes".into(),
+            "the record does not end in two 32-byte hashes".into(),
         ));
     }
     let mut h = Sha256::new();
     h.update(&prev[2..]);
     h.update([HASHED_HEADER]);
-    h.update(&bytes[1..n - DIGEST_FORM]);
+    h.update(&bytes[1..statement.start]);
+    h.update(digest.0);
+    h.update(prev);
     Ok(Sha256Digest(h.finalize().into()))
 }
 

@@ -82,9 +82,10 @@ fn sample() -> Event {
 }
 
 #[test]
-fn slice_hash_equals_the_hash_of_the_fields_without_hash() {
-    let rec = record_for(&sample(), 1, Sha256Digest::ZERO);
-    // Independent computation: the 8 leading fields through rmp-serde.
+fn the_chain_hash_is_over_the_fields_with_the_statement_as_its_digest() {
+    let rec = record_for(&sample(), 1, Sha256Digest::of(b"prev"));
+    // Independent computation: the fields through rmp-serde, the statement
+    // replaced by its sha256.
     let statement = (
         RECORD_FORMAT,
         &rec.stream,
@@ -101,18 +102,21 @@ fn slice_hash_equals_the_hash_of_the_fields_without_hash() {
         &rec.signer,
     );
     let seal = rec.seal.unwrap();
-    let fields = (
+    let leading = (
         rec.seq,
         rec.stream_version,
         rec.recorded_at.0,
         rec.batch_index,
         rec.batch_len,
         (seal.conditions, serde_bytes::Bytes::new(&seal.signature.0)),
-        &statement,
-        rec.prev_hash,
     );
+    let leading = rmp_serde::to_vec(&leading).unwrap();
+    let statement_digest = Sha256Digest::of(&rmp_serde::to_vec(&statement).unwrap());
     let mut input = rec.prev_hash.0.to_vec();
-    input.extend(rmp_serde::to_vec(&fields).unwrap());
+    input.push(0x98);
+    input.extend(&leading[1..]); // the six fields, without their array header
+    input.extend(statement_digest.0);
+    input.extend(rmp_serde::to_vec(&rec.prev_hash).unwrap());
     assert_eq!(Sha256Digest::of(&input), rec.hash);
     let stored = rec.encode().unwrap();
     assert_eq!(stored_hash(&stored), Some(rec.hash));

@@ -129,7 +129,7 @@ where
         format_version: FORMAT_VERSION,
         schema_version: SCHEMA_VERSION,
         record_encoding: "MessagePack record format 2: [seq, stream_version, recorded_at(ns), batch_index, batch_len, seal(nil | [conditions(bin32), signature(bin64)]), statement[format(2), stream, event_id(bin16), event_type, schema_version, actor, causation_id, correlation_id, idempotency_key, payload(bin, MessagePack map), signer(nkey)], prev_hash(bin32), hash(bin32)]".into(),
-        hash_rule: "hash = sha256(prev_hash || MessagePack 8-element array of every field but hash); each batch's last record seals it with an Ed25519 signature by the signer over sha256(\"foundry-batch/v2\\0\" || conditions || u32 count || sha256(statement) of each record)".into(),
+        hash_rule: "hash = sha256(prev_hash || 0x98 || the stored fields before the statement || sha256(statement) || the stored prev_hash); each batch's last record seals it with an Ed25519 signature by the signer over sha256(\"foundry-batch/v2\\0\" || conditions || u32 count || sha256(statement) of each record)".into(),
         events,
         head_hash,
         exported_at: exported_at.into(),

@@ -9,7 +9,7 @@ use crate::trust::{
 };
 use crate::{LedgerError, Result};
 use foundry_events::{
-    encode_record, hash_record_bytes, Event, EventId, EventType, ExpectedVersion, RecordPlacement,
+    chain_hash, encode_record, Event, EventId, EventType, ExpectedVersion, RecordPlacement,
     RecordRef, RecordedEvent, Seal, Sha256Digest, Timestamp,
 };
 use std::collections::HashMap;
@@ -446,7 +446,8 @@ impl Ledger {
             let seq = head.seq + 1 + i as u64;
             let seal = (i + 1 == n).then_some(seal);
             // Encode once, hash the stored bytes, patch the hash in place.
-            let mut stored = encode_record(
+            let digest = Sha256Digest::of(&bytes);
+            let (mut stored, range) = encode_record(
                 &RecordPlacement {
                     seq,
                     stream_version: version,
@@ -459,7 +460,7 @@ impl Ledger {
                 &prev,
                 &Sha256Digest::ZERO,
             );
-            let hash = hash_record_bytes(&stored)?;
+            let hash = chain_hash(&stored, range, &digest)?;
             let len = stored.len();
             stored[len - 32..].copy_from_slice(&hash.0);
             let rec = RecordedEvent {

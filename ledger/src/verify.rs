@@ -9,7 +9,7 @@ use crate::trust::{failing_signatures, Claim, Placement, Registry};
 use crate::{Ledger, LedgerError, Result};
 use ed25519_dalek::VerifyingKey;
 use foundry_events::{
-    batch_message, hash_record_bytes, Event, RecordRef, RecordedEvent, Sha256Digest, Signature,
+    batch_message, Event, EventType, RecordRef, RecordedEvent, Sha256Digest, Signature,
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -160,32 +160,54 @@ struct SignatureJob {
     signature: Signature,
 }
 
+/// What verification keeps of a record's payload: its type, whether the
+/// record sits in the event's own stream, and (only for the key events the
+/// registry folds) the event itself.
+struct Kind {
+    ty: EventType,
+    own_stream: bool,
+    key_event: Option<Box<Event>>,
+}
+
 /// What can be computed from one record's bytes alone (in parallel): the
-/// decoded view, its chain hash, its statement digest and its typed event.
+/// decoded view, its chain hash, its statement digest, and what its payload
+/// says (decoded, checked, and dropped on the same thread).
 pub struct RecordFacts<'a> {
     view: std::result::Result<RecordRef<'a>, String>,
     computed: std::result::Result<Sha256Digest, String>,
     digest: Sha256Digest,
-    event: Option<std::result::Result<Event, String>>,
+    kind: Option<std::result::Result<Kind, String>>,
 }
 
 impl<'a> RecordFacts<'a> {
     /// Computes the facts of `bytes`; the payload is decoded when `full`.
     pub fn of(bytes: &'a [u8], full: bool) -> Self {
         let view = RecordRef::decode(bytes).map_err(|e| e.to_string());
-        let computed = hash_record_bytes(bytes).map_err(|e| e.to_string());
-        let (digest, event) = match (&view, full) {
-            (Ok(v), true) => (
-                v.statement_digest(),
-                Some(v.decode_event().map_err(|e| e.to_string())),
+        let digest = match &view {
+            Ok(v) => v.statement_digest(),
+            Err(_) => Sha256Digest::ZERO,
+        };
+        let computed = match &view {
+            Ok(v) => Ok(v.chain_hash(&digest)),
+            Err(e) => Err(e.clone()),
+        };
+        let kind = match (&view, full) {
+            (Ok(v), true) => Some(
+                v.decode_event()
+                    .map(|e| Kind {
+                        ty: e.event_type(),
+                        own_stream: e.in_own_stream(v.stream),
+                        key_event: Registry::changes_on(e.event_type()).then(|| Box::new(e)),
+                    })
+                    .map_err(|e| e.to_string()),
             ),
-            _ => (Sha256Digest::ZERO, None),
+            _ => None,
         };
         RecordFacts {
             view,
             computed,
             digest,
-            event,
+            kind,
         }
     }
 }
@@ -349,14 +371,21 @@ impl ChainVerifier {
             }));
         }
         if self.full {
-            let event = match facts.event {
-                Some(Ok(e)) => e,
+            let kind = match facts.kind {
+                Some(Ok(k)) => k,
                 Some(Err(e)) => return Err(v(ViolationKind::Undecodable(e))),
-                None => rec
-                    .decode_event()
-                    .map_err(|e| v(ViolationKind::Undecodable(e.to_string())))?,
+                None => {
+                    let e = rec
+                        .decode_event()
+                        .map_err(|e| v(ViolationKind::Undecodable(e.to_string())))?;
+                    Kind {
+                        ty: e.event_type(),
+                        own_stream: e.in_own_stream(rec.stream),
+                        key_event: Some(Box::new(e)),
+                    }
+                }
             };
-            self.check_trust(at, &rec, facts.digest, &event)?;
+            self.check_trust(at, &rec, facts.digest, &kind)?;
         }
         match self.versions.get_mut(rec.stream) {
             Some(c) => *c = expected,
@@ -374,7 +403,7 @@ impl ChainVerifier {
         at: u64,
         rec: &RecordRef<'_>,
         digest: Sha256Digest,
-        event: &Event,
+        kind: &Kind,
     ) -> std::result::Result<(), Violation> {
         let v = |kind| Violation { seq: at, kind };
         let broken = |m: String| v(ViolationKind::BatchBroken(m));
@@ -437,15 +466,24 @@ impl ChainVerifier {
             seq: at,
             recorded_at: rec.recorded_at,
         };
+        if !kind.own_stream {
+            return Err(v(ViolationKind::Unauthorized(format!(
+                "{} does not belong in stream {}",
+                kind.ty.as_str(),
+                rec.stream
+            ))));
+        }
+        let key_event = kind.key_event.as_deref();
         self.registry
-            .authorize(
+            .authorize_checked(
                 placement,
                 Claim {
                     signer: rec.signer,
                     actor: rec.actor,
                     stream: rec.stream,
                 },
-                event,
+                kind.ty,
+                key_event,
             )
             .map_err(|e| v(ViolationKind::Unauthorized(e)))?;
         if at == 1 {
@@ -458,7 +496,7 @@ impl ChainVerifier {
                 }
             }
         }
-        if Registry::changes_on(event.event_type()) {
+        if let Some(event) = key_event {
             self.registry.apply(placement, rec.actor, event);
         }
         let Some(mut p) = self.pending.take() else {
@@ -586,8 +624,9 @@ impl VerifyReport {
     }
 }
 
-/// Records decoded per parallel window while verifying a whole ledger.
-const WINDOW_BYTES: usize = 32 << 20;
+/// Stored bytes decoded per parallel window while verifying a whole ledger
+/// (small enough that a window's facts stay in cache).
+const WINDOW_BYTES: usize = 4 << 20;
 
 impl Ledger {
     /// Recomputes every hash and the whole chain from seq 1, checks every

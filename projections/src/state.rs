@@ -3,7 +3,10 @@
 //! always give the same state, byte for byte.
 
 use crate::views::*;
-use foundry_events::{CodeVersion, Envelope, Event, GateResult, MetricValue, Sha256Digest};
+use foundry_events::{
+    CodeVersion, Envelope, Event, GateResult, MetricValue, RollbackRejected, RollbackRequested,
+    Sha256Digest,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every view, in memory, as of `last_seq`.
@@ -747,29 +750,20 @@ impl State {
                     );
                 }
             }
-            Event::RollbackRequested(p) => {
+            Event::RollbackRequested(RollbackRequested { channel, reason })
+            | Event::RollbackRejected(RollbackRejected { channel, reason }) => {
                 let ev = event_ref(env);
-                self.cite(
-                    env,
-                    format!("request to roll back {}: {}", p.channel, p.reason),
-                );
-                self.channel(&p.channel).history.push(channel_entry(
-                    "rollback_requested",
+                let action = if matches!(env.event, Event::RollbackRequested(_)) {
+                    self.cite(env, format!("request to roll back {channel}: {reason}"));
+                    "rollback_requested"
+                } else {
+                    "rollback_rejected"
+                };
+                self.channel(channel).history.push(channel_entry(
+                    action,
                     None,
                     None,
-                    &p.reason,
-                    Vec::new(),
-                    Vec::new(),
-                    &ev,
-                ));
-            }
-            Event::RollbackRejected(p) => {
-                let ev = event_ref(env);
-                self.channel(&p.channel).history.push(channel_entry(
-                    "rollback_rejected",
-                    None,
-                    None,
-                    &p.reason,
+                    reason,
                     Vec::new(),
                     Vec::new(),
                     &ev,

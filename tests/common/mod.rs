@@ -191,6 +191,20 @@ pub fn start(
     (Proc(child), err)
 }
 
+/// Like [`start`], and keeps draining the process's stderr so it never
+/// blocks on a full pipe.
+pub fn spawn(home: &Path, args: &[&str], env: &[(String, String)], ready: &str) -> Proc {
+    use std::io::BufRead;
+    let (proc, mut err) = start(home, args, env, ready);
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    proc
+}
+
 /// One key per actor name, shared by every scripted history of this test
 /// process, and the root that registers them.
 fn scripted_key(name: &str) -> foundry_ledger::Identity {

@@ -133,16 +133,35 @@ impl Registry {
     /// naming the key, the rule and what would be needed.
     pub fn authorize(&self, at: Placement, claim: Claim<'_>, event: &Event) -> Result<(), String> {
         let ty = event.event_type();
-        let own = event.default_stream();
-        if claim.stream != own {
+        if !event.in_own_stream(claim.stream) {
             return Err(format!(
-                "{} belongs in stream {own}, not {}",
+                "{} belongs in stream {}, not {}",
                 ty.as_str(),
+                event.default_stream(),
                 claim.stream
             ));
         }
+        self.authorize_checked(at, claim, ty, Self::changes_on(ty).then_some(event))
+    }
+
+    /// [`Registry::authorize`] for an event whose own stream was already
+    /// checked, given its type and, for key events, the event itself (what
+    /// `verify` keeps of each record).
+    pub fn authorize_checked(
+        &self,
+        at: Placement,
+        claim: Claim<'_>,
+        ty: EventType,
+        key_event: Option<&Event>,
+    ) -> Result<(), String> {
         let Some(root) = &self.root else {
-            return genesis(at, claim, event);
+            return match key_event {
+                Some(event) => genesis(at, claim, event),
+                None => Err(format!(
+                    "the first event of a ledger must be its root key's KeyRegistered, not {}",
+                    ty.as_str()
+                )),
+            };
         };
         let Some(key) = self.by_key.get(claim.signer) else {
             return Err(format!(
@@ -189,9 +208,10 @@ impl Registry {
                 need.join(" or ")
             ));
         }
-        match event {
-            Event::KeyRegistered(k) => self.may_register(at, key, k),
-            Event::KeyRevoked(k) => self.may_revoke(key, k),
+        match key_event {
+            Some(Event::KeyRegistered(k)) => self.may_register(at, key, k),
+            Some(Event::KeyRevoked(k)) => self.may_revoke(key, k),
+            _ if Self::changes_on(ty) => Err(format!("{} without its payload", ty.as_str())),
             _ => Ok(()),
         }
     }

@@ -340,21 +340,47 @@ fn assert_trained_and_evaluated(ledger: &Ledger, runs: usize) {
     assert_eq!(ids.len(), 4 * runs);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_requested_run_is_trained_and_evaluated_by_remote_runners() {
+/// A nats-server, the ledger service over the test organisation's ledger,
+/// and remote runners in a home of their own.
+struct Cluster {
+    nats: NatsServer,
+    dir: tempfile::TempDir,
+    ledger: Ledger,
+    keys: TestKeys,
+    runner_home: Home,
+    svc: Service,
+    host: Host,
+}
+
+async fn cluster(engine: Arc<LineEngine>, nak_once: bool) -> Cluster {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
     let runner_home = Home::at(dir.path().join("runner-home"));
     let svc = Service::start(&nats.url(), &ledger).await;
-    let host = remote_host(
-        &nats.url(),
-        &runner_home,
-        &keys,
-        Arc::new(LineEngine::new(0)),
-        false,
-    )
-    .await;
+    let host = remote_host(&nats.url(), &runner_home, &keys, engine, nak_once).await;
+    Cluster {
+        nats,
+        dir,
+        ledger,
+        keys,
+        runner_home,
+        svc,
+        host,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_run_is_trained_and_evaluated_by_remote_runners() {
+    let Cluster {
+        nats,
+        dir: _dir,
+        ledger,
+        keys,
+        runner_home,
+        svc,
+        host,
+    } = cluster(Arc::new(LineEngine::new(0)), false).await;
     request_run(&ledger, &keys.alice, "r1");
     idle(&host, &nats.url()).await;
     host.shutdown().await;
@@ -492,20 +518,16 @@ async fn digests(ledger: &Ledger) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_delivered_twice_changes_no_outcome() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
-    let runner_home = Home::at(dir.path().join("runner-home"));
-    let svc = Service::start(&nats.url(), &ledger).await;
     // Every event the runners react to is nak'ed once, then handled.
-    let host = remote_host(
-        &nats.url(),
-        &runner_home,
-        &keys,
-        Arc::new(LineEngine::new(0)),
-        true,
-    )
-    .await;
+    let Cluster {
+        nats,
+        dir: _dir,
+        ledger,
+        keys,
+        runner_home,
+        svc,
+        host,
+    } = cluster(Arc::new(LineEngine::new(0)), true).await;
     request_run(&ledger, &keys.alice, "r1");
     idle(&host, &nats.url()).await;
     host.shutdown().await;
@@ -536,13 +558,16 @@ async fn every_event_delivered_twice_changes_no_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_restart_mid_training_is_ridden_out() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
-    let runner_home = Home::at(dir.path().join("runner-home"));
-    let svc = Service::start(&nats.url(), &ledger).await;
     let engine = Arc::new(LineEngine::new(15));
-    let host = remote_host(&nats.url(), &runner_home, &keys, engine.clone(), false).await;
+    let Cluster {
+        nats,
+        dir: _dir,
+        ledger,
+        keys,
+        svc,
+        host,
+        ..
+    } = cluster(engine.clone(), false).await;
     request_run(&ledger, &keys.alice, "r1");
     let deadline = Instant::now() + Duration::from_secs(30);
     while ledger
@@ -577,19 +602,15 @@ async fn a_service_restart_mid_training_is_ridden_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_published_into_the_stream_by_someone_else_is_never_acted_on() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (ledger, keys) = org_ledger(&dir.path().join("ledger-home"));
-    let runner_home = Home::at(dir.path().join("runner-home"));
-    let svc = Service::start(&nats.url(), &ledger).await;
-    let host = remote_host(
-        &nats.url(),
-        &runner_home,
-        &keys,
-        Arc::new(LineEngine::new(0)),
-        false,
-    )
-    .await;
+    let Cluster {
+        nats,
+        dir,
+        ledger,
+        keys,
+        runner_home,
+        svc,
+        host,
+    } = cluster(Arc::new(LineEngine::new(0)), false).await;
     // A NATS user forges a RunRequested record (signed by a key of their
     // own, chained to nothing) and publishes it straight into the stream.
     let (other, other_keys) = org_ledger(&dir.path().join("forger"));

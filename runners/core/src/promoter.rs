@@ -25,7 +25,6 @@ use foundry_events::{
     EventType, EvidenceSigner, GateResult, MetricValue, PromotionRejected, PromotionRequested,
     RecordedEvent, RollbackRejected, RollbackRequested, Sha256Digest,
 };
-use foundry_ledger::{AppendRequest, NewEvent};
 use foundry_recipes::{Channel, Gate, GateOp, Recipe};
 
 use crate::host::{Runner, RunnerContext};
@@ -348,15 +347,7 @@ impl PromoterRunner {
                 }
             }
         };
-        ctx.client
-            .append(
-                AppendRequest::new(vec![
-                    NewEvent::new(outcome).caused_by(request.event_id, request.correlation_id)
-                ])
-                .idempotent(key),
-            )
-            .await?;
-        Ok(())
+        crate::append_outcome(ctx, request, Some(key), vec![outcome]).await
     }
 
     async fn weigh(
@@ -493,15 +484,7 @@ impl PromoterRunner {
                 reason: r.reason.clone(),
             }),
         };
-        ctx.client
-            .append(
-                AppendRequest::new(vec![
-                    NewEvent::new(outcome).caused_by(request.event_id, request.correlation_id)
-                ])
-                .idempotent(key),
-            )
-            .await?;
-        Ok(())
+        crate::append_outcome(ctx, request, Some(key), vec![outcome]).await
     }
 
     /// `None` when `actor` may roll `channel` back from `current`, else why not.

@@ -407,3 +407,150 @@ fn decide_weighs_gates_actors_and_the_production_margin() {
         d.reason
     );
 }
+
+/// An EvalScored for `checkpoint` as the runner would write it, with the
+/// dataset's real split hash and the line spec.
+fn evidence(f: &Fixture, eval_id: &str, checkpoint: &str) -> foundry_events::EvalScored {
+    let dataset = f
+        .ledger
+        .read_stream("dataset/d1", 1)
+        .unwrap()
+        .remove(0)
+        .decode_event()
+        .unwrap();
+    let Event::DatasetPinned(d) = dataset else {
+        panic!()
+    };
+    let mut metrics = BTreeMap::new();
+    metrics.insert(
+        "field_exact_match".to_string(),
+        MetricValue {
+            value: 1.0,
+            ci_low: None,
+            ci_high: None,
+        },
+    );
+    foundry_events::EvalScored {
+        eval_id: eval_id.into(),
+        checkpoint_id: Some(checkpoint.into()),
+        run_id: Some("r1".into()),
+        model_id: "m1".into(),
+        dataset_id: "d1".into(),
+        split: "test".into(),
+        split_sha256: d.split_sha256("test"),
+        eval_spec_sha256: testkit::line_spec(),
+        examples: 16,
+        metrics,
+        breakdown: BTreeMap::new(),
+        latency_ms_mean: 0.0,
+        throughput_docs_per_s: 0.0,
+        code: code_version(),
+        device: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_evidence_that_matches_the_recipe_and_the_policies_promotes() {
+    let f = fixture();
+    request_run(&f, "r1");
+    let host = start_host(&f, engine(0), "a");
+    host.wait_idle(f.client.as_ref()).await.unwrap();
+    let first = f
+        .ledger
+        .read_type(EventType::CheckpointCommitted, 1, 1)
+        .unwrap()
+        .remove(0);
+    let Event::CheckpointCommitted(c) = first.decode_event().unwrap() else {
+        panic!()
+    };
+    let cp = c.checkpoint_id; // never evaluated automatically (every 2nd)
+                              // The admin pins staging: only `runner:evaluator` counts, with 10+ examples.
+    append(
+        &f.ledger,
+        &f.keys.root,
+        foundry_events::ChannelPolicySet {
+            channel: "staging".into(),
+            requesters: None,
+            rollbackers: None,
+            evaluators: Some(vec!["runner:evaluator".into()]),
+            gates: vec!["field_exact_match >= 0.5".into()],
+            min_examples: 10,
+        },
+    );
+    // A second evaluator key, which the channel does not trust.
+    let other = Identity::generate("eval-2").unwrap();
+    append(
+        &f.ledger,
+        &f.keys.root,
+        foundry_ledger::trust::Grant::of(&other, &[foundry_events::Role::Evaluator], "").event(),
+    );
+    let decided = |f: &Fixture| {
+        f.ledger
+            .read_stream("channel/staging", 1)
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.decode_event().unwrap(),
+                    Event::AdapterPromoted(_) | Event::PromotionRejected(_)
+                )
+            })
+            .count()
+    };
+    append(
+        &f.ledger,
+        &f.keys.alice,
+        PromotionRequested {
+            checkpoint_id: cp.clone(),
+            channel: "staging".into(),
+            reason: "test".into(),
+        },
+    );
+    // Evidence that does not count: no decision, however perfect it looks.
+    let zero = foundry_events::EvalScored {
+        examples: 0,
+        ..evidence(&f, "e-zero", &cp)
+    };
+    let few = foundry_events::EvalScored {
+        examples: 5,
+        ..evidence(&f, "e-few", &cp)
+    };
+    let no_spec = foundry_events::EvalScored {
+        eval_spec_sha256: foundry_events::Sha256Digest::ZERO,
+        split_sha256: foundry_events::Sha256Digest::ZERO,
+        ..evidence(&f, "e-spec", &cp)
+    };
+    let other_split = foundry_events::EvalScored {
+        split: "train".into(),
+        ..evidence(&f, "e-split", &cp)
+    };
+    for bad in [zero, few, no_spec, other_split] {
+        append(&f.ledger, &f.keys.evaluator, bad);
+    }
+    append(&f.ledger, &other, evidence(&f, "e-untrusted", &cp));
+    host.wait_idle(f.client.as_ref()).await.unwrap();
+    assert_eq!(decided(&f), 0, "promoted on evidence that does not count");
+    // The one that counts.
+    let good = append(&f.ledger, &f.keys.evaluator, evidence(&f, "e-good", &cp));
+    host.wait_idle(f.client.as_ref()).await.unwrap();
+    host.shutdown().await;
+    let decision = f
+        .ledger
+        .read_stream("channel/staging", 1)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.decode_event().unwrap())
+        .find_map(|e| match e {
+            Event::AdapterPromoted(p) => Some(p),
+            _ => None,
+        })
+        .expect("promoted once the real evidence came");
+    assert_eq!(decision.evidence[0], good.event_id.to_string());
+    assert_eq!(decision.signed_by[0].actor, "runner:evaluator");
+    // Both policies' gates were weighed.
+    let gates: Vec<&str> = decision.gates.iter().map(|g| g.gate.as_str()).collect();
+    assert!(
+        gates.contains(&"channel policy: field_exact_match >= 0.5"),
+        "{gates:?}"
+    );
+}

@@ -47,3 +47,16 @@ pub fn fields(pairs: impl IntoIterator<Item = (impl Into<String>, impl ToString)
         value: v.to_string(),
     }));
 }
+
+/// Prints a history's root key and whether it was checked against
+/// `--trust-root`.
+pub fn root_line(root: Option<&str>, trusted: bool) {
+    if let Some(root) = root {
+        let how = if trusted {
+            "the trusted root"
+        } else {
+            "not checked: pass --trust-root to require it"
+        };
+        println!("root key {root} ({how})");
+    }
+}

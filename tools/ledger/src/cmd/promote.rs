@@ -2,8 +2,8 @@
 //! <channel>`: requests the promoter decides under the channel's policies.
 
 use anyhow::{bail, Result};
-use foundry_events::{Event, PromotionRequested, RollbackRequested};
-use foundry_ledger::{AppendRequest, NewEvent};
+use foundry_events::{Event, PromotionRequested, RecordedEvent, RollbackRequested};
+use foundry_ledger::{AppendRequest, Ledger, NewEvent};
 use foundry_projections::{resolve, ViewKind, ViewStore};
 
 use super::embedded::{self, Which};
@@ -35,49 +35,62 @@ pub struct RollbackArgs {
     reason: String,
 }
 
+/// Appends `request` to the channel, lets the promoter decide it (here in
+/// embedded mode, on the bus with `--nats`) and returns the decision: the
+/// event of the channel caused by the request, if one came.
+fn request_and_decide(
+    ctx: &Context,
+    ledger: &Ledger,
+    channel: &str,
+    request: Event,
+    detach: bool,
+) -> Result<(RecordedEvent, Option<(u64, Event)>)> {
+    let rec = ctx
+        .append(ledger, AppendRequest::new(vec![NewEvent::new(request)]))?
+        .events
+        .remove(0);
+    if detach {
+        return Ok((rec, None));
+    }
+    let stream = format!("channel/{channel}");
+    let caused = |l: &Ledger| -> Result<Option<RecordedEvent>> {
+        Ok(l.read_stream(&stream, 1)?
+            .into_iter()
+            .find(|r| r.causation_id == Some(rec.event_id)))
+    };
+    embedded::drive_until(ctx, ledger, Which::JUDGES, |l| Ok(caused(l)?.is_some()))?;
+    let decision = match caused(ledger)? {
+        Some(r) => Some((r.seq, r.decode_event()?)),
+        None => None,
+    };
+    Ok((rec, decision))
+}
+
 /// Requests a promotion and, in embedded mode, lets the promoter decide it.
 pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
     let mut views = ViewStore::open(&ctx.home)?;
     views.catch_up(&ledger)?;
     let checkpoint_id = resolve(&views, ViewKind::Checkpoints, &a.checkpoint)?;
-    let rec = ctx
-        .append(
-            &ledger,
-            AppendRequest::new(vec![NewEvent::new(PromotionRequested {
-                checkpoint_id: checkpoint_id.clone(),
-                channel: a.channel.clone(),
-                reason: a.reason,
-            })]),
-        )?
-        .events
-        .remove(0);
+    let request = Event::PromotionRequested(PromotionRequested {
+        checkpoint_id: checkpoint_id.clone(),
+        channel: a.channel.clone(),
+        reason: a.reason,
+    });
+    let (_, decision) = request_and_decide(ctx, &ledger, &a.channel, request, a.detach)?;
     if a.detach {
         println!("promotion of {checkpoint_id} to {} requested", a.channel);
         return Ok(());
     }
-    let stream = format!("channel/{}", a.channel);
-    embedded::drive_until(ctx, &ledger, Which::JUDGES, |l| {
-        Ok(l.read_stream(&stream, 1)?
-            .iter()
-            .any(|r| r.causation_id == Some(rec.event_id)))
-    })?;
-    // The decision is the event caused by the request.
-    for r in ledger.read_stream(&format!("channel/{}", a.channel), 1)? {
-        if r.causation_id != Some(rec.event_id) {
-            continue;
-        }
-        match r.decode_event()? {
+    if let Some((seq, event)) = decision {
+        match event {
             Event::AdapterPromoted(p) => {
                 if ctx.json {
                     crate::output::json(
-                        &serde_json::json!({"promoted": true, "seq": r.seq, "decision": p}),
+                        &serde_json::json!({"promoted": true, "seq": seq, "decision": p}),
                     )?;
                 } else {
-                    println!(
-                        "promoted {} to {} (seq {})",
-                        p.checkpoint_id, p.channel, r.seq
-                    );
+                    println!("promoted {} to {} (seq {seq})", p.checkpoint_id, p.channel);
                     for g in &p.gates {
                         println!("  pass  {}  ({})", g.gate, g.detail);
                     }
@@ -87,7 +100,7 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
             Event::PromotionRejected(p) => {
                 if ctx.json {
                     crate::output::json(
-                        &serde_json::json!({"promoted": false, "seq": r.seq, "decision": p}),
+                        &serde_json::json!({"promoted": false, "seq": seq, "decision": p}),
                     )?;
                 } else {
                     for g in &p.gates {
@@ -121,40 +134,25 @@ pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
 /// says who may), with `--nats` the promoter on the bus does.
 pub fn rollback(ctx: &Context, a: RollbackArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let rec = ctx
-        .append(
-            &ledger,
-            AppendRequest::new(vec![NewEvent::new(RollbackRequested {
-                channel: a.channel.clone(),
-                reason: a.reason,
-            })]),
-        )?
-        .events
-        .remove(0);
-    let stream = format!("channel/{}", a.channel);
-    embedded::drive_until(ctx, &ledger, Which::JUDGES, |l| {
-        Ok(l.read_stream(&stream, 1)?
-            .iter()
-            .any(|r| r.causation_id == Some(rec.event_id)))
-    })?;
-    for r in ledger.read_stream(&stream, 1)? {
-        if r.causation_id != Some(rec.event_id) {
-            continue;
-        }
-        match r.decode_event()? {
+    let request = Event::RollbackRequested(RollbackRequested {
+        channel: a.channel.clone(),
+        reason: a.reason,
+    });
+    let (rec, decision) = request_and_decide(ctx, &ledger, &a.channel, request, false)?;
+    if let Some((seq, event)) = decision {
+        match event {
             Event::ChannelRolledBack(p) => {
                 if ctx.json {
                     crate::output::json(&serde_json::json!({
                         "channel": p.channel, "from": p.from_checkpoint_id,
-                        "to": p.to_checkpoint_id, "seq": r.seq,
+                        "to": p.to_checkpoint_id, "seq": seq,
                     }))?;
                 } else {
                     println!(
-                        "{}: {} -> {} (seq {})",
+                        "{}: {} -> {} (seq {seq})",
                         p.channel,
                         p.from_checkpoint_id.as_deref().unwrap_or("(empty)"),
                         p.to_checkpoint_id.as_deref().unwrap_or("(empty)"),
-                        r.seq
                     );
                 }
                 return Ok(());

@@ -65,14 +65,7 @@ fn report(
             s.head_hash.short(),
             s.file_sha256.short()
         );
-        if let Some(root) = &s.root {
-            let how = if ctx.trust_root.is_some() {
-                "the trusted root"
-            } else {
-                "not checked: pass --trust-root to require it"
-            };
-            println!("root key {root} ({how})");
-        }
+        crate::output::root_line(s.root.as_deref(), ctx.trust_root.is_some());
         Ok(())
     }
 }

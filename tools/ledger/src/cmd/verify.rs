@@ -68,14 +68,7 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
             report.head.seq,
             report.head.hash.short()
         );
-        if let Some(root) = &report.root {
-            let how = if ctx.trust_root.is_some() {
-                "the trusted root"
-            } else {
-                "not checked: pass --trust-root to require it"
-            };
-            println!("root key {root} ({how})");
-        }
+        crate::output::root_line(report.root.as_deref(), ctx.trust_root.is_some());
         if a.artifacts {
             println!("ok: {checked} artifacts re-hashed ({not_stored} pinned inputs kept outside the store)");
         }
