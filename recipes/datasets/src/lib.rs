@@ -10,6 +10,7 @@
 //! [`pin_model`] hashes a base model's config, tokenizer, processor and weights.
 
 mod hub;
+pub mod jail;
 mod locate;
 mod model;
 mod parquet_in;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use hub::{parse_source, HubOptions, Source};
+pub use jail::{Denied, Jail};
 pub use locate::{locate_model, staged_dir};
 pub use model::{pin_model, verify_model, ModelPin};
 pub use reader::{Example, Position, StreamReader};
@@ -73,6 +75,48 @@ pub(crate) fn io(path: &Path, e: std::io::Error) -> DatasetError {
     DatasetError::Io {
         path: path.display().to_string(),
         reason: e.to_string(),
+    }
+}
+
+/// Largest image file a row may name (32 MiB).
+pub const MAX_IMAGE_BYTES: u64 = 32 << 20;
+/// Longest image side a decoder accepts (pixels).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// Most memory one image may decode into (256 MiB).
+pub const MAX_IMAGE_DECODED_BYTES: u64 = 256 << 20;
+/// Longest JSONL line (one row): 1 MiB.
+pub const MAX_ROW_BYTES: usize = 1 << 20;
+/// Largest target (its JSON): 64 KiB.
+pub const MAX_TARGET_BYTES: usize = 64 << 10;
+/// Largest shard file read whole (4 GiB).
+pub const MAX_SHARD_BYTES: u64 = 4 << 30;
+/// Largest model metadata file (config.json, the index, tokenizer): 64 MiB.
+pub const MAX_META_BYTES: u64 = 64 << 20;
+
+/// A row's error for a file it names that could not be read: outside the
+/// root (without a word about what exists there), missing, too large.
+pub(crate) fn denied_row(shard: &str, row: u64, what: &str, name: &str, d: Denied) -> DatasetError {
+    let reason = match d {
+        Denied::Outside => format!("{what} {name:?} is outside the dataset root"),
+        Denied::NotFound => format!("{what} {name:?} not found"),
+        Denied::TooLarge { limit } => format!("{what} {name:?} is larger than {limit} bytes"),
+        Denied::Io(e) => format!("{what} {name:?}: {e}"),
+    };
+    DatasetError::BadRow {
+        shard: shard.to_string(),
+        row,
+        reason,
+    }
+}
+
+/// A file's error outside of any row (a shard, a schema, a model file).
+pub(crate) fn denied_file(root: &Path, name: &str, d: Denied) -> DatasetError {
+    match d {
+        Denied::Io(e) => DatasetError::Io {
+            path: root.join(name).display().to_string(),
+            reason: e.to_string(),
+        },
+        other => DatasetError::Invalid(format!("{}: {name:?} {other}", root.display())),
     }
 }
 
@@ -198,6 +242,12 @@ pub(crate) fn parse_row(shard: &str, row: u64, line: &str, schema: &schema::Sche
         row,
         reason,
     };
+    if line.len() > MAX_ROW_BYTES {
+        return Err(bad(format!(
+            "the row is {} bytes, more than {MAX_ROW_BYTES}",
+            line.len()
+        )));
+    }
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     row_from_value(shard, row, &v, schema)
@@ -235,6 +285,12 @@ pub(crate) fn row_from_value(
         Some(t @ serde_json::Value::Object(_)) => t.clone(),
         _ => return Err(bad("missing target (a JSON object or a JSON string)".into())),
     };
+    let size = serde_json::to_string(&target).map_or(usize::MAX, |t| t.len());
+    if size > MAX_TARGET_BYTES {
+        return Err(bad(format!(
+            "the target is {size} bytes of JSON, more than {MAX_TARGET_BYTES}"
+        )));
+    }
     schema.check(&doc_type, &target).map_err(bad)?;
     Ok(Row {
         image,
@@ -245,23 +301,41 @@ pub(crate) fn row_from_value(
 }
 
 /// Reads a shard (JSONL or Parquet, by extension), validating every row, and
-/// returns (digest hex, total bytes, rows with their image bytes).
+/// returns (digest hex, total bytes, rows with their image bytes). Every
+/// file is read through a [`Jail`] at `root`.
 pub(crate) fn read_shard(
     root: &Path,
     rel: &str,
     schema: &schema::Schema,
     decode_images: bool,
 ) -> Result<ShardContents> {
+    let jail = Jail::open(root).map_err(|e| io(root, e))?;
     if rel.ends_with(".parquet") {
-        parquet_in::read(root, rel, schema, decode_images)
+        parquet_in::read(&jail, rel, schema, decode_images)
     } else {
-        read_jsonl_shard(root, rel, schema, decode_images)
+        read_jsonl_shard(&jail, rel, schema, decode_images)
     }
 }
 
-/// Checks that `img` decodes as an image.
+/// Decodes `bytes` as an image within the decode limits: at most
+/// [`MAX_IMAGE_SIDE`] pixels a side and [`MAX_IMAGE_DECODED_BYTES`] of
+/// memory, so a small file claiming an enormous size is refused before it
+/// is allocated.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_DECODED_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| e.to_string())
+}
+
+/// Checks that `img` decodes as an image, within the decode limits.
 pub(crate) fn check_image(shard: &str, row: u64, name: &str, img: &[u8]) -> Result<()> {
-    image::load_from_memory(img).map_err(|e| DatasetError::BadRow {
+    decode_image(img).map_err(|e| DatasetError::BadRow {
         shard: shard.into(),
         row,
         reason: format!("image {name} does not decode: {e}"),
@@ -274,13 +348,14 @@ pub(crate) fn check_image(shard: &str, row: u64, name: &str, img: &[u8]) -> Resu
 /// The digest is sha256 over `foundry.jsonl-shard.v1\n`, the hex sha256 of the
 /// JSONL bytes, a newline, then per row `image_path\thex(sha256(image))\n`.
 fn read_jsonl_shard(
-    root: &Path,
+    jail: &Jail,
     rel: &str,
     schema: &schema::Schema,
     decode_images: bool,
 ) -> Result<ShardContents> {
-    let path = root.join(rel);
-    let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let text = jail
+        .read(rel, MAX_SHARD_BYTES)
+        .map_err(|d| denied_file(jail.root(), rel, d))?;
     let mut h = Sha256::new();
     h.update(b"foundry.jsonl-shard.v1\n");
     h.update(hex::encode(Sha256::digest(&text)).as_bytes());
@@ -299,12 +374,17 @@ fn read_jsonl_shard(
             continue;
         }
         let row = parse_row(rel, n, line, schema)?;
-        let img_path = root.join(dir).join(&row.image);
-        let img = std::fs::read(&img_path).map_err(|e| DatasetError::BadRow {
-            shard: rel.into(),
-            row: n,
-            reason: format!("image {}: {e}", row.image),
-        })?;
+        let img_rel = if Path::new(&row.image).is_absolute() {
+            // Never reinterpreted as relative: refused like any escape.
+            return Err(denied_row(rel, n, "image", &row.image, Denied::Outside));
+        } else if dir.as_os_str().is_empty() {
+            row.image.clone()
+        } else {
+            format!("{}/{}", dir.to_string_lossy(), row.image)
+        };
+        let img = jail
+            .read(&img_rel, MAX_IMAGE_BYTES)
+            .map_err(|d| denied_row(rel, n, "image", &row.image, d))?;
         if decode_images {
             check_image(rel, n, &row.image, &img)?;
         }
@@ -357,13 +437,16 @@ pub fn merkle_root(shards: &[Shard]) -> String {
     hex::encode(level[0])
 }
 
+/// Lists the shard files under `dir`. Linked directories are not entered
+/// (they may lead anywhere); linked shard files are listed and then read
+/// through the jail, which refuses them if they lead outside.
 fn find_shards(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io(dir, e))?;
         let p = entry.path();
-        let meta = std::fs::metadata(&p).map_err(|e| io(&p, e))?;
-        if meta.is_dir() {
+        let ty = entry.file_type().map_err(|e| io(&p, e))?;
+        if ty.is_dir() {
             find_shards(root, &p, out)?;
         } else if let Some(split) = p.file_name().and_then(|n| n.to_str()).and_then(shard_split) {
             let rel = p

@@ -1,12 +1,16 @@
 //! Base model pinning: config, tokenizer, processor and weight files.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::hub::{self, HubOptions, Source};
-use crate::{digest_from_hex, io, parse_source, DatasetError, Result};
+use crate::{
+    denied_file, digest_from_hex, io, parse_source, DatasetError, Denied, Jail, Result,
+    MAX_META_BYTES,
+};
 
 /// Non-weight files pinned when present.
 pub const MODEL_FILES: &[&str] = &[
@@ -76,22 +80,56 @@ impl ModelPin {
     }
 }
 
-fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
+/// Opens a model file through the jail, or an error naming it.
+fn open(jail: &Jail, name: &str) -> Result<std::fs::File> {
+    jail.file(name)
+        .map_err(|d| denied_file(jail.root(), name, d))
 }
 
-fn safetensors_params(path: &Path) -> Result<u64> {
+/// Hashes a model file by streaming it (weights can be tens of GB).
+fn hash_file(jail: &Jail, name: &str) -> Result<(String, u64)> {
+    let mut f = open(jail, name)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f
+            .read(&mut buf)
+            .map_err(|e| io(&jail.root().join(name), e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Largest safetensors header read (its JSON).
+const MAX_SAFETENSORS_HEADER: u64 = 100 << 20;
+
+/// Parameters in a safetensors file, from its header alone.
+fn safetensors_params(jail: &Jail, name: &str) -> Result<u64> {
+    let path = jail.root().join(name);
     let bad = |r: &str| DatasetError::Invalid(format!("{}: {r}", path.display()));
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    let n = bytes
-        .get(..8)
-        .ok_or_else(|| bad("shorter than a safetensors header"))?;
-    let len = u64::from_le_bytes(n.try_into().map_err(|_| bad("bad header"))?) as usize;
-    let header = bytes
-        .get(8..8 + len)
-        .ok_or_else(|| bad("truncated header"))?;
-    let v: serde_json::Value = serde_json::from_slice(header).map_err(|e| bad(&e.to_string()))?;
+    let mut f = open(jail, name)?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad("shorter than a safetensors header"))?;
+    let len = u64::from_le_bytes(n);
+    if len > MAX_SAFETENSORS_HEADER {
+        return Err(bad(&format!(
+            "a {len}-byte header is more than {MAX_SAFETENSORS_HEADER}"
+        )));
+    }
+    let mut header = Vec::with_capacity(len as usize);
+    f.take(len)
+        .read_to_end(&mut header)
+        .map_err(|e| bad(&e.to_string()))?;
+    if header.len() as u64 != len {
+        return Err(bad("truncated header"));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(&e.to_string()))?;
     let mut total = 0u64;
     for (k, t) in v.as_object().into_iter().flatten() {
         if k == "__metadata__" {
@@ -109,27 +147,34 @@ fn safetensors_params(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
-/// Pins the model in `dir` (given as `source`).
+/// Pins the model in `dir` (given as `source`). Every file is read through
+/// a [`Jail`] at `dir`: a weight shard the index names outside the
+/// directory, or a file linked to somewhere outside, is refused.
 pub fn pin_model_dir(
     dir: &Path,
     source: &str,
     resolved_revision: Option<String>,
 ) -> Result<ModelPin> {
-    let cfg_path = dir.join("config.json");
-    let cfg_text = std::fs::read(&cfg_path).map_err(|e| io(&cfg_path, e))?;
-    let cfg: serde_json::Value = serde_json::from_slice(&cfg_text)
-        .map_err(|e| DatasetError::Invalid(format!("{}: {e}", cfg_path.display())))?;
+    let jail = Jail::open(dir).map_err(|e| io(dir, e))?;
+    let read_meta = |name: &str| {
+        jail.read(name, MAX_META_BYTES)
+            .map_err(|d| denied_file(dir, name, d))
+    };
+    let cfg_text = read_meta("config.json")?;
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg_text).map_err(|e| {
+        DatasetError::Invalid(format!("{}: {e}", dir.join("config.json").display()))
+    })?;
     let mut names: Vec<String> = MODEL_FILES
         .iter()
-        .filter(|f| dir.join(f).exists())
+        .filter(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
         .map(|f| f.to_string())
         .collect();
-    let index = dir.join("model.safetensors.index.json");
+    let index = "model.safetensors.index.json";
     let mut weights: Vec<String> = Vec::new();
-    if index.exists() {
-        let text = std::fs::read(&index).map_err(|e| io(&index, e))?;
+    if std::fs::symlink_metadata(dir.join(index)).is_ok() {
+        let text = read_meta(index)?;
         let v: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| DatasetError::Invalid(format!("{}: {e}", index.display())))?;
+            .map_err(|e| DatasetError::Invalid(format!("{}: {e}", dir.join(index).display())))?;
         for f in v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -142,14 +187,18 @@ pub fn pin_model_dir(
             }
         }
         for w in &weights {
-            if !dir.join(w).exists() {
-                return Err(DatasetError::Invalid(format!(
-                    "{}: shard {w} named in model.safetensors.index.json is missing",
-                    dir.display()
-                )));
+            match jail.file(w) {
+                Ok(_) => {}
+                Err(Denied::NotFound) => {
+                    return Err(DatasetError::Invalid(format!(
+                        "{}: shard {w} named in {index} is missing",
+                        dir.display()
+                    )))
+                }
+                Err(d) => return Err(denied_file(dir, w, d)),
             }
         }
-    } else if dir.join("model.safetensors").exists() {
+    } else if jail.is_file("model.safetensors") {
         weights.push("model.safetensors".into());
     }
     if weights.is_empty() {
@@ -176,7 +225,7 @@ pub fn pin_model_dir(
     let parameters = if quantization == "none" {
         let mut total = 0;
         for w in &weights {
-            total += safetensors_params(&dir.join(w))?;
+            total += safetensors_params(&jail, w)?;
         }
         Some(total)
     } else {
@@ -187,7 +236,7 @@ pub fn pin_model_dir(
     let mut files = Vec::new();
     let mut h = Sha256::new();
     for n in names {
-        let (sha256, bytes) = hash_file(&dir.join(&n))?;
+        let (sha256, bytes) = hash_file(&jail, &n)?;
         h.update(format!("{n}\0{sha256}\0{bytes}\n").as_bytes());
         files.push(FileEntry {
             path: n,
@@ -224,10 +273,12 @@ pub fn pin_model(source: &str, opts: &HubOptions) -> Result<ModelPin> {
     }
 }
 
-/// Re-hashes every pinned file under `dir`; errors on the first mismatch.
+/// Re-hashes every pinned file under `dir` (through a jail: the pinned
+/// names are input too); errors on the first mismatch.
 pub fn verify_model(dir: &Path, pin: &ModelPin) -> Result<()> {
+    let jail = Jail::open(dir).map_err(|e| io(dir, e))?;
     for f in &pin.files {
-        let (sha, _) = hash_file(&dir.join(&f.path))?;
+        let (sha, _) = hash_file(&jail, &f.path)?;
         if sha != f.sha256 {
             return Err(DatasetError::Changed {
                 shard: f.path.clone(),

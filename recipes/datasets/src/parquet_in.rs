@@ -3,15 +3,16 @@
 //! `target` is JSON text. A Parquet shard's digest is the sha256 of the file, which is
 //! also its Git LFS object id on the hub.
 
-use std::path::Path;
-
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row as PqRow};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::schema::Schema;
-use crate::{check_image, io, row_from_value, DatasetError, Result, ShardContents};
+use crate::{
+    check_image, denied_file, row_from_value, DatasetError, Jail, Result, ShardContents,
+    MAX_IMAGE_BYTES, MAX_SHARD_BYTES,
+};
 
 /// The image bytes and path of a row's `image` column.
 fn image_of(row: &PqRow) -> (Option<Vec<u8>>, Option<String>) {
@@ -53,13 +54,14 @@ fn string_of(row: &PqRow, col: &str) -> Option<Value> {
 
 /// Reads and validates a Parquet shard: (digest hex, bytes, rows with image bytes).
 pub(crate) fn read(
-    root: &Path,
+    jail: &Jail,
     rel: &str,
     schema: &Schema,
     decode_images: bool,
 ) -> Result<ShardContents> {
-    let path = root.join(rel);
-    let data = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let data = jail
+        .read(rel, MAX_SHARD_BYTES)
+        .map_err(|d| denied_file(jail.root(), rel, d))?;
     let digest = hex::encode(Sha256::digest(&data));
     let size = data.len() as u64;
     let reader = SerializedFileReader::new(bytes::Bytes::from(data)).map_err(|e| {
@@ -79,6 +81,12 @@ pub(crate) fn read(
         let r = r.map_err(|e| bad(e.to_string()))?;
         let (img, name) = image_of(&r);
         let img = img.ok_or_else(|| bad("image has no bytes".into()))?;
+        if img.len() as u64 > MAX_IMAGE_BYTES {
+            return Err(bad(format!(
+                "image is {} bytes, more than {MAX_IMAGE_BYTES}",
+                img.len()
+            )));
+        }
         let name = name.unwrap_or_else(|| format!("#{n}"));
         let mut v = json!({ "image": name });
         for col in ["doc_type", "layout", "target"] {

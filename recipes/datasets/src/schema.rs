@@ -106,10 +106,13 @@ impl Schema {
     /// The schema of the dataset at `root`.
     pub fn load(root: &Path) -> Result<Self, DatasetError> {
         let path = root.join(SCHEMA_FILE);
-        if !path.exists() {
+        if std::fs::symlink_metadata(&path).is_err() {
             return Ok(Self::builtin());
         }
-        let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let jail = crate::Jail::open(root).map_err(|e| io(root, e))?;
+        let bytes = jail
+            .read(SCHEMA_FILE, crate::MAX_META_BYTES)
+            .map_err(|d| crate::denied_file(root, SCHEMA_FILE, d))?;
         let fields: BTreeMap<String, Vec<String>> = serde_json::from_slice(&bytes)
             .map_err(|e| DatasetError::Invalid(format!("{}: {e}", path.display())))?;
         Ok(Schema {

@@ -113,7 +113,7 @@ fn bad_rows_are_rejected_with_their_location() {
         ("{not json", "shard data/validation-00000-of-00001.jsonl, row 2: invalid JSON: key must be a string at line 1 column 2"),
         (&first.replace("\"vendor\"", "\"seller\""), "shard data/validation-00000-of-00001.jsonl, row 2: target of invoice lacks field \"vendor\""),
         (&first.replace("\"doc_type\":\"invoice\"", "\"doc_type\":\"memo\""), "shard data/validation-00000-of-00001.jsonl, row 2: unknown doc_type \"memo\" (known: bank_statement, invoice, purchase_order, receipt)"),
-        (&first.replace("0007.png", "0099.png"), "shard data/validation-00000-of-00001.jsonl, row 2: image images/0099.png: No such file or directory (os error 2)"),
+        (&first.replace("0007.png", "0099.png"), "shard data/validation-00000-of-00001.jsonl, row 2: image \"images/0099.png\" not found"),
         (&first.replace("\"unit_price\"", "\"price\""), "shard data/validation-00000-of-00001.jsonl, row 2: target field line_items[0] lacks \"unit_price\""),
     ];
     for (line, want) in cases {
@@ -213,9 +213,14 @@ fn hub_fixture(cache: &Path, kind: &str, files_from: &Path, commit: &str) {
             .join("blobs")
             .join(hex::encode(sha2::Sha256::digest(&bytes)));
         std::fs::write(&blob, &bytes).unwrap();
-        let link = snap.join(f.strip_prefix(files_from).unwrap());
+        let rel = f.strip_prefix(files_from).unwrap();
+        let link = snap.join(rel);
         std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-        std::os::unix::fs::symlink(&blob, &link).unwrap();
+        // Relative, as the hub's caches link: ../../blobs/<sha> from the
+        // snapshot's top level, one more ../ per folder below it.
+        let up = "../".repeat(rel.components().count() + 1);
+        let target = format!("{up}blobs/{}", blob.file_name().unwrap().to_str().unwrap());
+        std::os::unix::fs::symlink(&target, &link).unwrap();
     }
 }
 use sha2::Digest;
@@ -355,4 +360,146 @@ fn hf_model_pins_from_the_local_cache_offline() {
             .unwrap()
             .model_id
     );
+}
+
+/// A dataset whose validation shard's second row is `line`, pinned: the error.
+fn pin_with_row(line: &str) -> String {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("ds");
+    make(&root);
+    let shard = root.join("data/validation-00000-of-00001.jsonl");
+    let good = std::fs::read_to_string(&shard).unwrap();
+    let first = good.lines().next().unwrap().to_string();
+    std::fs::write(&shard, format!("{first}\n{line}\n")).unwrap();
+    std::fs::create_dir_all(d.path().join("outside")).unwrap();
+    std::fs::write(d.path().join("outside/secret.png"), png(9)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::symlink;
+        symlink(
+            d.path().join("outside/secret.png"),
+            root.join("data/images/link-abs.png"),
+        )
+        .unwrap();
+        symlink(
+            "../../../outside/secret.png",
+            root.join("data/images/link-rel.png"),
+        )
+        .unwrap();
+        symlink(d.path().join("outside"), root.join("data/images/dir")).unwrap();
+    }
+    pin_dir(&root, "d", None).unwrap_err().to_string()
+}
+
+fn row_with_image(image: serde_json::Value) -> String {
+    serde_json::json!({"image": image, "doc_type": "invoice", "layout": "x", "target": invoice(1)})
+        .to_string()
+}
+
+#[test]
+fn a_row_cannot_reach_outside_the_dataset_root_nor_tell_what_is_there() {
+    let want = |name: &str| {
+        format!(
+            "shard data/validation-00000-of-00001.jsonl, row 2: image {name:?} is outside the dataset root"
+        )
+    };
+    let mut cases: Vec<(serde_json::Value, String)> = vec![
+        (
+            "../../../outside/secret.png".into(),
+            want("../../../outside/secret.png"),
+        ),
+        ("/etc/passwd".into(), want("/etc/passwd")),
+        ("/etc/no-such-file".into(), want("/etc/no-such-file")),
+        (
+            serde_json::json!({"path": "/etc/passwd"}),
+            want("/etc/passwd"),
+        ),
+    ];
+    if cfg!(unix) {
+        cases.push(("images/link-abs.png".into(), want("images/link-abs.png")));
+        cases.push(("images/link-rel.png".into(), want("images/link-rel.png")));
+        cases.push((
+            "images/dir/secret.png".into(),
+            want("images/dir/secret.png"),
+        ));
+    }
+    for (image, expected) in cases {
+        assert_eq!(
+            pin_with_row(&row_with_image(image.clone())),
+            expected,
+            "{image}"
+        );
+    }
+}
+
+#[test]
+fn oversized_rows_targets_and_images_are_refused_before_they_cost_memory() {
+    let shard = "shard data/validation-00000-of-00001.jsonl, row 2";
+    // A 50 MB target.
+    let mut big = invoice(1);
+    big["vendor"] = serde_json::Value::String("x".repeat(50 << 20));
+    let line = serde_json::json!({"image": "images/0007.png", "doc_type": "invoice", "layout": "x", "target": big.to_string()}).to_string();
+    let e = pin_with_row(&line);
+    assert!(
+        e.starts_with(&format!("{shard}: the row is")) && e.contains("more than 1048576"),
+        "{e}"
+    );
+    let mut big = invoice(1);
+    big["vendor"] = serde_json::Value::String("x".repeat(100 << 10));
+    let e = pin_with_row(&row_with_image_target("images/0007.png", big));
+    assert!(
+        e.contains("the target is") && e.contains("more than 65536"),
+        "{e}"
+    );
+    // A 12000 x 12000 greyscale PNG: small on disk, 144 MB decoded.
+    let mut bomb = Cursor::new(Vec::new());
+    image::GrayImage::new(12_000, 12_000)
+        .write_to(&mut bomb, image::ImageFormat::Png)
+        .unwrap();
+    assert!(bomb.get_ref().len() < 1 << 20);
+    let e = crate::decode_image(bomb.get_ref()).unwrap_err();
+    assert!(e.to_lowercase().contains("limit"), "{e}");
+}
+
+fn row_with_image_target(image: &str, target: serde_json::Value) -> String {
+    serde_json::json!({"image": image, "doc_type": "invoice", "layout": "x", "target": target})
+        .to_string()
+}
+
+#[test]
+fn a_model_directory_is_a_jail_too() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("m");
+    make_model(&dir);
+    std::fs::write(
+        d.path().join("outside.safetensors"),
+        safetensors(&[("x", &[1])]),
+    )
+    .unwrap();
+    let opts = HubOptions::default();
+    // The index names a shard outside the directory.
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map":{"a":"../outside.safetensors"}}"#,
+    )
+    .unwrap();
+    let e = pin_model(dir.to_str().unwrap(), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"../outside.safetensors\" leads outside"),
+        "{e}"
+    );
+    #[cfg(unix)]
+    {
+        // config.json linked to a file outside.
+        make_model(&dir);
+        std::fs::remove_file(dir.join("config.json")).unwrap();
+        std::fs::write(d.path().join("config.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(d.path().join("config.json"), dir.join("config.json")).unwrap();
+        let e = pin_model(dir.to_str().unwrap(), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"config.json\" leads outside"), "{e}");
+    }
 }

@@ -9,6 +9,7 @@
 
 mod canonical;
 mod gates;
+pub mod limits;
 mod modules;
 mod resolve;
 pub mod schema;

@@ -8,6 +8,7 @@ use serde_json::{Map, Number, Value};
 
 use crate::canonical::{canonical_json, sha256_hex};
 use crate::gates::Gate;
+use crate::limits;
 use crate::schema::{
     self, Default, KeySpec, Kind, KNOWN_METRICS, PROMOTION_CHANNEL, SECTIONS, TOP,
 };
@@ -430,6 +431,15 @@ impl Cx {
                 Ok(())
             }
         };
+        // Every count a run allocates by is bounded (crate::limits), so no
+        // recipe can make a trainer ask for terabytes.
+        let within = |key: &str, v: i64, lo: i64, hi: i64| -> Result<(), RecipeError> {
+            if v < lo || v > hi {
+                Err(self.err(key, format!("must be in {lo}..={hi}, got {v}")))
+            } else {
+                Ok(())
+            }
+        };
         let positive = |key: &str, v: f64| -> Result<(), RecipeError> {
             if v > 0.0 {
                 Ok(())
@@ -495,7 +505,7 @@ impl Cx {
         }
 
         let l = &r.lora;
-        min("lora.r", l.r, 1)?;
+        within("lora.r", l.r, 1, limits::MAX_LORA_R)?;
         positive("lora.alpha", l.alpha)?;
         unit("lora.dropout", l.dropout)?;
         let re = Regex::new(&format!("^(?:{})$", l.target_modules)).map_err(|e| {
@@ -527,8 +537,8 @@ impl Cx {
         min("training.seed", t.seed, 0)?;
         positive("training.lr", t.lr)?;
         min("training.warmup_steps", t.warmup_steps, 0)?;
-        min("training.max_steps", t.max_steps, 0)?;
-        min("training.epochs", t.epochs, 0)?;
+        within("training.max_steps", t.max_steps, 0, limits::MAX_STEPS)?;
+        within("training.epochs", t.epochs, 0, limits::MAX_EPOCHS)?;
         if (t.max_steps > 0) == (t.epochs > 0) {
             return Err(self.err(
                 "training.max_steps",
@@ -547,17 +557,32 @@ impl Cx {
                 ),
             ));
         }
-        min("training.micro_batch", t.micro_batch, 1)?;
-        min("training.grad_accumulation", t.grad_accumulation, 1)?;
+        within(
+            "training.micro_batch",
+            t.micro_batch,
+            1,
+            limits::MAX_MICRO_BATCH,
+        )?;
+        within(
+            "training.grad_accumulation",
+            t.grad_accumulation,
+            1,
+            limits::MAX_GRAD_ACCUMULATION,
+        )?;
         non_negative("training.grad_clip", t.grad_clip)?;
         non_negative("training.weight_decay", t.weight_decay)?;
         unit("training.adam_beta1", t.adam_beta1)?;
         unit("training.adam_beta2", t.adam_beta2)?;
         positive("training.adam_eps", t.adam_eps)?;
         min("training.checkpoint_every", t.checkpoint_every, 1)?;
-        min("training.keep_last", t.keep_last, 1)?;
-        min("training.image_longest_edge", t.image_longest_edge, 1)?;
-        min("training.max_length", t.max_length, 1)?;
+        within("training.keep_last", t.keep_last, 1, limits::MAX_KEEP_LAST)?;
+        within(
+            "training.image_longest_edge",
+            t.image_longest_edge,
+            1,
+            limits::MAX_IMAGE_EDGE,
+        )?;
+        within("training.max_length", t.max_length, 1, limits::MAX_LENGTH)?;
 
         let e = &r.eval;
         if e.metrics.is_empty() {
@@ -573,7 +598,12 @@ impl Cx {
         }
         min("eval.every_checkpoints", e.every_checkpoints, 0)?;
         min("eval.max_examples", e.max_examples, 0)?;
-        min("eval.max_new_tokens", e.max_new_tokens, 1)?;
+        within(
+            "eval.max_new_tokens",
+            e.max_new_tokens,
+            1,
+            limits::MAX_NEW_TOKENS,
+        )?;
 
         for (name, c) in &r.promotion {
             for (i, g) in c.gates.iter().enumerate() {
@@ -610,7 +640,22 @@ impl Cx {
         if b.kind == "modal" && b.gpu.as_deref().is_none_or(|g| g.trim().is_empty()) {
             return Err(self.err("backend.gpu", "required when backend.kind = \"modal\""));
         }
-        min("backend.timeout_s", b.timeout_s, 1)?;
+        if let Some(gpu) = &b.gpu {
+            limits::check_modal_gpu(gpu).map_err(|m| self.err("backend.gpu", m))?;
+        }
+        for (key, v) in [
+            ("backend.app_name", &b.app_name),
+            ("backend.checkpoint_volume", &b.checkpoint_volume),
+            ("backend.data_volume", &b.data_volume),
+        ] {
+            limits::check_modal_name(v).map_err(|m| self.err(key, m))?;
+        }
+        within(
+            "backend.timeout_s",
+            b.timeout_s,
+            1,
+            limits::MAX_MODAL_TIMEOUT_S,
+        )?;
         if !(0..=10).contains(&b.retries) {
             return Err(self.err(
                 "backend.retries",

@@ -9,6 +9,13 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// Largest image file read (32 MiB; the same as a dataset row's image).
+pub const MAX_IMAGE_BYTES: u64 = 32 << 20;
+/// Longest image side decoded, in pixels.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// Most memory one image may decode into (256 MiB).
+pub const MAX_IMAGE_DECODED_BYTES: u64 = 256 << 20;
+
 /// An 8-bit RGB image, row-major `height × width × 3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -39,6 +46,15 @@ impl RgbImage {
     /// Decodes a PNG or JPEG file and converts it to RGB (alpha dropped, grey replicated,
     /// as PIL's `convert("RGB")`).
     pub fn open(path: &Path) -> Result<Self> {
+        let len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        if len > MAX_IMAGE_BYTES {
+            return Err(Error::Image {
+                path: path.display().to_string(),
+                message: format!("{len} bytes, more than the {MAX_IMAGE_BYTES} an image may have"),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::decode(&bytes).map_err(|e| match e {
             Error::Image { message, .. } => Error::Image {
@@ -49,12 +65,24 @@ impl RgbImage {
         })
     }
 
-    /// Decodes PNG or JPEG bytes.
+    /// Decodes PNG or JPEG bytes, within the decode limits: at most
+    /// [`MAX_IMAGE_SIDE`] pixels a side and [`MAX_IMAGE_DECODED_BYTES`] of
+    /// memory, so a small file claiming an enormous size is refused before
+    /// anything is allocated for it.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let img = image::load_from_memory(bytes).map_err(|e| Error::Image {
+        let image_err = |message: String| Error::Image {
             path: "<memory>".into(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| image_err(e.to_string()))?;
+        let mut limits = image::Limits::default();
+        limits.max_image_width = Some(MAX_IMAGE_SIDE);
+        limits.max_image_height = Some(MAX_IMAGE_SIDE);
+        limits.max_alloc = Some(MAX_IMAGE_DECODED_BYTES);
+        reader.limits(limits);
+        let img = reader.decode().map_err(|e| image_err(e.to_string()))?;
         let rgb = img.to_rgb8();
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         Self::new(w, h, rgb.into_raw())

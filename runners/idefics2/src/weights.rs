@@ -38,12 +38,38 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        return shard_files(&index, |f| Ok(dir.join(f)));
+        return shard_files(&index, |f| inside(dir, f));
     }
     Err(Error::Config(format!(
         "no model.safetensors or model.safetensors.index.json in {}",
         dir.display()
     )))
+}
+
+/// `dir/name` if `name` stays inside `dir`: relative, without `..`, and not
+/// a link that leads out. An index is input like any other file.
+pub fn inside(dir: &Path, name: &str) -> Result<PathBuf> {
+    let out = || {
+        Error::Config(format!(
+            "{}: the index names {name:?}, which leads outside the model directory",
+            dir.display()
+        ))
+    };
+    let rel = Path::new(name);
+    if name.is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(out());
+    }
+    let p = dir.join(rel);
+    if let (Ok(d), Ok(f)) = (dir.canonicalize(), p.canonicalize()) {
+        if !f.starts_with(&d) {
+            return Err(out());
+        }
+    }
+    Ok(p)
 }
 
 /// The distinct shard file names of a `model.safetensors.index.json`, resolved by `resolve`.

@@ -43,19 +43,10 @@ pub struct LauncherSpec {
     pub nats_url: String,
 }
 
-/// Modal object names: letters, digits, `-`, `_`, `.`; at most 64.
+/// Modal object names (the same rule `recipe declare` applies).
 fn check_name(what: &str, v: &str) -> Result<()> {
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ModalError::Invalid(format!(
-            "{what} {v:?}: Modal names are 1 to 64 letters, digits, '-', '_' or '.'"
-        )))
-    }
+    foundry_recipes::limits::check_modal_name(v)
+        .map_err(|m| ModalError::Invalid(format!("{what} {m}")))
 }
 
 /// A Python string literal of `s` (JSON strings are valid Python literals).
@@ -73,9 +64,8 @@ impl LauncherSpec {
         for s in &self.secrets {
             check_name("secret", s)?;
         }
-        if self.gpu.trim().is_empty() {
-            return Err(ModalError::Invalid("backend.gpu is empty".into()));
-        }
+        foundry_recipes::limits::check_modal_gpu(&self.gpu)
+            .map_err(|m| ModalError::Invalid(format!("backend.gpu {m}")))?;
         if !(0..=10).contains(&self.retries) {
             return Err(ModalError::Invalid(format!(
                 "backend.retries must be in 0..=10 (Modal's limit), got {}",
@@ -203,6 +193,24 @@ mod tests {
             sha256_hex(src.as_bytes()),
             sha256_hex(spec().render().unwrap().as_bytes())
         );
+    }
+
+    #[test]
+    fn values_render_once_as_literals_and_bring_in_no_code_or_placeholders() {
+        let mut s = spec();
+        s.nats_url = "{{GPU}}\" + __import__('os').system('x') + \"{{RUN_ID}}".into();
+        s.bundle = "/tmp/{{KEY_FILE}}\n".into();
+        let src = s.render().unwrap();
+        assert!(
+            src.contains(r#"NATS_URL = "{{GPU}}\" + __import__('os').system('x') + \"{{RUN_ID}}""#)
+        );
+        assert!(src.contains(r#"BUNDLE = "/tmp/{{KEY_FILE}}\n""#));
+        // Exactly the template's placeholders were replaced, nothing else.
+        assert_eq!(src.matches("{{").count(), 3, "{src}");
+        let mut s = spec();
+        s.gpu = "A{{DEVICE}}B".into();
+        let e = s.render().unwrap_err().to_string();
+        assert!(e.contains("a Modal GPU is"), "{e}");
     }
 
     #[test]

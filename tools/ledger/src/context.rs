@@ -198,6 +198,9 @@ impl Context {
         if self.remote.is_none() {
             return self.local_ledger();
         }
+        // Reach the service before anything is written here: a refused
+        // login or a wrong URL leaves no empty replica home behind.
+        self.remote_client()?;
         let ledger = if self.home.ledger_dir().exists() {
             self.local_ledger()?
         } else {
@@ -219,12 +222,7 @@ impl Context {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
-        let reader = match self.identity() {
-            Ok(id) => id.clone(),
-            // Reading needs no key of one's own.
-            Err(_) => Identity::generate("reader")?,
-        };
-        let client = remote.client(&reader)?;
+        let client = self.remote_client()?;
         let mut page_size = SYNC_PAGE;
         loop {
             let from = ledger.head().seq + 1;
@@ -259,6 +257,20 @@ impl Context {
                 page_size = page_size.saturating_mul(4);
             }
         }
+    }
+
+    /// The connected client of the `--nats` service, signing as this
+    /// command's identity (or, for a command that only reads, any key).
+    fn remote_client(&self) -> Result<&NatsLedgerClient> {
+        let Some(remote) = &self.remote else {
+            bail!("--nats URL is required");
+        };
+        let id = match self.identity() {
+            Ok(id) => id.clone(),
+            // Reading needs no key of one's own.
+            Err(_) => Identity::generate("reader")?,
+        };
+        remote.client(&id)
     }
 
     /// Appends: to the home's ledger, or with `--nats` through the remote
