@@ -377,28 +377,16 @@ fn a_bad_modal_backend_is_refused_with_a_clear_error() {
     );
     let f = s.home.join("bad.toml");
     std::fs::write(&f, text).unwrap();
-    let recipe = first_word(&s.ok(&["recipe", "declare", f.to_str().unwrap()]));
-    let out = s.ledger(
-        &[
-            "run",
-            "start",
-            "--recipe",
-            &recipe,
-            "--dataset",
-            &s.dataset,
-            "--model",
-            &s.model,
-            "--dry-run",
-        ],
-        &[],
-    );
+    // Refused at declare time, before any event: one line naming the file,
+    // the field and the value.
+    let out = s.ledger(&["recipe", "declare", f.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("checkpoint volume \"no spaces allowed\""),
-        "{err}"
-    );
+    assert!(err.contains("backend.checkpoint_volume"), "{err}");
+    assert!(err.contains("\"no spaces allowed\""), "{err}");
+    let recipes = s.ok(&["log"]);
+    assert!(!recipes.contains("no spaces"), "{recipes}");
     assert!(!s
         .home
         .join("dry-runs")
