@@ -320,8 +320,8 @@ fn model_pin_and_show() {
             &["model", "pin", empty.path().to_str().unwrap()]
         ),
         format!(
-            "error: {}: No such file or directory (os error 2)",
-            empty.path().join("config.json").display()
+            "error: {}: \"config.json\" not found",
+            empty.path().display()
         )
     );
     assert_eq!(events(home.path()), 1);

@@ -333,6 +333,25 @@ pub struct RunFailed {
     pub retryable: bool,
 }
 
+/// One attempt at a run died (its training process crashed or was killed)
+/// and the runner released the run to be tried again. Not terminal: the
+/// trainer gives the run up with RunFailed once too many attempts in a row
+/// ended without a new checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(Arbitrary))]
+pub struct RunAttemptFailed {
+    /// The run.
+    pub run_id: String,
+    /// The runner whose attempt died.
+    pub runner_id: String,
+    /// The attempt (RunClaimed::attempt).
+    pub attempt: u32,
+    /// How it died, one line (exit status and the last line it printed).
+    pub reason: String,
+    /// Last step reported before it died, if training had begun.
+    pub step: Option<u64>,
+}
+
 /// A run was cancelled by a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(Arbitrary))]
@@ -719,6 +738,8 @@ catalog! {
     RunFailed => "run",
     /// See [`RunCancelled`].
     RunCancelled => "run",
+    /// See [`RunAttemptFailed`].
+    RunAttemptFailed => "run",
     /// See [`EvalRequested`].
     EvalRequested => "eval",
     /// See [`EvalScored`].
@@ -779,6 +800,7 @@ impl Event {
             Event::RunCompleted(p) => &p.run_id,
             Event::RunFailed(p) => &p.run_id,
             Event::RunCancelled(p) => &p.run_id,
+            Event::RunAttemptFailed(p) => &p.run_id,
             Event::EvalRequested(p) => &p.eval_id,
             Event::EvalScored(p) => &p.eval_id,
             Event::PromotionRequested(p) => &p.channel,

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `admin` | KeyRegistered, KeyRevoked, ChannelPolicySet |
 //! | `operator` (people, CI) | RecipeDeclared, DatasetPinned, BaseModelPinned, RunRequested, RunCancelled, EvalRequested, PromotionRequested, RollbackRequested |
-//! | `trainer` | RunClaimed, RunStarted, RunHeartbeat, MetricsLogged, CheckpointCommitted, RunResumed, RunCompleted, RunFailed |
+//! | `trainer` | RunClaimed, RunStarted, RunHeartbeat, MetricsLogged, CheckpointCommitted, RunResumed, RunCompleted, RunFailed, RunAttemptFailed |
 //! | `evaluator` | EvalRequested, EvalScored |
 //! | `promoter` | AdapterPromoted, PromotionRejected, ChannelRolledBack, RollbackRejected |
 //! | `dispatcher` (Modal) | ModalJobSubmitted, ModalJobUpdated, RunFailed, and KeyRegistered / KeyRevoked of run-scoped, expiring trainer keys only |
@@ -57,6 +57,7 @@ const TRAINER: &[EventType] = &[
     T::RunResumed,
     T::RunCompleted,
     T::RunFailed,
+    T::RunAttemptFailed,
 ];
 const EVALUATOR: &[EventType] = &[T::EvalRequested, T::EvalScored];
 const PROMOTER: &[EventType] = &[

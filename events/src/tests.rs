@@ -70,7 +70,7 @@ fn type_names_are_unique_and_parse_back() {
         assert!(seen.insert(ty.as_str()));
         assert_eq!(EventType::parse(ty.as_str()), Some(*ty));
     }
-    assert_eq!(EventType::ALL.len(), 26);
+    assert_eq!(EventType::ALL.len(), 27);
     assert_eq!(EventType::parse("RunExploded"), None);
 }
 
@@ -200,7 +200,7 @@ fn unknown_type_is_a_clear_error() {
     let err = rec.decode_event().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown event type \"RunExploded\" (this build knows 26 types)"
+        "unknown event type \"RunExploded\" (this build knows 27 types)"
     );
 }
 

@@ -574,6 +574,19 @@ impl State {
                     at,
                 });
             }
+            Event::RunAttemptFailed(p) => {
+                let r = self.run_event(&p.run_id, seq);
+                if !r.is_terminal() {
+                    r.status = "retrying".into();
+                }
+                r.failed_attempts.push(AttemptFailure {
+                    attempt: p.attempt,
+                    runner_id: p.runner_id.clone(),
+                    reason: p.reason.clone(),
+                    step: p.step,
+                    at,
+                });
+            }
             Event::RunCancelled(p) => {
                 let r = self.run_event(&p.run_id, seq);
                 r.status = "cancelled".into();

@@ -210,6 +210,21 @@ pub struct Failure {
     pub at: Timestamp,
 }
 
+/// One attempt at a run that died (RunAttemptFailed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptFailure {
+    /// The attempt.
+    pub attempt: u32,
+    /// Its runner.
+    pub runner_id: String,
+    /// How it died.
+    pub reason: String,
+    /// Last step reported.
+    pub step: Option<u64>,
+    /// When.
+    pub at: Timestamp,
+}
+
 /// A resume of a run from a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Resume {
@@ -321,6 +336,9 @@ pub struct RunView {
     pub resumes: Vec<Resume>,
     /// The latest failure (a resumed run keeps it for the record).
     pub failure: Option<Failure>,
+    /// Attempts that died (their process crashed or was killed), in order.
+    #[serde(default)]
+    pub failed_attempts: Vec<AttemptFailure>,
     /// Why it was cancelled.
     pub cancel_reason: Option<String>,
     /// Evals of its checkpoints.
@@ -370,6 +388,7 @@ impl RunView {
             checkpoints: Vec::new(),
             resumes: Vec::new(),
             failure: None,
+            failed_attempts: Vec::new(),
             cancel_reason: None,
             evals: Vec::new(),
             promotions: Vec::new(),

@@ -60,6 +60,8 @@ pub struct Jail {
     /// Prefix of every path (a hub snapshot's `snapshots/<sha>/`).
     base: String,
     root: PathBuf,
+    /// A hub repository folder, resolved: where absolute links may point.
+    hub_top: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Jail {
@@ -88,10 +90,16 @@ impl Jail {
             _ => (root.to_path_buf(), String::new()),
         };
         let dir = cap_std::fs::Dir::open_ambient_dir(&top, ambient_authority())?;
+        let hub_top = if base.is_empty() {
+            None
+        } else {
+            Some(std::fs::canonicalize(&top)?)
+        };
         Ok(Jail {
             dir,
             base,
             root: root.to_path_buf(),
+            hub_top,
         })
     }
 
@@ -106,12 +114,27 @@ impl Jail {
             return Err(Denied::Outside);
         }
         let path = format!("{}{rel}", self.base);
-        let f = self.dir.open(path).map_err(denied)?.into_std();
+        let f = match self.dir.open(&path).map_err(denied) {
+            Ok(f) => f,
+            Err(Denied::Outside) => self.absolute_blob_link(&path)?,
+            Err(e) => return Err(e),
+        }
+        .into_std();
         let meta = f.metadata().map_err(Denied::Io)?;
         if !meta.is_file() {
             return Err(Denied::Io(std::io::Error::other("not a regular file")));
         }
         Ok(f)
+    }
+
+    /// A hub snapshot whose files are absolute links into the repository's
+    /// own `blobs/` (as some tools write them): followed when, resolved,
+    /// the file is inside the repository folder; anything else is outside.
+    fn absolute_blob_link(&self, path: &str) -> Result<cap_std::fs::File, Denied> {
+        let top = self.hub_top.as_ref().ok_or(Denied::Outside)?;
+        let real = std::fs::canonicalize(top.join(path)).map_err(|_| Denied::Outside)?;
+        let inner = real.strip_prefix(top).map_err(|_| Denied::Outside)?;
+        self.dir.open(inner).map_err(denied)
     }
 
     /// Reads the file at `rel`, refusing one larger than `limit` bytes
@@ -219,9 +242,25 @@ mod tests {
                 repo.join("snapshots/abc/config.json"),
             )
             .unwrap();
+            // Some tools write absolute links to the blobs.
+            symlink(
+                repo.join("blobs/f00"),
+                repo.join("snapshots/abc/tokenizer.json"),
+            )
+            .unwrap();
+            symlink(
+                outside.join("secret.png"),
+                repo.join("snapshots/abc/abs-outside.json"),
+            )
+            .unwrap();
             let hub = Jail::open(&repo.join("snapshots/abc")).unwrap();
             assert_eq!(hub.read("model.safetensors", 10).unwrap(), b"w");
+            assert_eq!(hub.read("tokenizer.json", 10).unwrap(), b"w");
             assert!(matches!(hub.read("config.json", 100), Err(Denied::Outside)));
+            assert!(matches!(
+                hub.read("abs-outside.json", 100),
+                Err(Denied::Outside)
+            ));
             assert!(hub.read("../../blobs/f00", 100).is_ok());
             assert!(matches!(hub.read("../../../x", 100), Err(Denied::Outside)));
         }

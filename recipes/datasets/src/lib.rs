@@ -253,6 +253,13 @@ pub(crate) fn parse_row(shard: &str, row: u64, line: &str, schema: &schema::Sche
     row_from_value(shard, row, &v, schema)
 }
 
+/// Validates one JSONL row as pinning does (size, JSON, fields, image
+/// reference, target against `schema`), without reading its image: for
+/// tools that check rows before writing a shard, and for the fuzzer.
+pub fn validate_row(line: &str, schema: &schema::Schema) -> Result<()> {
+    parse_row("<row>", 1, line, schema).map(|_| ())
+}
+
 /// Validates one row given as a JSON object (a JSONL line, or a Parquet row
 /// converted by the caller).
 pub(crate) fn row_from_value(
@@ -322,9 +329,19 @@ pub(crate) fn read_shard(
 /// memory, so a small file claiming an enormous size is refused before it
 /// is allocated.
 pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())
+    };
+    // The header alone says how large the image claims to be.
+    let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "it is {w} x {h} pixels, more than {MAX_IMAGE_SIDE} a side"
+        ));
+    }
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);

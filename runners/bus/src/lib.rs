@@ -22,7 +22,7 @@ pub mod wire;
 
 pub use feed::{consumer_name, FeedOptions, JetStreamFeed};
 pub use remote::{NatsLedgerClient, DEFAULT_RECONNECT, DEFAULT_TIMEOUT};
-pub use service::{serve, spawn_service, OUTBOX_RETRY};
+pub use service::{handle_request, serve, spawn_service, OUTBOX_RETRY};
 
 use async_nats::jetstream::{self, context::Context, message::PublishMessage};
 use foundry_events::{EventType, RecordedEvent};

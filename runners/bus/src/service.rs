@@ -136,6 +136,18 @@ fn page(
     ok(Page { events, complete })
 }
 
+/// Answers one request exactly as `ledger serve` does (the reply's encoded
+/// bytes; a malformed request gets an error reply, never a panic): the
+/// service loop calls it for every message, and the fuzzer calls it directly.
+pub async fn handle_request(
+    ledger: &Ledger,
+    subject: &str,
+    payload: &[u8],
+    budget: usize,
+) -> Vec<u8> {
+    handle(ledger, subject, payload, budget).await
+}
+
 async fn handle(ledger: &Ledger, subject: &str, payload: &[u8], budget: usize) -> Vec<u8> {
     let r = match subject {
         ops::APPEND => append(ledger, payload).await,

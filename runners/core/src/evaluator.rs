@@ -16,7 +16,7 @@ use crate::host::{Runner, RunnerContext};
 use crate::{lookup, Delivery, Result, RunnerError};
 
 /// One evaluation to perform, resolved from the ledger.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EvalJob {
     /// The eval's id.
     pub eval_id: String,

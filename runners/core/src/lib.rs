@@ -26,6 +26,7 @@ mod error;
 mod evaluator;
 mod feed;
 mod host;
+pub mod isolate;
 pub mod lookup;
 mod promoter;
 pub mod testkit;
@@ -38,8 +39,9 @@ pub use feed::{Delivery, EmbeddedFeed, EventFeed};
 pub use host::{Host, Runner, RunnerContext};
 pub use promoter::{decide, pinned_policy, Decision, EvidenceRules, PromoterRunner};
 pub use trainer::{
-    checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink,
-    TrainSummary, TrainerRunner, TrainingEngine,
+    checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainFailure, TrainJob, TrainPlan,
+    TrainSink, TrainSummary, TrainerRunner, TrainingEngine, DEFAULT_MAX_ATTEMPTS,
+    MAX_ATTEMPTS_LIMIT,
 };
 
 /// The idempotency key of an outcome of `runner` caused by event `trigger`.

@@ -21,8 +21,8 @@ use foundry_ledger::trust::Grant;
 use foundry_ledger::{AppendRequest, Identity, Ledger, NewEvent};
 
 use crate::{
-    code_version, CheckpointRecord, Control, EvalEngine, EvalJob, EvalOutcome, EvalSpecs, TrainJob,
-    TrainPlan, TrainSink, TrainSummary, TrainingEngine,
+    code_version, CheckpointRecord, Control, EvalEngine, EvalJob, EvalOutcome, EvalSpecs,
+    TrainFailure, TrainJob, TrainPlan, TrainSink, TrainSummary, TrainingEngine,
 };
 
 /// The keys of a small organisation: an admin root, an operator `alice`,
@@ -167,7 +167,11 @@ impl TrainingEngine for LineEngine {
         })
     }
 
-    fn train(&self, job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary, String> {
+    fn train(
+        &self,
+        job: &TrainJob,
+        sink: &mut dyn TrainSink,
+    ) -> Result<TrainSummary, TrainFailure> {
         let t = &job.config["training"];
         let steps = t["max_steps"].as_u64().unwrap_or(0);
         let every = t["checkpoint_every"].as_u64().unwrap_or(10);
@@ -327,38 +331,8 @@ pub fn request_run(ledger: &Ledger, operator: &Identity, run_id: &str) {
             env_overrides: BTreeMap::new(),
         },
     );
-    let mut splits = BTreeMap::new();
-    splits.insert(
-        "train".to_string(),
-        SplitStats {
-            rows: 32,
-            ..Default::default()
-        },
-    );
-    append(
-        ledger,
-        operator,
-        DatasetPinned {
-            dataset_id: "d1".into(),
-            source: "./data".into(),
-            resolved_revision: None,
-            shards: vec![],
-            splits,
-        },
-    );
-    append(
-        ledger,
-        operator,
-        BaseModelPinned {
-            model_id: "m1".into(),
-            source: "./model".into(),
-            resolved_revision: None,
-            architecture: "Idefics2ForConditionalGeneration".into(),
-            files: vec![],
-            parameters: None,
-            quantization: "none".into(),
-        },
-    );
+    append(ledger, operator, dataset_pinned());
+    append(ledger, operator, model_pinned());
     append(
         ledger,
         operator,
@@ -371,4 +345,36 @@ pub fn request_run(ledger: &Ledger, operator: &Identity, run_id: &str) {
             overrides: BTreeMap::new(),
         },
     );
+}
+
+/// The dataset every line run pins: 32 train rows, no files.
+pub fn dataset_pinned() -> DatasetPinned {
+    let mut splits = BTreeMap::new();
+    splits.insert(
+        "train".to_string(),
+        SplitStats {
+            rows: 32,
+            ..Default::default()
+        },
+    );
+    DatasetPinned {
+        dataset_id: "d1".into(),
+        source: "./data".into(),
+        resolved_revision: None,
+        shards: vec![],
+        splits,
+    }
+}
+
+/// The base model every line run pins (the line engine reads no file).
+pub fn model_pinned() -> BaseModelPinned {
+    BaseModelPinned {
+        model_id: "m1".into(),
+        source: "./model".into(),
+        resolved_revision: None,
+        architecture: "Idefics2ForConditionalGeneration".into(),
+        files: vec![],
+        parameters: None,
+        quantization: "none".into(),
+    }
 }

@@ -554,3 +554,111 @@ async fn only_evidence_that_matches_the_recipe_and_the_policies_promotes() {
         "{gates:?}"
     );
 }
+
+/// The line trainer, except that every attempt at a run whose id starts with
+/// `bad` dies after two steps, as a training process killed by the kernel does.
+struct DyingEngine(Arc<LineEngine>);
+
+impl TrainingEngine for DyingEngine {
+    fn prepare(&self, job: &TrainJob) -> std::result::Result<TrainPlan, String> {
+        self.0.prepare(job)
+    }
+
+    fn train(
+        &self,
+        job: &TrainJob,
+        sink: &mut dyn TrainSink,
+    ) -> std::result::Result<TrainSummary, TrainFailure> {
+        if !job.run_id.starts_with("bad") {
+            return self.0.train(job, sink);
+        }
+        for step in 1..=2 {
+            sink.on_step(foundry_events::MetricPoint {
+                step,
+                loss: 1.0,
+                lr: 0.1,
+                grad_norm: 1.0,
+                tokens: 1,
+                tokens_per_s: 1.0,
+                elapsed_ms: 1,
+            });
+        }
+        Err(TrainFailure::crashed(format!(
+            "the train process was killed by signal 9 (attempt {})",
+            job.attempt
+        )))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_attempts_keep_dying_fails_naming_them_and_the_runner_goes_on() {
+    let f = fixture();
+    request_run(&f, "bad-1");
+    request_run(&f, "good-1");
+    let mut host = Host::new();
+    let trainer = TrainerRunner::new(Arc::new(DyingEngine(engine(0))))
+        .with_lease(Duration::from_millis(600))
+        .with_max_attempts(3);
+    let r: Arc<dyn Runner> = Arc::new(trainer);
+    let cursor = f.home.root().join("runners").join("trainer.cursor");
+    let feed = EmbeddedFeed::open(f.ledger.clone(), &r.reacts_to(), cursor).unwrap();
+    let ctx = RunnerContext {
+        client: client_for(&f, "trainer"),
+        runner_id: "trainer-a".into(),
+        home: f.home.clone(),
+        stop: host.stop_signal(),
+    };
+    host.spawn(r, Box::new(feed), ctx);
+    host.wait_idle(f.client.as_ref()).await.unwrap();
+    host.shutdown().await;
+
+    let events: Vec<Event> = f
+        .ledger
+        .read_stream("run/bad-1", 1)
+        .unwrap()
+        .iter()
+        .map(|r| r.decode_event().unwrap())
+        .collect();
+    let died: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunAttemptFailed(a) => Some(a.attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(died, vec![1, 2, 3]);
+    let failed: Vec<&foundry_events::RunFailed> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RunFailed(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    let reason = &failed[0].reason;
+    assert!(
+        reason.starts_with("gave up after 3 attempts without a new checkpoint"),
+        "{reason}"
+    );
+    for n in 1..=3 {
+        assert!(
+            reason.contains(&format!(
+                "attempt {n} on trainer-a: the train process was killed by signal 9 (attempt {n})"
+            )),
+            "{reason}"
+        );
+    }
+    assert!(!reason.contains('\n'));
+    // No fourth claim, and the good run, requested after it, completed.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::RunClaimed(_)))
+            .count(),
+        3
+    );
+    let good = f.ledger.read_stream("run/good-1", 1).unwrap();
+    assert!(good
+        .iter()
+        .any(|r| r.statement.event_type == EventType::RunCompleted.as_str()));
+}

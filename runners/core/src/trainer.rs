@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use foundry_events::{
     BaseModelPinned, CheckpointCommitted, DatasetPinned, DeviceInfo, Event, EventType, FileDigest,
-    MetricPoint, MetricsLogged, RecordedEvent, RunClaimed, RunCompleted, RunFailed, RunHeartbeat,
-    RunRequested, RunResumed, RunStarted,
+    MetricPoint, MetricsLogged, RecordedEvent, RunAttemptFailed, RunClaimed, RunCompleted,
+    RunFailed, RunHeartbeat, RunRequested, RunResumed, RunStarted,
 };
 use foundry_ledger::{AppendRequest, ExpectedVersion, LedgerError, NewEvent};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,7 +23,7 @@ use crate::{lookup, Delivery, Result, RunnerError};
 
 /// Everything a training engine needs to train one run, resolved from the
 /// ledger: the recipe's resolved config and the pinned inputs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainJob {
     /// The run.
     pub run_id: String,
@@ -44,7 +45,7 @@ pub struct TrainJob {
 }
 
 /// What the engine says before training: the work ahead and where it runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainPlan {
     /// Optimizer steps of the whole run.
     pub total_steps: u64,
@@ -53,7 +54,7 @@ pub struct TrainPlan {
 }
 
 /// A checkpoint the engine wrote and wants committed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointRecord {
     /// Optimizer step it was taken after.
     pub step: u64,
@@ -64,7 +65,7 @@ pub struct CheckpointRecord {
 }
 
 /// How a training ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TrainSummary {
     /// Optimizer steps completed in total.
     pub steps: u64,
@@ -75,12 +76,42 @@ pub struct TrainSummary {
 }
 
 /// The engine's answer to "go on?".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// Keep training.
     Continue,
     /// Stop as soon as possible (cancelled, shutting down, commit failed).
     Stop,
+}
+
+/// Why training ended without a summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainFailure {
+    /// One line: what went wrong and where.
+    pub reason: String,
+    /// The process the training ran in died (aborted, crashed, killed): the
+    /// attempt failed, and the run may be tried again; otherwise the run
+    /// itself failed.
+    pub crashed: bool,
+}
+
+impl TrainFailure {
+    /// A failure of the attempt's process.
+    pub fn crashed(reason: String) -> Self {
+        TrainFailure {
+            reason,
+            crashed: true,
+        }
+    }
+}
+
+impl From<String> for TrainFailure {
+    fn from(reason: String) -> Self {
+        TrainFailure {
+            reason,
+            crashed: false,
+        }
+    }
 }
 
 /// Where an engine reports progress while it trains.
@@ -102,12 +133,20 @@ pub trait TrainingEngine: Send + Sync {
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> std::result::Result<TrainSummary, String>;
+    ) -> std::result::Result<TrainSummary, TrainFailure>;
 }
+
+/// Claims in a row without a new checkpoint after which a run is given up.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// The most attempts a trainer may allow: one fewer than the host's
+/// deliveries, so the trainer, not the host, ends the run.
+pub const MAX_ATTEMPTS_LIMIT: u32 = crate::host::MAX_ATTEMPTS - 1;
 
 /// The trainer runner.
 pub struct TrainerRunner {
     engine: Arc<dyn TrainingEngine>,
+    max_attempts: u32,
     lease: Duration,
     metrics_every: usize,
     backend: String,
@@ -118,6 +157,7 @@ impl TrainerRunner {
     pub fn new(engine: Arc<dyn TrainingEngine>) -> Self {
         TrainerRunner {
             engine,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             lease: Duration::from_secs(30),
             metrics_every: 10,
             backend: "local".to_string(),
@@ -128,6 +168,15 @@ impl TrainerRunner {
     /// reclaim the run. Heartbeats go out every third of it.
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Sets how many claims in a row may end without a new checkpoint
+    /// before the run is given up with RunFailed (at least 1, at most
+    /// [`MAX_ATTEMPTS_LIMIT`], so the feed's own redelivery limit never
+    /// gives up first).
+    pub fn with_max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.clamp(1, MAX_ATTEMPTS_LIMIT);
         self
     }
 
@@ -174,6 +223,9 @@ struct RunState {
     lease_until_ns: i64,
     last_checkpoint: Option<CheckpointCommitted>,
     started: bool,
+    /// Claims since the last checkpoint (or since the start): attempt,
+    /// runner, and how it died when it said so.
+    since_checkpoint: Vec<(u32, String, Option<String>)>,
 }
 
 fn replay(events: &[(RecordedEvent, Event)]) -> RunState {
@@ -186,12 +238,31 @@ fn replay(events: &[(RecordedEvent, Event)]) -> RunState {
                 s.attempts = s.attempts.max(c.attempt);
                 s.holder = Some(c.runner_id.clone());
                 s.lease_until_ns = at.saturating_add(c.lease_ms as i64 * 1_000_000);
+                s.since_checkpoint
+                    .push((c.attempt, c.runner_id.clone(), None));
+            }
+            Event::RunAttemptFailed(f) => {
+                // The attempt is over: its lease need not lapse.
+                if s.holder.as_deref() == Some(f.runner_id.as_str()) {
+                    s.holder = None;
+                    s.lease_until_ns = 0;
+                }
+                if let Some(a) = s
+                    .since_checkpoint
+                    .iter_mut()
+                    .find(|(n, r, _)| *n == f.attempt && *r == f.runner_id)
+                {
+                    a.2 = Some(f.reason.clone());
+                }
             }
             Event::RunHeartbeat(h) if s.holder.as_deref() == Some(h.runner_id.as_str()) => {
                 s.lease_until_ns = at.saturating_add(h.lease_ms as i64 * 1_000_000);
             }
             Event::RunStarted(_) => s.started = true,
-            Event::CheckpointCommitted(c) => s.last_checkpoint = Some(c.clone()),
+            Event::CheckpointCommitted(c) => {
+                s.last_checkpoint = Some(c.clone());
+                s.since_checkpoint.clear();
+            }
             Event::RunCompleted(_) | Event::RunFailed(_) | Event::RunCancelled(_) => {
                 s.terminal = true
             }
@@ -199,6 +270,25 @@ fn replay(events: &[(RecordedEvent, Event)]) -> RunState {
         }
     }
     s
+}
+
+/// RunFailed's reason when a run's attempts ran out: one line naming each.
+fn give_up_reason(attempts: &[(u32, String, Option<String>)]) -> String {
+    let each: Vec<String> = attempts
+        .iter()
+        .map(|(n, runner, how)| {
+            let how = how
+                .as_deref()
+                .map(|h| h.chars().take(240).collect::<String>())
+                .unwrap_or_else(|| "its runner stopped without a word (lease lapsed)".into());
+            format!("attempt {n} on {runner}: {how}")
+        })
+        .collect();
+    format!(
+        "gave up after {} attempts without a new checkpoint: {}",
+        attempts.len(),
+        each.join("; ")
+    )
 }
 
 fn now_ns() -> i64 {
@@ -211,7 +301,7 @@ fn now_ns() -> i64 {
 enum Msg {
     Step(MetricPoint),
     Checkpoint(CheckpointRecord, oneshot::Sender<Control>),
-    Done(std::result::Result<TrainSummary, String>),
+    Done(std::result::Result<TrainSummary, TrainFailure>),
 }
 
 struct ChannelSink {
@@ -399,6 +489,23 @@ impl TrainerRunner {
                     _ = crate::host::stopped(&mut stop) => return Err(RunnerError::Stopped),
                 }
             }
+            if state.since_checkpoint.len() >= self.max_attempts as usize {
+                let failed = Event::RunFailed(RunFailed {
+                    run_id: req.run_id.clone(),
+                    reason: give_up_reason(&state.since_checkpoint),
+                    step: state.last_checkpoint.as_ref().map(|c| c.step),
+                    retryable: false,
+                });
+                let append = AppendRequest::new(vec![
+                    NewEvent::new(failed).caused_by(trigger.event_id, trigger.correlation_id)
+                ])
+                .expect(stream.clone(), ExpectedVersion::Exact(state.version));
+                match ctx.client.append(append).await {
+                    Ok(_) => return Ok(()),
+                    Err(RunnerError::Ledger(LedgerError::Conflict { .. })) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
             let attempt = state.attempts + 1;
             let claim = Event::RunClaimed(RunClaimed {
                 run_id: req.run_id.clone(),
@@ -579,7 +686,7 @@ impl TrainerRunner {
                         }
                     }
                     Some(Msg::Done(r)) => break r,
-                    None => break Err("the training thread ended without a result".to_string()),
+                    None => break Err("the training thread ended without a result".to_string().into()),
                 },
                 _ = beat.tick() => {
                     let hb = Event::RunHeartbeat(RunHeartbeat {
@@ -638,11 +745,33 @@ impl TrainerRunner {
                 let key = crate::outcome_key("trainer", &trigger.event_id, "completed");
                 self.append(ctx, Some(key), vec![ev], trigger).await
             }
-            Err(reason) if cancelled => {
-                tracing::info!(run_id, "cancelled run ended with: {reason}");
+            Err(f) if cancelled => {
+                tracing::info!(run_id, "cancelled run ended with: {}", f.reason);
                 Ok(())
             }
-            Err(reason) => {
+            Err(f) if f.crashed => {
+                // The attempt died, not the run: record how, release the
+                // claim, and let the trigger be delivered again (to this
+                // runner or another) until the attempts run out.
+                let ev = Event::RunAttemptFailed(RunAttemptFailed {
+                    run_id: run_id.to_string(),
+                    runner_id: ctx.runner_id.clone(),
+                    attempt,
+                    reason: f.reason.clone(),
+                    step: (last_step > 0).then_some(last_step),
+                });
+                let key = crate::outcome_key(
+                    "trainer",
+                    &trigger.event_id,
+                    &format!("attempt-failed/{attempt}"),
+                );
+                self.append(ctx, Some(key), vec![ev], trigger).await?;
+                Err(RunnerError::Engine(format!(
+                    "run {run_id} attempt {attempt} died: {}",
+                    f.reason
+                )))
+            }
+            Err(TrainFailure { reason, .. }) => {
                 self.fail(
                     ctx,
                     trigger,

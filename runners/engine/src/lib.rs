@@ -14,6 +14,7 @@
 
 mod eval;
 mod inputs;
+pub mod memory;
 mod train;
 
 pub use eval::{spec_for, spec_of, Idefics2Eval};

@@ -8,13 +8,13 @@ use foundry_events::MetricPoint;
 use foundry_idefics2::kernels::Products;
 use foundry_idefics2::linear::LinearVisitor;
 use foundry_idefics2::processor::{Processor, RgbImage};
-use foundry_idefics2::Idefics2;
+use foundry_idefics2::{Idefics2, Idefics2Config};
 use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
 use foundry_qlora::lora::{LoraConfig, LoraInit};
 use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
 use foundry_recipes::Recipe;
 use foundry_runner::{
-    CheckpointRecord, Control, TrainJob, TrainSink, TrainSummary, TrainingEngine,
+    CheckpointRecord, Control, TrainFailure, TrainJob, TrainSink, TrainSummary, TrainingEngine,
 };
 
 use crate::inputs::{
@@ -27,21 +27,26 @@ use crate::{EngineError, Result};
 /// stays dense when a skip entry is its name or a dotted run of its name's components:
 /// `lm_head`, `vision_model`, `text_model.layers.0`). None when the recipe does not quantize.
 pub(crate) fn quantized_linears(model: &mut Idefics2, recipe: &Recipe) -> Result<Option<String>> {
+    let names = model.linear_names()?;
+    Ok(quantized_pattern(&names, recipe))
+}
+
+/// [`quantized_linears`] over a list of linear names (the model need not be loaded).
+fn quantized_pattern(names: &[String], recipe: &Recipe) -> Option<String> {
     if recipe.quantization.method != "nf4" {
-        return Ok(None);
+        return None;
     }
     let skip = &recipe.quantization.skip_modules;
-    let kept: Vec<String> = model
-        .linear_names()?
-        .into_iter()
+    let kept: Vec<String> = names
+        .iter()
         .filter(|name| {
             let dotted = format!(".{name}.");
             !skip.iter().any(|s| dotted.contains(&format!(".{s}.")))
         })
-        .map(|name| regex::escape(&name))
+        .map(|name| regex::escape(name))
         .collect();
     // An empty alternation would match the empty name only, i.e. nothing.
-    Ok(Some(format!("(?:{})", kept.join("|"))))
+    Some(format!("(?:{})", kept.join("|")))
 }
 
 /// QLoRA fine-tuning of an Idefics2 base on a pinned dataset.
@@ -179,6 +184,7 @@ impl ExampleSource for RowSource<'_> {
 struct Prepared {
     recipe: Recipe,
     dir: std::path::PathBuf,
+    config: Idefics2Config,
     device: candle_core::Device,
     device_info: foundry_events::DeviceInfo,
     products: Products,
@@ -214,6 +220,8 @@ fn prepare(job: &TrainJob) -> Result<Prepared> {
             recipe.lora.target_modules, job.model.model_id
         )));
     }
+    let config = Idefics2Config::from_file(&dir.join("config.json"))?;
+    check_rank(&recipe, &config, &re, &job.model.model_id)?;
     let train_rows = job
         .dataset
         .splits
@@ -229,6 +237,7 @@ fn prepare(job: &TrainJob) -> Result<Prepared> {
     Ok(Prepared {
         recipe,
         dir,
+        config,
         device,
         device_info,
         products,
@@ -262,6 +271,97 @@ fn regex_full(pattern: &str) -> Result<regex::Regex> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| EngineError::Invalid(format!("lora.target_modules: {e}")))
 }
+
+/// `lora.r` must not exceed min(in, out) of any linear it adapts: a larger rank adds no
+/// expressive power (the update's rank is bounded by the smaller side) and only costs memory,
+/// and a hostile rank is how a recipe asks for terabytes.
+fn check_rank(
+    recipe: &Recipe,
+    config: &Idefics2Config,
+    targets: &regex::Regex,
+    model_id: &str,
+) -> Result<()> {
+    let r = recipe.lora.r;
+    let narrowest = foundry_qlora::plan::linear_shapes(config)
+        .into_iter()
+        .filter(|l| targets.is_match(&l.name))
+        .min_by_key(|l| l.out.min(l.inp));
+    if let Some(l) = narrowest {
+        let side = l.out.min(l.inp);
+        if r < 1 || r as u64 > side as u64 {
+            return Err(EngineError::Invalid(format!(
+                "lora.r = {r} must be between 1 and {side}, min(in, out) of {} ({} x {}) in base model {model_id}",
+                l.name, l.out, l.inp
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The plan of the full run, from the first `sample` train rows encoded as training would
+/// (token counts scaled to the split; with `training.max_length` set, every example is taken to
+/// be that long, the worst case training admits).
+fn plan_run(
+    job: &TrainJob,
+    p: &Prepared,
+    config: &TrainConfig,
+    sample: usize,
+) -> Result<(foundry_qlora::plan::Plan, usize)> {
+    let processor = processor_for(&p.dir, &p.recipe)?;
+    let rows = load_split(&job.dataset, "train", Some(sample.max(1)))?;
+    let source = RowSource {
+        rows,
+        processor: &processor,
+        prompt: p.recipe.training.prompt.clone(),
+        max_length: p.recipe.training.max_length.max(0) as usize,
+    };
+    let mut stats = foundry_qlora::plan::DatasetStats::from_source(&source)?;
+    let sampled = stats.examples;
+    // Scale the sample's token counts to the whole split.
+    let scale = p.train_rows as f64 / sampled.max(1) as f64;
+    stats.tokens = (stats.tokens as f64 * scale).round() as u64;
+    stats.answer_tokens = (stats.answer_tokens as f64 * scale).round() as u64;
+    stats.examples = p.train_rows;
+    if p.recipe.training.max_length > 0 {
+        stats.max_tokens = stats.max_tokens.max(p.recipe.training.max_length as usize);
+    }
+    let names: Vec<String> = foundry_qlora::plan::linear_shapes(&p.config)
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    let quantize = quantized_pattern(&names, &p.recipe);
+    let plan =
+        foundry_qlora::plan::plan(config, &p.config, quantize.as_deref(), &stats, DType::F32)?;
+    Ok((plan, sampled))
+}
+
+/// Refuses a run whose estimated peak memory exceeds what this process may use, with the
+/// numbers, so that it ends in RunFailed instead of an allocation failure that aborts the
+/// process. Only host memory is checked (CPU training); a CUDA device's memory is its own.
+fn check_memory(plan: &foundry_qlora::plan::Plan, device: &candle_core::Device) -> Result<()> {
+    if !device.is_cpu() {
+        return Ok(());
+    }
+    let Some(budget) = crate::memory::available().map_err(EngineError::Invalid)? else {
+        return Ok(());
+    };
+    let m = &plan.memory;
+    if m.total > budget.bytes {
+        return Err(EngineError::Invalid(format!(
+            "the run needs an estimated {} (weights {}, LoRA and optimizer {}, activations {}) but {} is available ({}); lower training.micro_batch, training.max_length, training.image_longest_edge or lora.r",
+            crate::memory::human(m.total),
+            crate::memory::human(m.nf4_weights + m.dense_weights),
+            crate::memory::human(m.lora_params + m.lora_grads + m.adam_moments),
+            crate::memory::human(m.activations),
+            crate::memory::human(budget.bytes),
+            budget.source
+        )));
+    }
+    Ok(())
+}
+
+/// Train rows sampled to plan a run.
+const PLAN_SAMPLE: usize = 16;
 
 fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     let p = prepare(job)?;
@@ -354,8 +454,13 @@ pub struct DryRun {
 pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
     let p = prepare(job)?;
     let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
+    let (plan, sampled) = plan_run(job, &p, &config, sample)?;
+    check_memory(&plan, &p.device)?;
     let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
-    let quantize = quantized_linears(&mut model, &p.recipe)?;
+    if let Some(q) = quantized_linears(&mut model, &p.recipe)? {
+        foundry_qlora::quantize_model(&mut model, &q)?;
+    }
+    set_products(&mut model, p.products)?;
     let processor = processor_for(&p.dir, &p.recipe)?;
     let rows = load_split(&job.dataset, "train", Some(sample.max(1)))?;
     let source = RowSource {
@@ -364,24 +469,6 @@ pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
         prompt: p.recipe.training.prompt.clone(),
         max_length: p.recipe.training.max_length.max(0) as usize,
     };
-    let mut stats = foundry_qlora::plan::DatasetStats::from_source(&source)?;
-    let sampled = stats.examples;
-    // Scale the sample's token counts to the whole split.
-    let scale = p.train_rows as f64 / sampled.max(1) as f64;
-    stats.tokens = (stats.tokens as f64 * scale).round() as u64;
-    stats.answer_tokens = (stats.answer_tokens as f64 * scale).round() as u64;
-    stats.examples = p.train_rows;
-    let plan = foundry_qlora::plan::plan(
-        &config,
-        &model.config,
-        quantize.as_deref(),
-        &stats,
-        DType::F32,
-    )?;
-    if let Some(q) = &quantize {
-        foundry_qlora::quantize_model(&mut model, q)?;
-    }
-    set_products(&mut model, p.products)?;
     let report = foundry_qlora::plan::dry_run(model, &config, &source, 4)?;
     Ok(DryRun {
         plan,
@@ -396,6 +483,8 @@ impl TrainingEngine for QloraEngine {
         let p = prepare(job).map_err(|e| e.to_string())?;
         let config =
             train_config(&p.recipe, p.train_rows, &job.model.source).map_err(|e| e.to_string())?;
+        let (plan, _) = plan_run(job, &p, &config, PLAN_SAMPLE).map_err(|e| e.to_string())?;
+        check_memory(&plan, &p.device).map_err(|e| e.to_string())?;
         Ok(foundry_runner::TrainPlan {
             total_steps: config.total_steps,
             device: p.device_info,
@@ -406,8 +495,8 @@ impl TrainingEngine for QloraEngine {
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> std::result::Result<TrainSummary, String> {
-        run(job, sink).map_err(|e| e.to_string())
+    ) -> std::result::Result<TrainSummary, TrainFailure> {
+        run(job, sink).map_err(|e| TrainFailure::from(e.to_string()))
     }
 }
 
@@ -502,5 +591,45 @@ mod tests {
             quantized_linears(&mut model, &recipe_with("none", "lm_head")).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn image_limits_agree_between_pinning_and_the_processor() {
+        use foundry_idefics2::processor as proc;
+        assert_eq!(foundry_datasets::MAX_IMAGE_BYTES, proc::MAX_IMAGE_BYTES);
+        assert_eq!(foundry_datasets::MAX_IMAGE_SIDE, proc::MAX_IMAGE_SIDE);
+        assert_eq!(
+            foundry_datasets::MAX_IMAGE_DECODED_BYTES,
+            proc::MAX_IMAGE_DECODED_BYTES
+        );
+    }
+
+    #[test]
+    fn lora_rank_is_bounded_by_the_narrowest_targeted_linear() {
+        let dir = repo("runners/idefics2/fixtures/tiny");
+        let config = Idefics2Config::from_file(&dir.join("config.json")).unwrap();
+        let recipe = recipe_with("nf4", "lm_head");
+        let re = regex_full(&recipe.lora.target_modules).unwrap();
+        let narrowest = foundry_qlora::plan::linear_shapes(&config)
+            .into_iter()
+            .filter(|l| re.is_match(&l.name))
+            .map(|l| l.out.min(l.inp))
+            .min()
+            .unwrap();
+        let with_r = |r: i64| {
+            let mut rec = recipe.clone();
+            rec.lora.r = r;
+            check_rank(&rec, &config, &re, "tiny")
+        };
+        with_r(narrowest as i64).unwrap();
+        with_r(1).unwrap();
+        for bad in [narrowest as i64 + 1, 0, -3, i64::from(i32::MAX)] {
+            let e = with_r(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("lora.r = {bad}")) && e.contains(&format!("{narrowest}")),
+                "{e}"
+            );
+            assert_eq!(e.lines().count(), 1);
+        }
     }
 }

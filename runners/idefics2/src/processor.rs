@@ -74,9 +74,21 @@ impl RgbImage {
             path: "<memory>".into(),
             message,
         };
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
+        let reader = || {
+            image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| image_err(e.to_string()))
+        };
+        // The header alone says how large the image claims to be.
+        let (w, h) = reader()?
+            .into_dimensions()
             .map_err(|e| image_err(e.to_string()))?;
+        if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+            return Err(image_err(format!(
+                "it is {w} x {h} pixels, more than {MAX_IMAGE_SIDE} a side"
+            )));
+        }
+        let mut reader = reader()?;
         let mut limits = image::Limits::default();
         limits.max_image_width = Some(MAX_IMAGE_SIDE);
         limits.max_image_height = Some(MAX_IMAGE_SIDE);

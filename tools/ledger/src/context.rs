@@ -199,14 +199,32 @@ impl Context {
             return self.local_ledger();
         }
         // Reach the service before anything is written here: a refused
-        // login or a wrong URL leaves no empty replica home behind.
-        self.remote_client()?;
-        let ledger = if self.home.ledger_dir().exists() {
-            self.local_ledger()?
-        } else {
-            self.home.init()?
-        };
-        self.sync(&ledger)?;
+        // login, a wrong URL or no `ledger serve` answering leaves no empty
+        // replica home behind.
+        let client = self.remote_client()?;
+        if self.home.ledger_dir().exists() {
+            let ledger = self.local_ledger()?;
+            self.sync(&ledger)?;
+            return Ok(ledger);
+        }
+        if let Some(remote) = &self.remote {
+            remote
+                .rt
+                .block_on(client.head())
+                .map_err(|e| anyhow!("reading the remote ledger at {}: {e}", remote.opts.url))?;
+        }
+        let made_root = !self.home.root().exists();
+        let ledger = self.home.init()?;
+        if let Err(e) = self.sync(&ledger) {
+            // A replica that could not be brought up is not kept half made.
+            drop(ledger);
+            if made_root {
+                let _ = std::fs::remove_dir_all(self.home.root());
+            } else {
+                let _ = std::fs::remove_dir_all(self.home.ledger_dir());
+            }
+            return Err(e);
+        }
         Ok(ledger)
     }
 

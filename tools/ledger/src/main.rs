@@ -107,6 +107,9 @@ enum Command {
     Model(cmd::model::ModelCommand),
     /// Write deterministic synthetic financial documents in the dataset format.
     Synth(cmd::synth::SynthArgs),
+    /// Runs one training or eval job for a runner, in its own process.
+    #[command(name = "engine-child", hide = true)]
+    EngineChild(cmd::engines::ChildArgs),
 }
 
 /// Lets a closed stdout (`ledger … | head`) end the process quietly, as it
@@ -124,10 +127,30 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
-    default_sigpipe();
     // Training and inference allocate and free large tensors every step.
     foundry_qlora::tune_allocator();
     let cli = Cli::parse();
+    // Commands that host runners write to their jobs' pipes: a job that died
+    // must be an EPIPE for them, not a signal that ends the runner.
+    if !matches!(
+        cli.command,
+        Command::Runner(_)
+            | Command::Up(_)
+            | Command::Run(_)
+            | Command::Serve(_)
+            | Command::Eval(_)
+    ) {
+        default_sigpipe();
+    }
+    if let Command::EngineChild(args) = cli.command {
+        return match cmd::engines::run_child(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let ctx = match Context::new(
         cli.home,
         cli.key,
@@ -173,15 +196,16 @@ fn main() -> ExitCode {
             &ctx,
             a.args,
             cmd::remote::Engines {
-                trainer: Some(std::sync::Arc::new(foundry_engine::QloraEngine::new())),
-                evaluator: Some(std::sync::Arc::new(foundry_engine::Idefics2Eval::new())),
-                specs: std::sync::Arc::new(foundry_engine::Idefics2Eval::new()),
+                trainer: Some(cmd::engines::trainer()),
+                evaluator: Some(cmd::engines::evaluator()),
+                specs: cmd::engines::specs(),
             },
         ),
         Command::Recipe(c) => cmd::recipe::run(&ctx, c),
         Command::Dataset(c) => cmd::dataset::run(&ctx, c),
         Command::Model(c) => cmd::model::run(&ctx, c),
         Command::Synth(a) => cmd::synth::run(&ctx, a),
+        Command::EngineChild(a) => cmd::engines::run_child(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

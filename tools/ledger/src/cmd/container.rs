@@ -132,8 +132,9 @@ async fn train(
         Event::RunRequested(r) => r.backend,
         _ => bail!("run/{run} does not start with RunRequested"),
     };
-    let trainer = TrainerRunner::new(Arc::new(foundry_engine::QloraEngine::new()))
+    let trainer = TrainerRunner::new(super::engines::trainer())
         .with_lease(super::embedded::lease())
+        .with_max_attempts(super::embedded::max_attempts())
         .for_backend(&backend);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let _ = ctx;

@@ -86,6 +86,15 @@ pub fn lease() -> Duration {
         .unwrap_or(Duration::from_secs(30))
 }
 
+/// How many claims in a row may end without a new checkpoint before a run
+/// is given up, from FOUNDRY_MAX_ATTEMPTS (default 3).
+pub fn max_attempts() -> u32 {
+    std::env::var("FOUNDRY_MAX_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(foundry_runner::DEFAULT_MAX_ATTEMPTS)
+}
+
 /// Starts the chosen runners over `ledger`, each with its cursor under
 /// `home/runners/`.
 pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
@@ -97,13 +106,13 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
     let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
     if which.trainer {
         runners.push(Arc::new(
-            TrainerRunner::new(Arc::new(foundry_engine::QloraEngine::new())).with_lease(lease()),
+            TrainerRunner::new(super::engines::trainer())
+                .with_lease(lease())
+                .with_max_attempts(max_attempts()),
         ));
     }
     if which.evaluator {
-        runners.push(Arc::new(EvaluatorRunner::new(Arc::new(
-            foundry_engine::Idefics2Eval::new(),
-        ))));
+        runners.push(Arc::new(EvaluatorRunner::new(super::engines::evaluator())));
     }
     if which.promoter {
         runners.push(Arc::new(PromoterRunner::new(Arc::new(

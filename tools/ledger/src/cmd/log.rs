@@ -169,6 +169,7 @@ pub fn summarize(e: &Event) -> String {
         Event::RunResumed(p) => format!("resumed from step {} ({})", p.step, p.reason),
         Event::RunCompleted(p) => format!("completed after {} steps", p.steps),
         Event::RunFailed(p) => format!("failed: {}", p.reason),
+        Event::RunAttemptFailed(p) => format!("attempt {} died: {}", p.attempt, p.reason),
         Event::RunCancelled(p) => format!("cancelled: {}", p.reason),
         Event::EvalRequested(p) => format!(
             "eval of {} on {}",

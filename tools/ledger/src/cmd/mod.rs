@@ -5,6 +5,7 @@ pub mod bench;
 pub mod container;
 pub mod dataset;
 pub mod embedded;
+pub mod engines;
 pub mod eval;
 pub mod infer;
 pub mod init;

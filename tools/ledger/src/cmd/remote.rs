@@ -90,7 +90,9 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
             bail!("this build has no training engine; start another runner with --only evaluator|promoter");
         };
         runners.push(Arc::new(
-            TrainerRunner::new(engine).with_lease(super::embedded::lease()),
+            TrainerRunner::new(engine)
+                .with_lease(super::embedded::lease())
+                .with_max_attempts(super::embedded::max_attempts()),
         ));
     }
     if want(Only::Evaluator) {

@@ -298,6 +298,18 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
             },
         ),
     ];
+    for a in &r.failed_attempts {
+        rows.push((
+            "attempt died",
+            format!(
+                "attempt {} on {}: {} (step {})",
+                a.attempt,
+                a.runner_id,
+                a.reason,
+                or_dash(a.step)
+            ),
+        ));
+    }
     if let Some(f) = &r.failure {
         rows.push((
             "failure",

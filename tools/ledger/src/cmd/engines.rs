@@ -1,0 +1,77 @@
+//! The engines the runners of this binary use: the real QLoRA trainer and
+//! Idefics2 evaluator, each job in a child process of this same binary
+//! (`ledger engine-child …`), so that a job that aborts or is killed takes
+//! down its child and not the runner. FOUNDRY_ISOLATE=0 runs jobs in the
+//! runner's own process (debugging, profiling).
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Result};
+use foundry_runner::isolate::{serve_child, ChildCommand, IsolatedEval, IsolatedTrainer};
+use foundry_runner::{EvalEngine, EvalSpecs, TrainingEngine};
+
+/// The hidden subcommand a runner starts its jobs with.
+pub const CHILD_COMMAND: &str = "engine-child";
+
+/// Arguments of `ledger engine-child` (hidden): what the job is and a label
+/// (the run or eval id) that shows in the process list.
+#[derive(clap::Args)]
+pub struct ChildArgs {
+    /// `prepare`, `train` or `eval`.
+    pub what: String,
+    /// The run or eval id.
+    pub label: String,
+}
+
+fn isolated() -> bool {
+    std::env::var("FOUNDRY_ISOLATE").map_or(true, |v| v != "0")
+}
+
+fn child() -> Option<ChildCommand> {
+    if !isolated() {
+        return None;
+    }
+    ChildCommand::current_exe(&[CHILD_COMMAND]).ok()
+}
+
+/// The training engine runners use.
+pub fn trainer() -> Arc<dyn TrainingEngine> {
+    match child() {
+        Some(c) => Arc::new(IsolatedTrainer::new(c)),
+        None => Arc::new(foundry_engine::QloraEngine::new()),
+    }
+}
+
+/// The eval engine runners use.
+pub fn evaluator() -> Arc<dyn EvalEngine> {
+    match child() {
+        Some(c) => Arc::new(IsolatedEval::new(
+            c,
+            Arc::new(foundry_engine::Idefics2Eval::new()),
+        )),
+        None => Arc::new(foundry_engine::Idefics2Eval::new()),
+    }
+}
+
+/// The eval spec hashes the promoter checks evidence against.
+pub fn specs() -> Arc<dyn EvalSpecs> {
+    Arc::new(foundry_engine::Idefics2Eval::new())
+}
+
+/// `ledger engine-child`: serves one job request from stdin.
+pub fn run_child(args: ChildArgs) -> Result<()> {
+    if !matches!(args.what.as_str(), "prepare" | "train" | "eval") {
+        return Err(anyhow!(
+            "engine-child: unknown job kind {:?} (prepare, train, eval)",
+            args.what
+        ));
+    }
+    let input = std::io::BufReader::new(std::io::stdin());
+    serve_child(
+        &foundry_engine::QloraEngine::new(),
+        &foundry_engine::Idefics2Eval::new(),
+        input,
+        std::io::stdout(),
+    )
+    .map_err(|e| anyhow!("engine-child {} {}: {e}", args.what, args.label))
+}
