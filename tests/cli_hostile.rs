@@ -353,7 +353,7 @@ fn training_children(run: &str) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let has = |s: &str| args.iter().any(|a| *a == s.as_bytes());
+        let has = |s: &str| args.contains(&s.as_bytes());
         if has("engine-child") && has("train") && has(run) {
             pids.push(pid);
         }
