@@ -596,7 +596,7 @@ impl Cx {
                 ));
             }
         }
-        min("eval.every_checkpoints", e.every_checkpoints, 0)?;
+        min("eval.every_checkpoints", e.every_checkpoints, 1)?;
         min("eval.max_examples", e.max_examples, 0)?;
         within(
             "eval.max_new_tokens",

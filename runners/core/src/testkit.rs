@@ -1,9 +1,10 @@
-//! A small but real executor for testing runner plumbing (here, over NATS,
-//! in the CLI): gradient descent on a line, checkpointed to files and resumed
-//! from them, scored by the share of held-out points it predicts within 0.1,
-//! and a recipe plus pinned inputs to request runs of it. Tests use it where
-//! the QLoRA engine would make plumbing tests slow; it is never a stub: it
-//! trains, checkpoints, resumes and scores for real.
+//! A small but real executor for testing runner plumbing (this crate's tests,
+//! the bus, engine and Modal tests; not the CLI): gradient descent on a line,
+//! checkpointed to files and resumed from them, scored by the share of
+//! held-out points it predicts within 0.1, and a recipe plus pinned inputs to
+//! request runs of it. Tests use it where the QLoRA engine would make
+//! plumbing tests slow; it is never a stub: it trains, checkpoints, resumes
+//! and scores for real.
 #![allow(missing_docs)]
 #![allow(clippy::unwrap_used)]
 

@@ -989,11 +989,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(host_avx512bf16), ignore = "needs a CPU with AVX512-BF16")]
     fn vector_conversion_matches_the_scalar_rounding() {
-        if !available() {
-            println!("skip: this CPU has no AVX512-BF16");
-            return;
-        }
+        assert!(available(), "this CPU has no AVX512-BF16");
         let row: Vec<f32> = (0..77)
             .map(|i| (i as f32 * 0.37).sin() * 3.0 + 1.0 / 512.0)
             .collect();
@@ -1012,11 +1010,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(host_avx512bf16), ignore = "needs a CPU with AVX512-BF16")]
     fn products_equal_f64_sums_of_bf16_rounded_operands() {
-        if !available() {
-            println!("skip: this CPU has no AVX512-BF16");
-            return;
-        }
+        assert!(available(), "this CPU has no AVX512-BF16");
         // Odd sizes: row tails (m % 12, m % 16, m % 32), a column tail (n % 32), odd
         // reductions, and reductions longer than one block.
         for kernel in kernels() {

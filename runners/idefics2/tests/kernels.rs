@@ -608,16 +608,23 @@ fn run(bf16: bool, (m, k, n, r): (usize, usize, usize, usize), dropout: bool) ->
 }
 
 #[test]
+#[cfg_attr(host_avx512bf16, ignore = "needs a CPU without AVX512-BF16")]
+fn bf16_products_are_refused_without_avx512_bf16() {
+    assert!(!foundry_idefics2::bf16gemm::available());
+    let mut l = SeamLinear::new("l", BaseWeight::Dense(rand(&[4, 4], 1)), None);
+    assert!(
+        l.set_products(Products::Bf16).is_err(),
+        "refused without AVX512-BF16"
+    );
+}
+
+#[test]
+#[cfg_attr(not(host_avx512bf16), ignore = "needs a CPU with AVX512-BF16")]
 fn bf16_products_stay_close_to_f32() {
-    if !foundry_idefics2::bf16gemm::available() {
-        let mut l = SeamLinear::new("l", BaseWeight::Dense(rand(&[4, 4], 1)), None);
-        assert!(
-            l.set_products(Products::Bf16).is_err(),
-            "refused without AVX512-BF16"
-        );
-        println!("skip: this CPU has no AVX512-BF16");
-        return;
-    }
+    assert!(
+        foundry_idefics2::bf16gemm::available(),
+        "this CPU has no AVX512-BF16"
+    );
     // Even and odd widths (the adapter rides in the reduction after a zero pad when odd), with
     // and without dropout (which keeps the adapter's input gradient out of the product).
     for (dims, dropout) in [

@@ -56,12 +56,13 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs tools/fixtures/check_qlora_export.py with $FOUNDRY_PYTHON, or says why it is skipped.
-fn python_check(args: &[&str]) {
-    let Ok(py) = std::env::var("FOUNDRY_PYTHON") else {
-        println!("skip: FOUNDRY_PYTHON is not set, transformers check {args:?} not run");
-        return;
-    };
+/// Runs tools/fixtures/check_qlora_export.py with $FOUNDRY_PYTHON (a Python with torch,
+/// transformers and bitsandbytes); only the ignored transformers test calls it, and it fails
+/// when that Python is not given.
+fn python_check(args: &[String]) {
+    let py = std::env::var("FOUNDRY_PYTHON").expect(
+        "FOUNDRY_PYTHON must name a Python with torch, transformers and bitsandbytes for this test",
+    );
     let out = std::process::Command::new(py)
         .arg(repo_root().join("tools/fixtures/check_qlora_export.py"))
         .args(args)
@@ -74,6 +75,24 @@ fn python_check(args: &[&str]) {
         "python check failed: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The arguments of one transformers check, kept for the test that runs them.
+fn check_args(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+#[ignore = "needs FOUNDRY_PYTHON: a Python with torch, transformers and bitsandbytes (tools/fixtures)"]
+fn exported_folders_load_in_transformers_with_the_same_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut checks = bnb_round_trip(&tmp.path().join("a"));
+    checks.extend(partly_quantized(&tmp.path().join("b")));
+    checks.extend(merged_adapter(&tmp.path().join("c")));
+    assert_eq!(checks.len(), 3, "{checks:?}");
+    for args in &checks {
+        python_check(args);
+    }
 }
 
 #[test]
@@ -131,9 +150,16 @@ fn bnb_folder_matches_what_transformers_saves() {
 }
 
 #[test]
-fn bnb_folder_round_trips_and_loads_in_transformers() {
+fn bnb_folder_round_trips_bit_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("exported-bnb-4bit");
+    bnb_round_trip(tmp.path());
+}
+
+/// The body of `bnb_folder_round_trips_and_loads_in_transformers`; returns the transformers checks of what it wrote.
+fn bnb_round_trip(tmp: &Path) -> Vec<Vec<String>> {
+    std::fs::create_dir_all(tmp).unwrap();
+    let mut checks = Vec::new();
+    let out = tmp.join("exported-bnb-4bit");
     let mut model = tiny();
     quantize_model(&mut model, r"model\..*").unwrap();
     let before = logits_of(&model);
@@ -146,21 +172,33 @@ fn bnb_folder_round_trips_and_loads_in_transformers() {
     let after = logits_of(&back);
     assert_eq!(max_abs_diff(&before, &after), 0.0);
     // Saving the loaded folder again gives the same tensors (bnb source → bnb output).
-    let again = tmp.path().join("again");
+    let again = tmp.join("again");
     save_bnb_dir(&mut back, &out, &again).unwrap();
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         std::fs::read(again.join("model.safetensors")).unwrap()
     );
-    let lp = tmp.path().join("logits.safetensors");
+    let lp = tmp.join("logits.safetensors");
     foundry_qlora::checkpoint::write_safetensors(&lp, &[("logits".into(), after)]).unwrap();
-    python_check(&["bnb", out.to_str().unwrap(), lp.to_str().unwrap()]);
+    checks.push(check_args(&[
+        "bnb",
+        out.to_str().unwrap(),
+        lp.to_str().unwrap(),
+    ]));
+    checks
 }
 
 #[test]
 fn a_partly_quantized_model_lists_its_dense_linears() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("text-only-bnb-4bit");
+    partly_quantized(tmp.path());
+}
+
+/// The body of `a_partly_quantized_model_lists_its_dense_linears`; returns the transformers checks of what it wrote.
+fn partly_quantized(tmp: &Path) -> Vec<Vec<String>> {
+    std::fs::create_dir_all(tmp).unwrap();
+    let mut checks = Vec::new();
+    let out = tmp.join("text-only-bnb-4bit");
     let mut model = tiny();
     let (n, _, _) = quantize_model(&mut model, r"model\.text_model\..*").unwrap();
     let before = logits_of(&model);
@@ -180,9 +218,14 @@ fn a_partly_quantized_model_lists_its_dense_linears() {
     let (back, m) = load_bnb_dir(&out, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(m, n);
     assert_eq!(max_abs_diff(&before, &logits_of(&back)), 0.0);
-    let lp = tmp.path().join("logits.safetensors");
+    let lp = tmp.join("logits.safetensors");
     foundry_qlora::checkpoint::write_safetensors(&lp, &[("logits".into(), before)]).unwrap();
-    python_check(&["bnb", out.to_str().unwrap(), lp.to_str().unwrap()]);
+    checks.push(check_args(&[
+        "bnb",
+        out.to_str().unwrap(),
+        lp.to_str().unwrap(),
+    ]));
+    checks
 }
 
 #[test]
@@ -219,12 +262,19 @@ fn export_refuses_bad_requests() {
 #[test]
 fn merged_adapter_gives_the_adapted_logits() {
     let tmp = tempfile::tempdir().unwrap();
+    merged_adapter(tmp.path());
+}
+
+/// The body of `merged_adapter_gives_the_adapted_logits`; returns the transformers checks of what it wrote.
+fn merged_adapter(tmp: &Path) -> Vec<Vec<String>> {
+    std::fs::create_dir_all(tmp).unwrap();
+    let mut checks = Vec::new();
     let adapter = fixtures().join("peft_adapter");
     // Dense base.
     let mut model = tiny();
     lora::load_adapter_into(&mut model, &adapter).unwrap();
     let adapted = logits_of(&model);
-    let out = tmp.path().join("merged");
+    let out = tmp.join("merged");
     let (info, n) = merge_adapter_dir(&tiny_dir(), &adapter, &out, DType::F32).unwrap();
     assert_eq!((n, info.nf4_linears, info.dense_linears), (31, 0, 44));
     let cfg: serde_json::Value =
@@ -236,22 +286,22 @@ fn merged_adapter_gives_the_adapted_logits() {
     println!("merged (dense base) vs base + adapter: {d:.2e}");
     assert!(d < 1e-4, "{d}");
     assert!(masked_diff(&got, &logits_of(&tiny())) > 0.1);
-    let lp = tmp.path().join("logits.safetensors");
+    let lp = tmp.join("logits.safetensors");
     foundry_qlora::checkpoint::write_safetensors(&lp, &[("logits".into(), got)]).unwrap();
-    python_check(&[
+    checks.push(check_args(&[
         "merged",
         out.to_str().unwrap(),
         lp.to_str().unwrap(),
         tiny_dir().to_str().unwrap(),
         adapter.to_str().unwrap(),
-    ]);
+    ]));
 
     // NF4 base (the transformers-saved bnb folder): merged = dequant(W) + scale·B·A.
     let bnb = fixtures().join("tiny-bnb-4bit");
     let (mut qmodel, _) = load_bnb_dir(&bnb, DType::F32, &Device::Cpu).unwrap();
     lora::load_adapter_into(&mut qmodel, &adapter).unwrap();
     let q_adapted = logits_of(&qmodel);
-    let qout = tmp.path().join("merged-from-nf4");
+    let qout = tmp.join("merged-from-nf4");
     let (qinfo, qn) = merge_adapter_dir(&bnb, &adapter, &qout, DType::F32).unwrap();
     assert_eq!((qn, qinfo.nf4_linears), (31, 0));
     let qmerged = Idefics2::load_dir(&qout, DType::F32, &Device::Cpu).unwrap();
@@ -260,7 +310,7 @@ fn merged_adapter_gives_the_adapted_logits() {
     assert!(d < 1e-4, "{d}");
 
     // bf16 export: every tensor bf16, loads, logits close.
-    let bout = tmp.path().join("merged-bf16");
+    let bout = tmp.join("merged-bf16");
     merge_adapter_dir(&tiny_dir(), &adapter, &bout, DType::BF16).unwrap();
     let st = load(&bout.join("model.safetensors"));
     assert!(st.values().all(|t| t.dtype() == DType::BF16));
@@ -270,4 +320,5 @@ fn merged_adapter_gives_the_adapted_logits() {
     // bf16 rounding of every weight of a random tiny model moves its logits by about 0.1.
     assert!(d < 0.25, "{d}");
     assert!(export::is_bnb_dir(&bnb).unwrap() && !export::is_bnb_dir(&bout).unwrap());
+    checks
 }
