@@ -20,6 +20,11 @@ fn main() {
         .map(|s| !s.is_empty())
         .unwrap_or(false);
     println!("cargo:rustc-env=FOUNDRY_GIT_COMMIT={commit}");
+    // The target the tests inspect the dependency graph for.
+    println!(
+        "cargo:rustc-env=FOUNDRY_BUILD_TARGET={}",
+        std::env::var("TARGET").unwrap_or_default()
+    );
     println!(
         "cargo:rustc-env=FOUNDRY_GIT_DIRTY={}",
         if dirty { "1" } else { "0" }

@@ -9,7 +9,6 @@ use foundry_events::{
     BaseModelPinned, CheckpointCommitted, DatasetPinned, EvalRequested, EvalScored, Event,
     EventType, RecordedEvent,
 };
-use foundry_ledger::{AppendRequest, NewEvent};
 use sha2::{Digest, Sha256};
 
 use crate::host::{Runner, RunnerContext};
@@ -117,15 +116,9 @@ impl EvaluatorRunner {
             limit,
         };
         let key = crate::outcome_key("evaluator", &trigger.event_id, "requested");
-        let out = ctx
-            .client
-            .append(
-                AppendRequest::new(vec![NewEvent::new(request.clone())
-                    .caused_by(trigger.event_id, trigger.correlation_id)])
-                .idempotent(key),
-            )
-            .await?;
-        let Some(request_event) = out.events.into_iter().next() else {
+        let recorded =
+            crate::record_outcome(ctx, trigger, Some(key), vec![request.clone().into()]).await?;
+        let Some(request_event) = recorded.into_iter().next() else {
             return Ok(());
         };
         self.score(ctx, &request_event, request).await
@@ -188,15 +181,7 @@ impl EvaluatorRunner {
             split_sha256,
             ..scored
         };
-        ctx.client
-            .append(
-                AppendRequest::new(vec![
-                    NewEvent::new(scored).caused_by(trigger.event_id, trigger.correlation_id)
-                ])
-                .idempotent(key),
-            )
-            .await?;
-        Ok(())
+        crate::append_outcome(ctx, trigger, Some(key), vec![scored.into()]).await
     }
 }
 

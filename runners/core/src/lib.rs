@@ -52,13 +52,26 @@ pub fn outcome_key(runner: &str, trigger: &foundry_events::EventId, what: &str) 
 
 /// Appends `events` as the outcome of `trigger` (caused by it, in its
 /// correlation), under the idempotency `key` when given: how every runner
-/// records what it did.
+/// records what it did. The one exception is an append that must hold a
+/// stream expectation (the trainer's RunClaimed, and its RunFailed when a
+/// run's attempts ran out), which builds its request itself.
 pub async fn append_outcome(
     ctx: &RunnerContext,
     trigger: &foundry_events::RecordedEvent,
     key: Option<String>,
     events: Vec<foundry_events::Event>,
 ) -> Result<()> {
+    record_outcome(ctx, trigger, key, events).await.map(|_| ())
+}
+
+/// [`append_outcome`], returning the events as recorded (the originals when
+/// the key had been used), for a runner that goes on from them.
+pub async fn record_outcome(
+    ctx: &RunnerContext,
+    trigger: &foundry_events::RecordedEvent,
+    key: Option<String>,
+    events: Vec<foundry_events::Event>,
+) -> Result<Vec<foundry_events::RecordedEvent>> {
     let events = events
         .into_iter()
         .map(|e| {
@@ -69,8 +82,7 @@ pub async fn append_outcome(
     if let Some(k) = key {
         req = req.idempotent(k);
     }
-    ctx.client.append(req).await?;
-    Ok(())
+    Ok(ctx.client.append(req).await?.events)
 }
 
 /// Facts about the machine a runner runs on, for the events it appends.
