@@ -46,19 +46,7 @@ pub enum Kernel {
 /// Whether this CPU can run the bf16 products (x86-64 with AVX-512F, AVX-512BW and
 /// AVX512-BF16; AMX is used on top where present).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512bf16")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::features().avx512_bf16
 }
 
 /// The fastest kernel this CPU (and OS) can run, `None` when bf16 products are not available.
@@ -706,31 +694,7 @@ mod amx {
 
     /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile registers.
     pub fn available() -> bool {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        {
-            static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *HAS.get_or_init(|| {
-                // CPUID.(EAX=7, ECX=0):EDX bit 22 is AMX-BF16, bit 24 AMX-TILE.
-                let id = std::arch::x86_64::__cpuid_count(7, 0);
-                let cpu = (id.edx >> 22) & 1 == 1 && (id.edx >> 24) & 1 == 1;
-                // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): the kernel enables the
-                // 8 KiB tile state for this process (all its threads) or refuses.
-                const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-                const XFEATURE_XTILEDATA: libc::c_long = 18;
-                // SAFETY: a plain syscall with integer arguments; it changes no memory of ours.
-                cpu && unsafe {
-                    libc::syscall(
-                        libc::SYS_arch_prctl,
-                        ARCH_REQ_XCOMP_PERM,
-                        XFEATURE_XTILEDATA,
-                    )
-                } == 0
-            })
-        }
-        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
-        {
-            false
-        }
+        crate::cpu::features().amx_bf16
     }
 
     /// The 64-byte tile configuration of `ldtilecfg` (palette 1: eight tiles of up to 16 rows

@@ -6,23 +6,70 @@
 //! LLVM vectorizes with AVX-512. Which one runs is decided per call from a cached CPUID check.
 //! Neither copy uses fused multiply-adds, so both round identically.
 
-/// Whether this CPU has AVX-512F/BW/VL, AVX2 and FMA (the wide copy of each loop).
-pub fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
+/// What this CPU (and, for AMX, the kernel) lets the hand-written kernels use: the one probe,
+/// run once per process, that every kernel asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Features {
+    /// AVX-512F/BW/VL, AVX2 and FMA: the wide copy of each [`vectorized`] loop.
+    pub avx512: bool,
+    /// AVX-512F/BW and AVX512-BF16: the bf16 products (`vdpbf16ps`).
+    pub avx512_bf16: bool,
+    /// AMX-BF16 and AMX-TILE, with Linux's permission for this process to use the tile
+    /// registers (`tdpbf16ps`).
+    pub amx_bf16: bool,
+}
+
+/// The CPU's features, probed on first use.
+pub fn features() -> Features {
+    static FEATURES: std::sync::OnceLock<Features> = std::sync::OnceLock::new();
+    *FEATURES.get_or_init(probe)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn probe() -> Features {
+    use std::arch::is_x86_feature_detected as has;
+    let avx512f_bw = has!("avx512f") && has!("avx512bw");
+    Features {
+        avx512: avx512f_bw && has!("avx512vl") && has!("avx2") && has!("fma"),
+        avx512_bf16: avx512f_bw && has!("avx512bf16"),
+        amx_bf16: amx_permitted(),
     }
-    #[cfg(not(target_arch = "x86_64"))]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn probe() -> Features {
+    Features::default()
+}
+
+/// CPUID.(EAX=7, ECX=0):EDX bit 22 (AMX-BF16) and bit 24 (AMX-TILE), then
+/// arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): the kernel enables the 8 KiB tile
+/// state for this process (all its threads) or refuses.
+#[cfg(target_arch = "x86_64")]
+fn amx_permitted() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let id = std::arch::x86_64::__cpuid_count(7, 0);
+        let cpu = (id.edx >> 22) & 1 == 1 && (id.edx >> 24) & 1 == 1;
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall with integer arguments; it changes no memory of ours.
+        cpu && unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        } == 0
+    }
+    #[cfg(not(target_os = "linux"))]
     {
         false
     }
+}
+
+/// Whether this CPU has AVX-512F/BW/VL, AVX2 and FMA (the wide copy of each loop).
+pub fn has_avx512() -> bool {
+    features().avx512
 }
 
 /// Defines a function whose body is compiled twice, for baseline x86-64 and for AVX-512, and
