@@ -130,7 +130,8 @@ fn main() -> ExitCode {
     // Training and inference allocate and free large tensors every step.
     foundry_qlora::tune_allocator();
     let cli = Cli::parse();
-    // Commands that host runners write to their jobs' pipes: a job that died
+    // Commands that host runners (or drive the embedded evaluator, as
+    // promote and rollback do) write to their jobs' pipes: a job that died
     // must be an EPIPE for them, not a signal that ends the runner.
     if !matches!(
         cli.command,
@@ -139,6 +140,8 @@ fn main() -> ExitCode {
             | Command::Run(_)
             | Command::Serve(_)
             | Command::Eval(_)
+            | Command::Promote(_)
+            | Command::Rollback(_)
     ) {
         default_sigpipe();
     }
