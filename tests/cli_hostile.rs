@@ -227,21 +227,21 @@ fn a_rank_wider_than_the_model_and_a_run_over_the_memory_budget_fail_the_run_wit
     let dataset = common::home_with_tiny_dataset(&home, &dir.path().join("data"), 6, 3, &[]);
     let tiny = repo("runners/idefics2/fixtures/tiny");
     let model = first_word(&ok(&home, &["model", "pin", tiny.to_str().unwrap()]));
+    let run_start = |recipe: &str, env: &[(&str, &str)]| {
+        let args = [
+            "run",
+            "start",
+            "--recipe",
+            recipe,
+            "--dataset",
+            &dataset,
+            "--model",
+            &model,
+        ];
+        ledger_env(&home, &args, env)
+    };
     let start = |recipe: &str, env: &[(&str, &str)]| {
-        let out = ledger_env(
-            &home,
-            &[
-                "run",
-                "start",
-                "--recipe",
-                recipe,
-                "--dataset",
-                &dataset,
-                "--model",
-                &model,
-            ],
-            env,
-        );
+        let out = run_start(recipe, env);
         assert!(!out.status.success());
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -277,20 +277,8 @@ fn a_rank_wider_than_the_model_and_a_run_over_the_memory_budget_fail_the_run_wit
         0
     );
     // The same recipe trains within the machine's memory.
-    ok_env(
-        &home,
-        &[
-            "run",
-            "start",
-            "--recipe",
-            &recipe,
-            "--dataset",
-            &dataset,
-            "--model",
-            &model,
-        ],
-        &[("FOUNDRY_TRAINING_MAX_STEPS", "2")],
-    );
+    let out = run_start(&recipe, &[("FOUNDRY_TRAINING_MAX_STEPS", "2")]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[test]

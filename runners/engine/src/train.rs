@@ -298,24 +298,30 @@ fn check_rank(
     Ok(())
 }
 
-/// The plan of the full run, from the first `sample` train rows encoded as training would
+/// The train split's rows (the first `limit`, or all), encoded on demand as training does.
+fn row_source<'a>(
+    job: &TrainJob,
+    recipe: &Recipe,
+    processor: &'a Processor,
+    limit: Option<usize>,
+) -> Result<RowSource<'a>> {
+    Ok(RowSource {
+        rows: load_split(&job.dataset, "train", limit)?,
+        processor,
+        prompt: recipe.training.prompt.clone(),
+        max_length: recipe.training.max_length.max(0) as usize,
+    })
+}
+
+/// The plan of the full run, from a sample of the train rows encoded as training would
 /// (token counts scaled to the split; with `training.max_length` set, every example is taken to
 /// be that long, the worst case training admits).
 fn plan_run(
-    job: &TrainJob,
     p: &Prepared,
     config: &TrainConfig,
-    sample: usize,
+    sample: &RowSource,
 ) -> Result<(foundry_qlora::plan::Plan, usize)> {
-    let processor = processor_for(&p.dir, &p.recipe)?;
-    let rows = load_split(&job.dataset, "train", Some(sample.max(1)))?;
-    let source = RowSource {
-        rows,
-        processor: &processor,
-        prompt: p.recipe.training.prompt.clone(),
-        max_length: p.recipe.training.max_length.max(0) as usize,
-    };
-    let mut stats = foundry_qlora::plan::DatasetStats::from_source(&source)?;
+    let mut stats = foundry_qlora::plan::DatasetStats::from_source(sample)?;
     let sampled = stats.examples;
     // Scale the sample's token counts to the whole split.
     let scale = p.train_rows as f64 / sampled.max(1) as f64;
@@ -372,13 +378,7 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     }
     set_products(&mut model, p.products)?;
     let processor = processor_for(&p.dir, &p.recipe)?;
-    let rows = load_split(&job.dataset, "train", None)?;
-    let source = RowSource {
-        rows,
-        processor: &processor,
-        prompt: p.recipe.training.prompt.clone(),
-        max_length: p.recipe.training.max_length.max(0) as usize,
-    };
+    let source = row_source(job, &p.recipe, &processor, None)?;
     // Fail fast on the first example rather than at step N.
     source.get(0)?;
     let mut trainer = match &job.resume_from {
@@ -454,21 +454,15 @@ pub struct DryRun {
 pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
     let p = prepare(job)?;
     let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
-    let (plan, sampled) = plan_run(job, &p, &config, sample)?;
+    let processor = processor_for(&p.dir, &p.recipe)?;
+    let source = row_source(job, &p.recipe, &processor, Some(sample.max(1)))?;
+    let (plan, sampled) = plan_run(&p, &config, &source)?;
     check_memory(&plan, &p.device)?;
     let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
     if let Some(q) = quantized_linears(&mut model, &p.recipe)? {
         foundry_qlora::quantize_model(&mut model, &q)?;
     }
     set_products(&mut model, p.products)?;
-    let processor = processor_for(&p.dir, &p.recipe)?;
-    let rows = load_split(&job.dataset, "train", Some(sample.max(1)))?;
-    let source = RowSource {
-        rows,
-        processor: &processor,
-        prompt: p.recipe.training.prompt.clone(),
-        max_length: p.recipe.training.max_length.max(0) as usize,
-    };
     let report = foundry_qlora::plan::dry_run(model, &config, &source, 4)?;
     Ok(DryRun {
         plan,
@@ -483,7 +477,10 @@ impl TrainingEngine for QloraEngine {
         let p = prepare(job).map_err(|e| e.to_string())?;
         let config =
             train_config(&p.recipe, p.train_rows, &job.model.source).map_err(|e| e.to_string())?;
-        let (plan, _) = plan_run(job, &p, &config, PLAN_SAMPLE).map_err(|e| e.to_string())?;
+        let processor = processor_for(&p.dir, &p.recipe).map_err(|e| e.to_string())?;
+        let sample =
+            row_source(job, &p.recipe, &processor, Some(PLAN_SAMPLE)).map_err(|e| e.to_string())?;
+        let (plan, _) = plan_run(&p, &config, &sample).map_err(|e| e.to_string())?;
         check_memory(&plan, &p.device).map_err(|e| e.to_string())?;
         Ok(foundry_runner::TrainPlan {
             total_steps: config.total_steps,
