@@ -284,12 +284,13 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     let (_nats, url) = nats_server();
     let server = dir.path().join("server");
     common::ok(&server, &["init"]);
-    let _serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
+    let serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
 
-    // Runners in their own processes, sharing one work home (as machines
-    // sharing a filesystem share the artifact store). A dead trainer's
-    // delivery comes back after 2 s, its lease lapses after 2 s.
-    let work = dir.path().join("work");
+    // Runners in their own processes, each with its own home (as machines
+    // that share no disk: checkpoint files travel through the JetStream
+    // artifact bucket). A dead trainer's delivery comes back after 2 s, its
+    // lease lapses after 2 s.
+    let home_of = |name: &str| dir.path().join(format!("home-{name}"));
     let runner_env: Vec<(String, String)> = [
         ("FOUNDRY_ACK_WAIT_MS", "2000"),
         ("FOUNDRY_LEASE_MS", "2000"),
@@ -298,18 +299,18 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let key = |name: &str| server.join("keys").join(name).display().to_string();
-    let runner = |only: &str| {
+    let runner = |only: &str, home: &str| {
         let k = key(&format!("runner-{only}.nk"));
         spawn(
-            &work,
+            &home_of(home),
             &["runner", "--nats", &url, "--only", only, "--key", &k],
             &runner_env,
             &format!("running {only}"),
         )
     };
-    let mut trainer_a = runner("trainer");
-    let _evaluator = runner("evaluator");
-    let _promoter = runner("promoter");
+    let mut trainer_a = runner("trainer", "trainer-a");
+    let _evaluator = runner("evaluator", "evaluator");
+    let _promoter = runner("promoter", "promoter");
 
     let env: Vec<(String, String)> = [
         ("FOUNDRY_NATS_URL", url.as_str()),
@@ -350,7 +351,9 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     });
     trainer_a.0.kill().unwrap();
     let _ = trainer_a.0.wait();
-    let _trainer_b = runner("trainer");
+    // Its replacement on another machine resumes from the checkpoint it
+    // fetches from the bucket.
+    let _trainer_b = runner("trainer", "trainer-b");
     client.wait_for("RunCompleted", |e| {
         e["payload"]["run_id"] == run_id.as_str()
     });
@@ -396,4 +399,194 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
     let channel: serde_json::Value =
         serde_json::from_str(&client.ok(&["--json", "show", "channel", "staging"], &[])).unwrap();
     assert!(channel.to_string().contains(&ckpt), "{channel}");
+
+    // The evaluator's home holds what it fetched, checked, and nothing was
+    // written to the trainer's disk by anyone else.
+    let evaluator_store = foundry_ledger::Home::at(home_of("evaluator")).artifacts();
+    let last_files = &shown["checkpoints"][5]["files"];
+    for f in last_files.as_array().expect("files") {
+        let sha: foundry_events::Sha256Digest =
+            serde_json::from_value(f["sha256"].clone()).unwrap();
+        assert!(evaluator_store.check(&sha).unwrap(), "{f}");
+    }
+    // An auditor's replica proves every file through the bucket ...
+    let audit = client.ok(&["verify", "--artifacts"], &[]);
+    assert!(audit.contains("artifacts re-hashed"), "{audit}");
+    // ... and the serve home, handed over as it is, proves every file the
+    // history names: each checkpoint's and each run config.
+    drop(serve);
+    let verified: serde_json::Value =
+        serde_json::from_str(&common::ok(&server, &["--json", "verify", "--artifacts"])).unwrap();
+    let named = client
+        .events("CheckpointCommitted")
+        .iter()
+        .map(|c| c["payload"]["files"].as_array().unwrap().len() as u64)
+        .sum::<u64>()
+        + client.events("RunStarted").len() as u64;
+    assert_eq!(
+        verified["artifacts_checked"].as_u64(),
+        Some(named),
+        "{verified}"
+    );
+}
+
+/// A file of `len` pseudo-random bytes in `dir`, stored in `home`'s
+/// artifact store: its digest.
+fn stored_file(home: &Path, dir: &Path, len: usize) -> foundry_events::Sha256Digest {
+    use std::io::Write;
+    let path = dir.join("weights.bin");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..len >> 20 {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    let (digest, _) = foundry_ledger::Home::at(home)
+        .artifacts()
+        .put_file(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    digest
+}
+
+/// Chunks of the artifact bucket's stream, as the server counts them.
+fn bucket_messages(url: &str) -> u64 {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        match js.get_stream("OBJ_FOUNDRY_ARTIFACTS").await {
+            Ok(mut s) => s.info().await.unwrap().state.messages,
+            Err(_) => 0,
+        }
+    })
+}
+
+#[test]
+fn a_killed_upload_resumes_and_a_killed_serve_pulls_again_leaving_one_verified_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nats, url) = nats_server();
+    let server = dir.path().join("server");
+    common::ok(&server, &["init"]);
+    let trainer_home = dir.path().join("trainer");
+    common::ok(&trainer_home, &["init"]);
+    let digest = stored_file(&trainer_home, dir.path(), 256 << 20);
+    let hex = digest.to_hex();
+
+    // kill -9 an upload midway: no object appears, and the next upload
+    // continues where it stopped.
+    let mut push = Command::new(bin())
+        .args(["--home", trainer_home.to_str().unwrap(), "--nats", &url])
+        .args(["artifact", "push", &hex])
+        .env_remove("FOUNDRY_NATS_URL")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bucket_messages(&url) < 20 {
+        assert!(Instant::now() < deadline, "the upload never started");
+        assert!(
+            push.try_wait().unwrap().is_none(),
+            "the upload ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    push.kill().unwrap();
+    push.wait().unwrap();
+    let reader = dir.path().join("reader");
+    let missing = common::ledger(&reader, &["--nats", &url, "artifact", "get", &hex]);
+    assert!(
+        !missing.status.success(),
+        "a killed upload left a readable object"
+    );
+    let again = common::ok(&trainer_home, &["--nats", &url, "artifact", "push", &hex]);
+    assert!(again.contains("resumed at chunk"), "{again}");
+    assert_eq!(
+        bucket_messages(&url),
+        512 + 1,
+        "every chunk once, and its metadata"
+    );
+    let fetched = common::ok(&reader, &["--nats", &url, "artifact", "get", &hex]);
+    let (got, _) = foundry_ledger::hash_file(Path::new(fetched.trim())).unwrap();
+    assert_eq!(got, digest);
+
+    // kill -9 serve while it pulls the file an append names; a retry after
+    // its restart is confirmed once the file is in its home, whole.
+    let trainer_key =
+        foundry_ledger::Identity::load(&server.join("keys").join("runner-trainer.nk"), None)
+            .unwrap();
+    let append = |url: String, key: foundry_ledger::Identity, home: PathBuf| {
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async move {
+                    use foundry_runner::LedgerClient;
+                    let client = foundry_bus::NatsLedgerClient::new(
+                        async_nats::connect(&url).await.unwrap(),
+                        key,
+                    )
+                    .with_artifacts(foundry_ledger::Home::at(home).artifacts());
+                    let req =
+                        foundry_ledger::AppendRequest::new(vec![foundry_ledger::NewEvent::new(
+                            foundry_events::Event::CheckpointCommitted(
+                                foundry_events::CheckpointCommitted {
+                                    run_id: "r1".into(),
+                                    checkpoint_id: "c1".into(),
+                                    step: 10,
+                                    files: vec![foundry_events::FileDigest {
+                                        path: "adapter_model.safetensors".into(),
+                                        sha256: digest,
+                                        bytes: 256 << 20,
+                                    }],
+                                    loss: None,
+                                    location: "adapters/r1/step-10".into(),
+                                },
+                            ),
+                        )])
+                        .idempotent("trainer/r1/c1");
+                    client.append(req).await.map(|o| o.events.len())
+                })
+        })
+    };
+    let serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
+    let staged = foundry_ledger::Home::at(&server)
+        .artifacts()
+        .staging_path(&digest)
+        .unwrap();
+    let first = append(url.clone(), trainer_key.clone(), trainer_home.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&staged).map_or(0, |m| m.len()) < 16 << 20 {
+        assert!(Instant::now() < deadline, "serve never started pulling");
+        assert!(
+            !first.is_finished(),
+            "the pull ended before serve was killed"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(serve);
+    assert!(
+        first.join().unwrap().is_err(),
+        "an append confirmed by a killed serve"
+    );
+    let store = foundry_ledger::Home::at(&server).artifacts();
+    assert!(!store.contains(&digest), "a partial pull was installed");
+    let serve = spawn(&server, &["serve", "--nats", &url], &[], "serving");
+    let retried = append(url.clone(), trainer_key, trainer_home.clone());
+    assert_eq!(retried.join().unwrap().unwrap(), 1);
+    assert!(store.check(&digest).unwrap());
+    assert!(!staged.exists(), "the staging file stayed behind");
+    drop(serve);
+    let verified: serde_json::Value =
+        serde_json::from_str(&common::ok(&server, &["--json", "verify", "--artifacts"])).unwrap();
+    assert_eq!(verified["artifacts_checked"], 1, "{verified}");
+    assert_eq!(
+        bucket_messages(&url),
+        512 + 1,
+        "no second copy in the bucket"
+    );
 }

@@ -769,6 +769,32 @@ catalog! {
 }
 
 impl Event {
+    /// The files this event names that the ledger's home must hold in its
+    /// artifact store, as (what it is, sha256): a checkpoint's files and a
+    /// run's `run_config.json`. The record and these files travel together:
+    /// `ledger serve` refuses an append naming one it cannot fetch, and
+    /// `ledger verify --artifacts` proves each. Pinned inputs (a base
+    /// model's files, dataset shards) stay where they were pinned.
+    pub fn stored_artifacts(&self) -> Vec<(String, Sha256Digest)> {
+        match self {
+            Event::CheckpointCommitted(c) => c
+                .files
+                .iter()
+                .map(|f| {
+                    (
+                        format!("checkpoint {} file {}", short_id(&c.checkpoint_id), f.path),
+                        f.sha256,
+                    )
+                })
+                .collect(),
+            Event::RunStarted(r) => vec![(
+                format!("run {} run_config.json", short_id(&r.run_id)),
+                r.run_config_sha256,
+            )],
+            _ => Vec::new(),
+        }
+    }
+
     /// The stream this event belongs to by default: `run/<id>`, `recipe/<id>`,
     /// `dataset/<id>`, `model/<id>`, `eval/<id>`, `key/<name>` or
     /// `channel/<name>`.
@@ -816,4 +842,9 @@ impl Event {
             Event::RollbackRejected(p) => &p.channel,
         }
     }
+}
+
+/// The first 12 characters of an id, for messages.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }

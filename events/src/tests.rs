@@ -270,3 +270,31 @@ fn default_streams_follow_the_kinds() {
     });
     assert_eq!(e.default_stream(), "channel/production");
 }
+
+/// Exactly the checkpoint files and the run config must travel with the
+/// record; pinned inputs stay where they were pinned.
+#[test]
+fn stored_artifacts_are_checkpoint_files_and_run_configs() {
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        ..Config::default()
+    });
+    for ty in EventType::ALL.iter().copied() {
+        runner
+            .run(&catalog::arbitrary_of(ty), |event| {
+                let named: Vec<Sha256Digest> = event
+                    .stored_artifacts()
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect();
+                let expected = match &event {
+                    Event::CheckpointCommitted(c) => c.files.iter().map(|f| f.sha256).collect(),
+                    Event::RunStarted(r) => vec![r.run_config_sha256],
+                    _ => Vec::new(),
+                };
+                prop_assert_eq!(named, expected);
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", ty.as_str()));
+    }
+}

@@ -158,6 +158,47 @@ impl ArtifactStore {
         Ok(())
     }
 
+    /// Where a file fetched from elsewhere is written before it is checked
+    /// and installed with [`ArtifactStore::install_staged`] (its folder is
+    /// created). One name per digest: a fetch killed midway leaves a file
+    /// that the next fetch of the same digest overwrites, never an artifact.
+    pub fn staging_path(&self, digest: &Sha256Digest) -> Result<PathBuf> {
+        let dst = self.path_of(digest);
+        let dir = dst.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| LedgerError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir.join(format!(".{}.incoming", digest.to_hex())))
+    }
+
+    /// Installs a staged file as `digest` if its bytes hash to it (synced,
+    /// then renamed into place); otherwise removes it and says what arrived.
+    pub fn install_staged(&self, staged: &Path, digest: &Sha256Digest) -> Result<()> {
+        let (actual, _) = hash_file(staged)?;
+        if actual != *digest {
+            let _ = std::fs::remove_file(staged);
+            return Err(LedgerError::Corrupt {
+                seq: 0,
+                reason: format!(
+                    "artifact {} arrived with other bytes (they hash to {})",
+                    digest.short(),
+                    actual.short()
+                ),
+            });
+        }
+        let dst = self.path_of(digest);
+        let io = |source| LedgerError::Io {
+            path: dst.clone(),
+            source,
+        };
+        std::fs::File::open(staged)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(staged, &dst).map_err(io)?;
+        Ok(())
+    }
+
     /// Re-hashes a stored file: `Ok(true)` if present and intact,
     /// `Ok(false)` if missing, `Err` naming it if its bytes changed.
     pub fn check(&self, digest: &Sha256Digest) -> Result<bool> {

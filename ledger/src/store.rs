@@ -286,6 +286,42 @@ impl Ledger {
         )
     }
 
+    /// Checks, without appending, what needs no fetch: the batch's shape,
+    /// that its signer is a registered, unrevoked key, and that the
+    /// signature holds. `ledger serve` runs it before it fetches the
+    /// artifacts a batch names, so an unsigned or forged request cannot make
+    /// it pull anything. [`Ledger::append`] checks all of it again, and the
+    /// roles, under the writer lock.
+    pub fn precheck(&self, batch: &SignedBatch) -> Result<()> {
+        batch.check_shape().map_err(LedgerError::InvalidAppend)?;
+        let signer = batch.signer();
+        let verifying = {
+            let writer = self.writer()?;
+            match writer.registry.key(signer) {
+                Some(k) if k.revoked_at.is_none() => k.verifying,
+                Some(k) => {
+                    return Err(LedgerError::Unauthorized(format!(
+                        "key {} ({signer}) was revoked at seq {}",
+                        k.name,
+                        k.revoked_at.unwrap_or_default()
+                    )))
+                }
+                None => {
+                    return Err(LedgerError::Unauthorized(format!(
+                        "signer {signer} is not a registered key"
+                    )))
+                }
+            }
+        };
+        let (message, _) = batch.message();
+        if !signature_holds(&verifying, &message, &batch.signature) {
+            return Err(LedgerError::Unauthorized(format!(
+                "the signature of the batch does not hold for signer {signer}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Appends a signed batch atomically and durably: when this returns
     /// `Ok`, the events are flushed to disk. Before anything is written the
     /// signature must hold for the signer's key, and the registry must let

@@ -104,6 +104,7 @@ fn main() {
             ledger.clone(),
             NatsOptions::url(nats.url()).connect().await.unwrap(),
             stop_rx,
+            None,
         ));
         let nc = NatsOptions::url(nats.url()).connect().await.unwrap();
         let client = Arc::new(NatsLedgerClient::new(nc.clone(), trainer.clone()));

@@ -15,14 +15,16 @@
 
 #![warn(missing_docs)]
 
+pub mod artifacts;
 mod feed;
 mod remote;
 mod service;
 pub mod wire;
 
+pub use artifacts::{ArtifactBucket, Uploaded};
 pub use feed::{consumer_name, FeedOptions, JetStreamFeed};
 pub use remote::{NatsLedgerClient, DEFAULT_RECONNECT, DEFAULT_TIMEOUT};
-pub use service::{handle_request, serve, spawn_service, OUTBOX_RETRY};
+pub use service::{handle_request, serve, spawn_service, ServeArtifacts, OUTBOX_RETRY};
 
 use async_nats::jetstream::{self, context::Context, message::PublishMessage};
 use foundry_events::{EventType, RecordedEvent};

@@ -4,13 +4,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use foundry_events::{EventType, RecordedEvent};
-use foundry_ledger::{AppendOutcome, Identity, SignedBatch};
+use foundry_events::{Event, EventType, RecordedEvent, Sha256Digest};
+use foundry_ledger::{AppendOutcome, ArtifactStore, Identity, SignedBatch};
 use foundry_runner::{LedgerClient, Result, RunnerError};
 use serde::{de::DeserializeOwned, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::artifacts::ArtifactBucket;
 use crate::wire::{self, ops, Page, Reply};
+
+/// How fast `ledger serve` is assumed to fetch artifacts at worst, to size
+/// the wait for an append that names them (on top of the usual timeout).
+const SLOWEST_FETCH_BYTES_PER_S: u64 = 20 << 20;
 
 /// How long a request waits for the service by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +40,10 @@ pub struct NatsLedgerClient {
     identity: Identity,
     timeout: Duration,
     reconnect: Duration,
+    /// The home whose artifact store uploads come from.
+    upload_from: Option<ArtifactStore>,
+    /// The artifact bucket, opened on first use.
+    bucket: std::sync::Arc<tokio::sync::OnceCell<ArtifactBucket>>,
 }
 
 impl NatsLedgerClient {
@@ -45,7 +54,67 @@ impl NatsLedgerClient {
             identity,
             timeout: DEFAULT_TIMEOUT,
             reconnect: DEFAULT_RECONNECT,
+            upload_from: None,
+            bucket: Default::default(),
         }
+    }
+
+    /// Ships artifacts through the JetStream bucket: before an append that
+    /// names files ([`Event::stored_artifacts`]: checkpoint files, run
+    /// configs), each is uploaded from `store` unless the bucket holds it,
+    /// so `ledger serve` can fetch it into its home before it confirms; and
+    /// [`LedgerClient::fetch_artifact`] fetches into a store from the bucket.
+    pub fn with_artifacts(mut self, store: ArtifactStore) -> Self {
+        self.upload_from = Some(store);
+        self
+    }
+
+    async fn bucket(&self) -> Result<&ArtifactBucket> {
+        self.bucket
+            .get_or_try_init(|| ArtifactBucket::on(self.client.clone()))
+            .await
+            .map_err(|e| RunnerError::Transport(e.to_string()))
+    }
+
+    /// Uploads what `batch` names and the bucket lacks; returns the bytes
+    /// named, which size the wait for the append.
+    async fn ship(&self, batch: &SignedBatch) -> Result<u64> {
+        let named: Vec<(String, Sha256Digest)> = batch
+            .statements
+            .iter()
+            .filter(|s| matches!(s.event_type.as_str(), "CheckpointCommitted" | "RunStarted"))
+            .filter_map(|s| s.decode_event().ok())
+            .flat_map(|e: Event| e.stored_artifacts())
+            .collect();
+        if named.is_empty() {
+            return Ok(0);
+        }
+        let Some(store) = &self.upload_from else {
+            return Ok(0);
+        };
+        let bucket = self.bucket().await?;
+        let mut bytes = 0;
+        for (what, digest) in named {
+            let path = store.path_of(&digest);
+            if let Ok(m) = std::fs::metadata(&path) {
+                bytes += m.len();
+                bucket
+                    .upload(&digest, &path)
+                    .await
+                    .map_err(|e| RunnerError::Transport(format!("upload {what}: {e}")))?;
+            } else if !bucket
+                .contains(&digest)
+                .await
+                .map_err(|e| RunnerError::Transport(e.to_string()))?
+            {
+                return Err(RunnerError::Missing(format!(
+                    "{what} ({}) is neither in {} nor in the artifact bucket, so the ledger could not hold it",
+                    digest.short(),
+                    store.path_of(&digest).display()
+                )));
+            }
+        }
+        Ok(bytes)
     }
 
     /// The same connection, signing as another identity.
@@ -70,24 +139,33 @@ impl NatsLedgerClient {
     }
 
     async fn call<Q: Serialize, R: DeserializeOwned>(&self, op: &'static str, q: &Q) -> Result<R> {
+        self.call_within(op, q, self.timeout).await
+    }
+
+    async fn call_within<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        q: &Q,
+        timeout: Duration,
+    ) -> Result<R> {
         let body = wire::encode(q)
             .map_err(|e| RunnerError::Transport(format!("{op}: cannot encode the request: {e}")))?;
         let started = tokio::time::Instant::now();
         let msg = loop {
             let req = async_nats::Request::new()
                 .payload(body.clone().into())
-                .timeout(Some(self.timeout));
+                .timeout(Some(timeout));
             let answer = tokio::time::timeout(
-                self.timeout + Duration::from_millis(500),
+                timeout + Duration::from_millis(500),
                 self.client.send_request(op, req),
             )
             .await;
             match answer {
-                Err(_) => return Err(self.timed_out(op)),
+                Err(_) => return Err(self.timed_out(op, timeout)),
                 Ok(Err(e)) => {
                     use async_nats::RequestErrorKind as K;
                     return Err(match e.kind() {
-                        K::TimedOut => self.timed_out(op),
+                        K::TimedOut => self.timed_out(op, timeout),
                         // Nobody received it: safe to send again for a while.
                         K::NoResponders if started.elapsed() < self.reconnect => {
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -114,10 +192,10 @@ impl NatsLedgerClient {
         }
     }
 
-    fn timed_out(&self, op: &str) -> RunnerError {
+    fn timed_out(&self, op: &str, timeout: Duration) -> RunnerError {
         RunnerError::Transport(format!(
             "{op}: the ledger service did not answer within {:.1}s",
-            self.timeout.as_secs_f64()
+            timeout.as_secs_f64()
         ))
     }
 }
@@ -133,8 +211,10 @@ impl LedgerClient for NatsLedgerClient {
     }
 
     async fn append_signed(&self, batch: SignedBatch) -> Result<AppendOutcome> {
+        let bytes = self.ship(&batch).await?;
         let w = wire::WireAppend::from_batch(&batch);
-        let o: wire::WireOutcome = self.call(ops::APPEND, &w).await?;
+        let wait = self.timeout + Duration::from_secs(bytes / SLOWEST_FETCH_BYTES_PER_S);
+        let o: wire::WireOutcome = self.call_within(ops::APPEND, &w, wait).await?;
         Ok(o.into_outcome()?)
     }
 
@@ -214,5 +294,16 @@ impl LedgerClient for NatsLedgerClient {
 
     async fn head(&self) -> Result<u64> {
         self.call(ops::HEAD, &wire::Head {}).await
+    }
+
+    async fn fetch_artifact(&self, digest: &Sha256Digest, store: &ArtifactStore) -> Result<bool> {
+        if store.contains(digest) {
+            return Ok(true);
+        }
+        self.bucket()
+            .await?
+            .fetch(digest, store)
+            .await
+            .map_err(|e| RunnerError::Transport(e.to_string()))
     }
 }

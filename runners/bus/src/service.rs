@@ -6,14 +6,127 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use foundry_events::EventType;
-use foundry_ledger::{Ledger, LedgerError};
+use foundry_ledger::{ArtifactStore, Ledger, LedgerError, SignedBatch};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 
+use crate::artifacts::ArtifactBucket;
 use crate::wire::{self, ops, Page, Reply, WireError};
 use crate::{ensure_stream, BusError, OutboxPublisher};
+
+/// Where the service keeps the files its history names: the home's
+/// artifact store, filled from the JetStream artifact bucket before an
+/// append that names a file is confirmed.
+#[derive(Clone)]
+pub struct ServeArtifacts {
+    store: ArtifactStore,
+    bucket: ArtifactBucket,
+    /// One fetch at a time: two appends naming the same file must not
+    /// write its staging file together.
+    fetching: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// One retention pass at a time.
+    pruning: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Files this service already removed from the bucket.
+    removed:
+        std::sync::Arc<std::sync::Mutex<std::collections::HashSet<foundry_events::Sha256Digest>>>,
+}
+
+impl ServeArtifacts {
+    /// The home's `store`, filled from the bucket on `client`'s JetStream.
+    pub async fn open(store: ArtifactStore, client: &async_nats::Client) -> Result<Self, BusError> {
+        Ok(ServeArtifacts {
+            store,
+            bucket: ArtifactBucket::on(client.clone()).await?,
+            fetching: Default::default(),
+            pruning: Default::default(),
+            removed: Default::default(),
+        })
+    }
+
+    /// Removes from the bucket the checkpoint files that retention lets go
+    /// ([`foundry_runner::retention`]); this home keeps them all. Returns
+    /// how many it removed.
+    pub async fn prune(&self, ledger: &Ledger) -> Result<usize, BusError> {
+        let _one = self.pruning.lock().await;
+        let reader = ledger.clone();
+        let events =
+            tokio::task::spawn_blocking(move || -> Result<Vec<foundry_events::Event>, BusError> {
+                let mut recs = Vec::new();
+                for ty in foundry_runner::retention::READS {
+                    recs.extend(reader.read_type(*ty, 1, usize::MAX)?);
+                }
+                recs.sort_by_key(|r| r.seq);
+                recs.iter()
+                    .map(|r| r.decode_event().map_err(BusError::from))
+                    .collect()
+            })
+            .await
+            .map_err(|e| BusError::JetStream(format!("retention task: {e}")))??;
+        let drops = foundry_runner::retention::bucket_drops(&events);
+        let mut removed = 0;
+        for d in drops {
+            let done = self.removed.lock().map(|r| r.contains(&d)).unwrap_or(false);
+            if done {
+                continue;
+            }
+            self.bucket.remove(&d).await?;
+            if let Ok(mut r) = self.removed.lock() {
+                r.insert(d);
+            }
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Fetches every file `batch` names that the store lacks, after checking
+    /// the batch's signer (so no forged request makes the service fetch).
+    /// An error names the first file that is not in the bucket.
+    async fn take_in(&self, ledger: &Ledger, batch: &SignedBatch) -> Result<(), LedgerError> {
+        let named: Vec<(usize, String, foundry_events::Sha256Digest)> = batch
+            .statements
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.event_type.as_str(), "CheckpointCommitted" | "RunStarted"))
+            .filter_map(|(i, s)| Some((i, s.decode_event().ok()?)))
+            .flat_map(|(i, e)| {
+                e.stored_artifacts()
+                    .into_iter()
+                    .map(move |(w, d)| (i, w, d))
+            })
+            .filter(|(_, _, d)| !self.store.contains(d))
+            .collect();
+        if named.is_empty() {
+            return Ok(());
+        }
+        ledger.precheck(batch)?;
+        let _one = self.fetching.lock().await;
+        for (i, what, digest) in named {
+            match self.bucket.fetch(&digest, &self.store).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(LedgerError::InvalidAppend(format!(
+                        "event {i} names {what} ({}), which is not in the artifact bucket {}: upload it before appending",
+                        digest.short(),
+                        crate::artifacts::BUCKET
+                    )))
+                }
+                Err(BusError::Ledger(e)) => {
+                    return Err(LedgerError::InvalidAppend(format!(
+                        "event {i} names {what}: {e}"
+                    )))
+                }
+                Err(e) => {
+                    return Err(LedgerError::InvalidAppend(format!(
+                        "event {i} names {what}, which could not be fetched: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 /// How the service retries the outbox while JetStream is unreachable.
 pub const OUTBOX_RETRY: Duration = Duration::from_millis(250);
@@ -26,19 +139,24 @@ pub async fn serve(
     ledger: Ledger,
     client: async_nats::Client,
     stop: watch::Receiver<bool>,
+    artifacts: Option<ServeArtifacts>,
 ) -> Result<(), BusError> {
-    spawn_service(ledger, client, stop)
+    spawn_service(ledger, client, stop, artifacts)
         .await?
         .await
         .map_err(|e| BusError::JetStream(format!("ledger service task: {e}")))
 }
 
 /// Like [`serve`], but returns once the service is subscribed (requests
-/// sent from then on are answered), with the task that runs it.
+/// sent from then on are answered), with the task that runs it. With
+/// `artifacts`, an append that names files (checkpoint files, run configs)
+/// is confirmed only once each is in the home's store, fetched from the
+/// artifact bucket and checked against its hash.
 pub async fn spawn_service(
     ledger: Ledger,
     client: async_nats::Client,
     mut stop: watch::Receiver<bool>,
+    artifacts: Option<ServeArtifacts>,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let js = jetstream::new(client.clone());
     ensure_stream(&js).await?;
@@ -59,7 +177,8 @@ pub async fn spawn_service(
                     let Some(msg) = msg else { break };
                     let ledger = ledger.clone();
                     let client = client.clone();
-                    tokio::spawn(async move { answer(ledger, client, msg).await });
+                    let artifacts = artifacts.clone();
+                    tokio::spawn(async move { answer(ledger, client, msg, artifacts.as_ref()).await });
                 }
                 _ = stop.wait_for(|s| *s) => break,
             }
@@ -70,14 +189,26 @@ pub async fn spawn_service(
     }))
 }
 
-async fn answer(ledger: Ledger, client: async_nats::Client, msg: async_nats::Message) {
+async fn answer(
+    ledger: Ledger,
+    client: async_nats::Client,
+    msg: async_nats::Message,
+    artifacts: Option<&ServeArtifacts>,
+) {
     let Some(reply_to) = msg.reply.clone() else {
         tracing::warn!(subject = %msg.subject, "request without a reply subject, ignored");
         return;
     };
     // Pages stay well under the negotiated max payload.
     let budget = (client.server_info().max_payload / 2).max(64 * 1024);
-    let body = handle(&ledger, msg.subject.as_str(), &msg.payload, budget).await;
+    let body = handle(
+        &ledger,
+        msg.subject.as_str(),
+        &msg.payload,
+        budget,
+        artifacts,
+    )
+    .await;
     if let Err(e) = client.publish(reply_to, body.into()).await {
         tracing::warn!(subject = %msg.subject, "cannot send the reply: {e}");
     }
@@ -145,12 +276,18 @@ pub async fn handle_request(
     payload: &[u8],
     budget: usize,
 ) -> Vec<u8> {
-    handle(ledger, subject, payload, budget).await
+    handle(ledger, subject, payload, budget, None).await
 }
 
-async fn handle(ledger: &Ledger, subject: &str, payload: &[u8], budget: usize) -> Vec<u8> {
+async fn handle(
+    ledger: &Ledger,
+    subject: &str,
+    payload: &[u8],
+    budget: usize,
+    artifacts: Option<&ServeArtifacts>,
+) -> Vec<u8> {
     let r = match subject {
-        ops::APPEND => append(ledger, payload).await,
+        ops::APPEND => append(ledger, payload, artifacts).await,
         ops::READ_STREAM => req::<wire::ReadStream>(subject, payload).map(|q| {
             match ledger.read_stream(&q.stream, q.from_version) {
                 Ok(recs) => page(recs.iter().map(|r| Ok(r.encode()?)), usize::MAX, budget),
@@ -199,9 +336,25 @@ async fn handle(ledger: &Ledger, subject: &str, payload: &[u8], budget: usize) -
     r.unwrap_or_else(|e| e)
 }
 
-async fn append(ledger: &Ledger, payload: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+async fn append(
+    ledger: &Ledger,
+    payload: &[u8],
+    artifacts: Option<&ServeArtifacts>,
+) -> Result<Vec<u8>, Vec<u8>> {
     let w = req::<wire::WireAppend>(ops::APPEND, payload)?;
     let batch = w.into_batch().map_err(ledger_err)?;
+    if let Some(a) = artifacts {
+        a.take_in(ledger, &batch).await.map_err(ledger_err)?;
+    }
+    // A run's end, a score or a promotion can let checkpoint files leave
+    // the bucket: a pass in the background, after the reply.
+    let retention_may_change = batch.statements.iter().any(|s| {
+        matches!(
+            s.event_type.as_str(),
+            "RunCompleted" | "RunFailed" | "RunCancelled" | "EvalScored" | "AdapterPromoted"
+        )
+    });
+    let ledger_for_retention = ledger.clone();
     let ledger = ledger.clone();
     // The ledger checks the signature against the key registered for the
     // statements' actor and the key's roles; the NATS user is irrelevant.
@@ -209,6 +362,14 @@ async fn append(ledger: &Ledger, payload: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
         .await
         .map_err(|e| err(WireError::other(format!("append task failed: {e}"))))?
         .map_err(ledger_err)?;
+    if let (true, Some(a)) = (retention_may_change, artifacts) {
+        let (a, ledger) = (a.clone(), ledger_for_retention);
+        tokio::spawn(async move {
+            if let Err(e) = a.prune(&ledger).await {
+                tracing::warn!("artifact retention: {e}");
+            }
+        });
+    }
     let w = wire::WireOutcome::from_outcome(&outcome).map_err(ledger_err)?;
     Ok(ok(w))
 }

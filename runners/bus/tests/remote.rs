@@ -31,7 +31,7 @@ impl Service {
     async fn start(url: &str, ledger: &Ledger) -> Service {
         let client = NatsOptions::url(url).connect().await.unwrap();
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(serve(ledger.clone(), client, rx));
+        let task = tokio::spawn(serve(ledger.clone(), client, rx, None));
         // The service answers once it subscribed.
         let probe = NatsLedgerClient::new(
             NatsOptions::url(url).connect().await.unwrap(),
@@ -438,7 +438,12 @@ async fn wrong_credentials_are_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let (ledger, keys) = org_ledger(dir.path());
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(serve(ledger.clone(), good.connect().await.unwrap(), rx));
+    let task = tokio::spawn(serve(
+        ledger.clone(),
+        good.connect().await.unwrap(),
+        rx,
+        None,
+    ));
     let c = NatsLedgerClient::new(good.connect().await.unwrap(), keys.trainer.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {

@@ -1,8 +1,8 @@
 //! The ledger as runners see it.
 
 use async_trait::async_trait;
-use foundry_events::{EventType, RecordedEvent};
-use foundry_ledger::{AppendOutcome, AppendRequest, Identity, Ledger, SignedBatch};
+use foundry_events::{EventType, RecordedEvent, Sha256Digest};
+use foundry_ledger::{AppendOutcome, AppendRequest, ArtifactStore, Identity, Ledger, SignedBatch};
 
 use crate::Result;
 
@@ -36,6 +36,14 @@ pub trait LedgerClient: Send + Sync {
     async fn stream_version(&self, stream: &str) -> Result<u64>;
     /// The latest seq (0 when empty).
     async fn head(&self) -> Result<u64>;
+    /// Brings the artifact `digest` into `store`, checked against its hash,
+    /// from wherever the ledger keeps the files its history names (over
+    /// NATS: the JetStream artifact bucket); `Ok(false)` when it is not
+    /// there. The embedded client shares its home's store, so it has
+    /// nothing to fetch.
+    async fn fetch_artifact(&self, digest: &Sha256Digest, store: &ArtifactStore) -> Result<bool> {
+        Ok(store.contains(digest))
+    }
 }
 
 /// The embedded client: the ledger opened in this process, acting as one

@@ -150,7 +150,7 @@ impl EvaluatorRunner {
                         .await?
                         .resolved_config,
                 );
-                let dir = crate::trainer::materialize(ctx, &c)?;
+                let dir = crate::trainer::materialize(ctx, &c).await?;
                 Some((c, dir))
             }
             None => None,

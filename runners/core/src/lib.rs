@@ -29,6 +29,7 @@ mod host;
 pub mod isolate;
 pub mod lookup;
 mod promoter;
+pub mod retention;
 pub mod testkit;
 mod trainer;
 
@@ -43,6 +44,25 @@ pub use trainer::{
     TrainSink, TrainSummary, TrainerRunner, TrainingEngine, DEFAULT_MAX_ATTEMPTS,
     MAX_ATTEMPTS_LIMIT,
 };
+
+/// Makes sure `home`'s artifact store holds every file of `named` (what an
+/// event names: [`foundry_events::Event::stored_artifacts`]), fetching each
+/// missing one through `client` (verified by hash). A file that is neither
+/// here nor reachable is left to the caller, which may find it elsewhere (a
+/// checkpoint's own directory) or report it.
+pub async fn fetch_artifacts(
+    client: &dyn LedgerClient,
+    home: &foundry_ledger::Home,
+    named: &[(String, foundry_events::Sha256Digest)],
+) -> Result<()> {
+    let store = home.artifacts();
+    for (_, digest) in named {
+        if !store.contains(digest) {
+            client.fetch_artifact(digest, &store).await?;
+        }
+    }
+    Ok(())
+}
 
 /// The idempotency key of an outcome of `runner` caused by event `trigger`.
 /// Deterministic, so a redelivered trigger maps to the same key.

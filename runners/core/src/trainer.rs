@@ -411,8 +411,12 @@ pub fn checkpoint_dir(
     Ok(dir)
 }
 
-/// [`checkpoint_dir`] of a CheckpointCommitted, for this runner's home.
-pub(crate) fn materialize(ctx: &RunnerContext, c: &CheckpointCommitted) -> Result<PathBuf> {
+/// [`checkpoint_dir`] of a CheckpointCommitted, for this runner's home,
+/// after fetching the files its artifact store lacks through the ledger
+/// client (a checkpoint trained on another machine).
+pub(crate) async fn materialize(ctx: &RunnerContext, c: &CheckpointCommitted) -> Result<PathBuf> {
+    let named = Event::CheckpointCommitted(c.clone()).stored_artifacts();
+    crate::fetch_artifacts(ctx.client.as_ref(), &ctx.home, &named).await?;
     checkpoint_dir(&ctx.home, &c.checkpoint_id, &c.location, &c.files)
 }
 
@@ -540,7 +544,7 @@ impl TrainerRunner {
         let out_dir = ctx.home.adapters_dir(&req.run_id);
         let mut resume_from = None;
         if let Some(c) = &state.last_checkpoint {
-            let dir = match materialize(ctx, c) {
+            let dir = match materialize(ctx, c).await {
                 Ok(dir) => dir,
                 Err(e) => {
                     return self

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use foundry_events::{
-    BaseModelPinned, CheckpointCommitted, DatasetPinned, Event, EventType, ModalJobSubmitted,
-    ModalJobUpdated, RecordedEvent, RunFailed, RunRequested, Timestamp,
+    BaseModelPinned, DatasetPinned, Event, EventType, ModalJobSubmitted, ModalJobUpdated,
+    RecordedEvent, RunFailed, RunRequested, Timestamp,
 };
 use foundry_runner::{lookup, Delivery, Runner, RunnerContext, RunnerError};
 use serde::{Deserialize, Serialize};
@@ -377,25 +377,26 @@ impl Job<'_> {
         .await
     }
 
-    /// Pulls a checkpoint's files from the container's artifact store in the
-    /// Volume into the local one, each verified against the commit. `false`
-    /// when a file is not in the Volume (yet).
-    async fn pull_checkpoint(&self, cli: &ModalCli, c: &CheckpointCommitted) -> Result<bool> {
+    /// Pulls the files an event names ([`Event::stored_artifacts`]: a
+    /// checkpoint's files, a run's config) from the container's artifact
+    /// store in the Volume into the local one, each verified against the
+    /// event. `false` when a file is not in the Volume (yet).
+    async fn pull_named(&self, cli: &ModalCli, event: &Event) -> Result<bool> {
         let store = self.ctx.home.artifacts();
         let pulls = self.work.join("pulls");
         std::fs::create_dir_all(&pulls).map_err(|e| io(&pulls, e))?;
-        for f in &c.files {
-            if store.check(&f.sha256)? {
+        for (what, sha256) in event.stored_artifacts() {
+            if store.check(&sha256)? {
                 continue;
             }
             let rel = store
-                .path_of(&f.sha256)
+                .path_of(&sha256)
                 .strip_prefix(self.ctx.home.root())
                 .map(|p| p.to_string_lossy().replace('\\', "/"))
                 .map_err(|_| {
                     ModalError::Invalid("the artifact store is outside the home".into())
                 })?;
-            let local = pulls.join(f.sha256.to_hex());
+            let local = pulls.join(sha256.to_hex());
             if !cli
                 .volume_get(
                     &self.backend.checkpoint_volume,
@@ -407,11 +408,14 @@ impl Job<'_> {
                 return Ok(false);
             }
             let (sha, _) = foundry_ledger::hash_file(&local)?;
-            if sha != f.sha256 {
+            if sha != sha256 {
                 let _ = std::fs::remove_file(&local);
                 return Err(ModalError::Outbox(format!(
-                    "checkpoint {} file {} pulled from volume {} hashes to {}, but CheckpointCommitted says {}",
-                    c.checkpoint_id, f.path, self.backend.checkpoint_volume, sha.short(), f.sha256.short()
+                    "{what} pulled from volume {} hashes to {}, but the {} event says {}",
+                    self.backend.checkpoint_volume,
+                    sha.short(),
+                    event.event_type().as_str(),
+                    sha256.short()
                 )));
             }
             store.put_file(&local)?;
@@ -462,15 +466,18 @@ impl Job<'_> {
         }
         let records = outbox::read_outbox(&local, self.anchor)?;
         for rec in &records {
-            if let Ok(Event::CheckpointCommitted(c)) = rec.decode_event() {
-                // The outbox is written after its checkpoints' files: they
-                // must be there.
-                if !self.pull_checkpoint(cli, &c).await? {
-                    return Err(ModalError::Outbox(format!(
-                        "checkpoint {} (step {}) is in the outbox but its files are not in volume {}",
-                        c.checkpoint_id, c.step, self.backend.checkpoint_volume
-                    )));
-                }
+            let Ok(event) = rec.decode_event() else {
+                continue;
+            };
+            // The outbox is written after the files its events name (a
+            // checkpoint's, a run config): they must be there.
+            if !event.stored_artifacts().is_empty() && !self.pull_named(cli, &event).await? {
+                return Err(ModalError::Outbox(format!(
+                    "seq {} ({}) is in the outbox but the files it names are not in volume {}",
+                    rec.seq,
+                    event.event_type().as_str(),
+                    self.backend.checkpoint_volume
+                )));
             }
         }
         let n = outbox::import(self.ctx.client.as_ref(), &records).await?;
@@ -825,8 +832,8 @@ impl ModalRunner {
             // their files here from the Volume too.
             // (Files not yet committed to the Volume: next poll.)
             for (_, e) in &events {
-                if let Event::CheckpointCommitted(c) = e {
-                    job.pull_checkpoint(cli, c).await?;
+                if !e.stored_artifacts().is_empty() {
+                    job.pull_named(cli, e).await?;
                 }
             }
             if let Some(st) = job.status(cli).await? {
@@ -870,15 +877,13 @@ impl ModalRunner {
         let events =
             lookup::stream_events(job.ctx.client.as_ref(), &format!("run/{}", job.run_id)).await?;
         for (_, e) in &events {
-            if let Event::CheckpointCommitted(c) = e {
-                if !job.pull_checkpoint(cli, c).await? {
-                    tracing::warn!(
-                        run = %job.run_id,
-                        "checkpoint {} files never reached volume {}",
-                        c.checkpoint_id,
-                        job.backend.checkpoint_volume
-                    );
-                }
+            if !e.stored_artifacts().is_empty() && !job.pull_named(cli, e).await? {
+                tracing::warn!(
+                    run = %job.run_id,
+                    "the files of a {} event never reached volume {}",
+                    e.event_type().as_str(),
+                    job.backend.checkpoint_volume
+                );
             }
         }
         let status = job.status(cli).await?.or(last_status);

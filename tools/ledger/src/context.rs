@@ -26,7 +26,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn client(&self, identity: &Identity) -> Result<&NatsLedgerClient> {
+    fn client(&self, identity: &Identity, home: &Home) -> Result<&NatsLedgerClient> {
         if let Some(c) = self.client.get() {
             return Ok(c);
         }
@@ -34,9 +34,9 @@ impl Remote {
             .rt
             .block_on(self.opts.connect())
             .with_context(|| format!("cannot reach the ledger service at {}", self.opts.url))?;
-        Ok(self
-            .client
-            .get_or_init(|| NatsLedgerClient::new(nats, identity.clone())))
+        Ok(self.client.get_or_init(|| {
+            NatsLedgerClient::new(nats, identity.clone()).with_artifacts(home.artifacts())
+        }))
     }
 }
 
@@ -288,7 +288,22 @@ impl Context {
             // Reading needs no key of one's own.
             Err(_) => Identity::generate("reader")?,
         };
-        remote.client(&id)
+        remote.client(&id, &self.home)
+    }
+
+    /// Makes sure this home's artifact store holds every file of `named`:
+    /// with `--nats`, each missing one is fetched from the service's
+    /// artifact bucket (verified by hash); embedded, the store is the
+    /// ledger's own and nothing is fetched.
+    pub fn fetch_artifacts(&self, named: &[(String, foundry_events::Sha256Digest)]) -> Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let client = self.remote_client()?;
+        remote
+            .rt
+            .block_on(foundry_runner::fetch_artifacts(client, &self.home, named))
+            .map_err(|e| anyhow!("fetching artifacts from {}: {e}", remote.opts.url))
     }
 
     /// Appends: to the home's ledger, or with `--nats` through the remote
@@ -298,7 +313,7 @@ impl Context {
         let Some(remote) = &self.remote else {
             return Ok(ledger.append_as(id, req)?);
         };
-        let client = remote.client(id)?;
+        let client = remote.client(id, &self.home)?;
         let out = remote
             .rt
             .block_on(client.append(req))

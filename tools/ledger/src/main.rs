@@ -81,6 +81,9 @@ enum Command {
     /// Work with trained adapters: `adapter merge <checkpoint> --out DIR`.
     #[command(subcommand)]
     Adapter(cmd::adapter::AdapterCommand),
+    /// Move artifact files between this home and the service's bucket (--nats).
+    #[command(subcommand)]
+    Artifact(cmd::artifact::ArtifactCommand),
     /// Start or cancel training runs.
     #[command(subcommand)]
     Run(cmd::run::RunCommand),
@@ -185,6 +188,7 @@ fn main() -> ExitCode {
         Command::Report(c) => cmd::report::run(&ctx, c),
         Command::Infer(a) => cmd::infer::run(&ctx, a),
         Command::Adapter(c) => cmd::adapter::run(&ctx, c),
+        Command::Artifact(c) => cmd::artifact::run(&ctx, c),
         Command::Run(c) => cmd::run::run(&ctx, c),
         Command::Up(a) => cmd::up::run(&ctx, a),
         Command::Promote(a) => cmd::promote::promote(&ctx, a),

@@ -109,8 +109,15 @@ fn pinned_model(ledger: &Ledger, model_id: &str) -> Result<BaseModelPinned> {
 }
 
 /// The checkpoint's directory, with any missing or changed file restored
-/// from the artifact store.
+/// from the artifact store (with `--nats`, fetched into it from the
+/// service's artifact bucket first).
 fn checkpoint_dir(ctx: &Context, c: &CheckpointView) -> Result<PathBuf> {
+    let named: Vec<_> = c
+        .files
+        .iter()
+        .map(|f| (format!("checkpoint file {}", f.path), f.sha256))
+        .collect();
+    ctx.fetch_artifacts(&named)?;
     Ok(foundry_runner::checkpoint_dir(
         &ctx.home,
         &c.checkpoint_id,

@@ -192,8 +192,10 @@ pub fn run(ctx: &Context, a: TrainArgs) -> Result<()> {
             match tokio::time::timeout(Duration::from_secs(15), opts.connect()).await {
                 Ok(Ok(nats)) => {
                     println!("foundry: events go to the ledger over NATS at {url}");
-                    let client: Arc<dyn LedgerClient> =
-                        Arc::new(foundry_bus::NatsLedgerClient::new(nats, identity.clone()));
+                    let client: Arc<dyn LedgerClient> = Arc::new(
+                        foundry_bus::NatsLedgerClient::new(nats, identity.clone())
+                            .with_artifacts(home.artifacts()),
+                    );
                     // Checkpoint files stay in the Volume: have it committed
                     // after each checkpoint, so the dispatcher can pull them.
                     let watcher = tokio::spawn(announce_checkpoints(client.clone(), a.run.clone()));

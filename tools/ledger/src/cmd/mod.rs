@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod adapter;
+pub mod artifact;
 pub mod bench;
 pub mod container;
 pub mod dataset;

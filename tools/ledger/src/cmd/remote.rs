@@ -120,7 +120,11 @@ pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
     super::embedded::runtime()?.block_on(async move {
         let nats = opts.connect().await?;
         let js = async_nats::jetstream::new(nats.clone());
-        let client = Arc::new(NatsLedgerClient::new(nats, identity.clone()));
+        // Artifacts travel through the JetStream bucket: uploaded from this
+        // home before an append names them, fetched into it when needed.
+        let client = Arc::new(
+            NatsLedgerClient::new(nats, identity.clone()).with_artifacts(ctx.home.artifacts()),
+        );
         let host_name = foundry_runner::host_info().hostname;
         let instance = uuid::Uuid::now_v7().simple().to_string();
         let mut host = Host::new();

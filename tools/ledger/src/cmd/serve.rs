@@ -79,7 +79,10 @@ pub fn run(ctx: &Context, _args: ServeArgs) -> Result<()> {
     super::embedded::runtime()?.block_on(async move {
         let client = opts.connect().await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut service = foundry_bus::spawn_service(ledger.clone(), client, stop_rx).await?;
+        // Appends naming files are confirmed once each is in this home.
+        let artifacts = foundry_bus::ServeArtifacts::open(ctx.home.artifacts(), &client).await?;
+        let mut service =
+            foundry_bus::spawn_service(ledger.clone(), client, stop_rx, Some(artifacts)).await?;
         // Listen before announcing readiness, so no signal is missed.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot listen for SIGTERM")?;

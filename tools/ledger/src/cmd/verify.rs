@@ -2,22 +2,31 @@
 
 use crate::context::Context;
 use anyhow::{bail, Result};
-use foundry_events::{Event, FileDigest};
+use foundry_events::{Event, Sha256Digest};
 
 /// Options of `ledger verify`.
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// Also re-hash every stored artifact the history names.
+    /// Also re-hash every artifact file the history names (checkpoint
+    /// files, run configs; with `--nats`, fetched from the service's
+    /// artifact bucket first) and the pinned inputs the store holds.
     #[arg(long)]
     artifacts: bool,
 }
 
-fn files_of(e: &Event) -> (bool, Vec<FileDigest>) {
-    match e {
-        Event::CheckpointCommitted(p) => (true, p.files.clone()),
-        Event::BaseModelPinned(p) => (false, p.files.clone()),
-        _ => (false, Vec::new()),
+/// The files an event names: those the home must hold (checkpoint files,
+/// run configs), then pinned inputs, which the store holds only when they
+/// were copied in.
+fn files_of(e: &Event) -> Vec<(bool, String, Sha256Digest)> {
+    let mut files: Vec<(bool, String, Sha256Digest)> = e
+        .stored_artifacts()
+        .into_iter()
+        .map(|(what, d)| (true, what, d))
+        .collect();
+    if let Event::BaseModelPinned(p) = e {
+        files.extend(p.files.iter().map(|f| (false, f.path.clone(), f.sha256)));
     }
+    files
 }
 
 /// Runs `ledger verify`.
@@ -32,18 +41,21 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
         let store = ctx.home.artifacts();
         for rec in ledger.iter_from(1) {
             let rec = rec?;
-            let (required, files) = files_of(&rec.decode_event()?);
-            for f in files {
-                match store.check(&f.sha256) {
+            for (required, what, digest) in files_of(&rec.decode_event()?) {
+                if required && ctx.remote.is_some() && !store.contains(&digest) {
+                    // A replica proves the files the service holds by
+                    // fetching them from its artifact bucket.
+                    ctx.fetch_artifacts(&[(what.clone(), digest)])?;
+                }
+                match store.check(&digest) {
                     Ok(true) => checked += 1,
                     Ok(false) if required => bail!(
-                        "verify failed at seq {}: artifact {} ({}) is missing from the store",
+                        "verify failed at seq {}: artifact {what} ({}) is missing from the store",
                         rec.seq,
-                        f.path,
-                        f.sha256.short()
+                        digest.short()
                     ),
                     Ok(false) => not_stored += 1,
-                    Err(e) => bail!("verify failed at seq {}: {} ({e})", rec.seq, f.path),
+                    Err(e) => bail!("verify failed at seq {}: {what} ({e})", rec.seq),
                 }
             }
         }
