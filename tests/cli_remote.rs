@@ -309,7 +309,7 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
         )
     };
     let mut trainer_a = runner("trainer", "trainer-a");
-    let _evaluator = runner("evaluator", "evaluator");
+    let evaluator = runner("evaluator", "evaluator");
     let _promoter = runner("promoter", "promoter");
 
     let env: Vec<(String, String)> = [
@@ -400,6 +400,51 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
         serde_json::from_str(&client.ok(&["--json", "show", "channel", "staging"], &[])).unwrap();
     assert!(channel.to_string().contains(&ckpt), "{channel}");
 
+    // Retention lets the first checkpoint's weights leave the bucket (the
+    // run ended, it was scored, it is outside keep_last, never promoted);
+    // an eval of it asked for later calls them back from the serve home,
+    // and the evaluator, on another machine, scores it.
+    let first = &shown["checkpoints"][0];
+    let weights: foundry_events::Sha256Digest = serde_json::from_value(
+        first["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "adapter_model.safetensors")
+            .expect("weights")["sha256"]
+            .clone(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while in_bucket(&url, &weights) {
+        assert!(
+            Instant::now() < deadline,
+            "retention never let the first weights go"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A new evaluator, on a machine that holds none of it.
+    drop(evaluator);
+    let _evaluator = runner("evaluator", "evaluator-2");
+    let first_id = first["checkpoint_id"].as_str().unwrap();
+    let scored = client.ok(
+        &[
+            "eval",
+            &first_id[..12],
+            "--split",
+            "validation",
+            "--limit",
+            "2",
+        ],
+        &[],
+    );
+    assert!(scored.contains("field_exact_match"), "{scored}");
+    let fetched = foundry_ledger::Home::at(home_of("evaluator-2")).artifacts();
+    assert!(
+        fetched.check(&weights).unwrap(),
+        "the new evaluator fetched the weights"
+    );
+
     // The evaluator's home holds what it fetched, checked, and nothing was
     // written to the trainer's disk by anyone else.
     let evaluator_store = foundry_ledger::Home::at(home_of("evaluator")).artifacts();
@@ -409,20 +454,27 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
             serde_json::from_value(f["sha256"].clone()).unwrap();
         assert!(evaluator_store.check(&sha).unwrap(), "{f}");
     }
-    // An auditor's replica proves every file through the bucket ...
-    let audit = client.ok(&["verify", "--artifacts"], &[]);
-    assert!(audit.contains("artifacts re-hashed"), "{audit}");
+    // An auditor's replica proves through the bucket every file still in
+    // it; retention let the oldest checkpoints' weights go (the run ended,
+    // they were scored, outside keep_last, never promoted) ...
+    let audit: serde_json::Value =
+        serde_json::from_str(&client.ok(&["--json", "verify", "--artifacts"], &[])).unwrap();
+    assert!(audit["artifacts_checked"].as_u64().unwrap() > 0, "{audit}");
+    assert!(
+        audit["artifacts_left_bucket"].as_u64().unwrap() > 0,
+        "{audit}"
+    );
     // ... and the serve home, handed over as it is, proves every file the
     // history names: each checkpoint's and each run config.
-    drop(serve);
-    let verified: serde_json::Value =
-        serde_json::from_str(&common::ok(&server, &["--json", "verify", "--artifacts"])).unwrap();
     let named = client
         .events("CheckpointCommitted")
         .iter()
         .map(|c| c["payload"]["files"].as_array().unwrap().len() as u64)
         .sum::<u64>()
         + client.events("RunStarted").len() as u64;
+    drop(serve);
+    let verified: serde_json::Value =
+        serde_json::from_str(&common::ok(&server, &["--json", "verify", "--artifacts"])).unwrap();
     assert_eq!(
         verified["artifacts_checked"].as_u64(),
         Some(named),
@@ -454,6 +506,16 @@ fn stored_file(home: &Path, dir: &Path, len: usize) -> foundry_events::Sha256Dig
         .unwrap();
     std::fs::remove_file(&path).unwrap();
     digest
+}
+
+/// Whether the artifact bucket holds `digest` whole.
+fn in_bucket(url: &str, digest: &foundry_events::Sha256Digest) -> bool {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let bucket = foundry_bus::ArtifactBucket::on(async_nats::connect(url).await.unwrap())
+            .await
+            .unwrap();
+        bucket.contains(digest).await.unwrap()
+    })
 }
 
 /// Chunks of the artifact bucket's stream, as the server counts them.

@@ -72,6 +72,19 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
         .unwrap()
         .to_string();
 
+    // An eval on a split the dataset lacks is refused before it is requested.
+    let before = ok(&home, &["log", "--type", "EvalRequested"])
+        .lines()
+        .count();
+    let err = common::fails(&home, &["eval", &last[..12], "--split", "test"]);
+    assert!(err.contains("has no split \"test\""), "{err}");
+    assert_eq!(
+        ok(&home, &["log", "--type", "EvalRequested"])
+            .lines()
+            .count(),
+        before
+    );
+
     // run_config.json beside the run's artifacts.
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(home.join("runs").join(&run_id).join("run_config.json")).unwrap(),

@@ -46,8 +46,9 @@ impl ServeArtifacts {
     }
 
     /// Removes from the bucket the checkpoint files that retention lets go
-    /// ([`foundry_runner::retention`]); this home keeps them all. Returns
-    /// how many it removed.
+    /// ([`foundry_runner::retention`]; this home keeps them all), and puts
+    /// back those it removed that must be there again (an evaluation of an
+    /// old checkpoint was requested). Returns how many it removed.
     pub async fn prune(&self, ledger: &Ledger) -> Result<usize, BusError> {
         let _one = self.pruning.lock().await;
         let reader = ledger.clone();
@@ -65,6 +66,22 @@ impl ServeArtifacts {
             .await
             .map_err(|e| BusError::JetStream(format!("retention task: {e}")))??;
         let drops = foundry_runner::retention::bucket_drops(&events);
+        // Files this service removed that must be in the bucket again (an
+        // evaluation of an old checkpoint was requested): put back from
+        // this home.
+        let back: Vec<foundry_events::Sha256Digest> = self
+            .removed
+            .lock()
+            .map(|r| r.iter().filter(|d| !drops.contains(d)).copied().collect())
+            .unwrap_or_default();
+        for d in back {
+            if self.store.contains(&d) {
+                self.bucket.upload(&d, &self.store.path_of(&d)).await?;
+            }
+            if let Ok(mut r) = self.removed.lock() {
+                r.remove(&d);
+            }
+        }
         let mut removed = 0;
         for d in drops {
             let done = self.removed.lock().map(|r| r.contains(&d)).unwrap_or(false);
@@ -78,6 +95,71 @@ impl ServeArtifacts {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    /// Puts back into the bucket, from this home, the files of every
+    /// checkpoint an EvalRequested of `batch` names that retention let go,
+    /// before the request is confirmed: the evaluator that sees it can
+    /// fetch them.
+    async fn recall_for_evals(
+        &self,
+        ledger: &Ledger,
+        batch: &SignedBatch,
+    ) -> Result<(), LedgerError> {
+        let wanted: Vec<String> = batch
+            .statements
+            .iter()
+            .filter(|s| s.event_type == "EvalRequested")
+            .filter_map(|s| match s.decode_event() {
+                Ok(foundry_events::Event::EvalRequested(r)) => r.checkpoint_id,
+                _ => None,
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        ledger.precheck(batch)?;
+        // Not while a retention pass, which read the history before this
+        // request, is still removing files.
+        let _no_pass = self.pruning.lock().await;
+        let reader = ledger.clone();
+        let commits = tokio::task::spawn_blocking(move || {
+            reader.read_type(
+                foundry_events::EventType::CheckpointCommitted,
+                1,
+                usize::MAX,
+            )
+        })
+        .await
+        .map_err(|e| LedgerError::InvalidAppend(format!("checkpoint lookup task: {e}")))??;
+        for rec in commits {
+            let Ok(foundry_events::Event::CheckpointCommitted(c)) = rec.decode_event() else {
+                continue;
+            };
+            if !wanted.contains(&c.checkpoint_id) {
+                continue;
+            }
+            for f in &c.files {
+                let back = async {
+                    if self.store.contains(&f.sha256) && !self.bucket.contains(&f.sha256).await? {
+                        self.bucket
+                            .upload(&f.sha256, &self.store.path_of(&f.sha256))
+                            .await?;
+                    }
+                    Ok::<_, BusError>(())
+                };
+                back.await.map_err(|e| {
+                    LedgerError::InvalidAppend(format!(
+                        "checkpoint {} file {} could not be put back into the artifact bucket: {e}",
+                        c.checkpoint_id, f.path
+                    ))
+                })?;
+                if let Ok(mut r) = self.removed.lock() {
+                    r.remove(&f.sha256);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fetches every file `batch` names that the store lacks, after checking
@@ -95,6 +177,15 @@ impl ServeArtifacts {
                     .into_iter()
                     .map(move |(w, d)| (i, w, d))
             })
+            .collect();
+        // A file named again may be in the bucket again: retention decides anew.
+        if let Ok(mut removed) = self.removed.lock() {
+            for (_, _, d) in &named {
+                removed.remove(d);
+            }
+        }
+        let named: Vec<_> = named
+            .into_iter()
             .filter(|(_, _, d)| !self.store.contains(d))
             .collect();
         if named.is_empty() {
@@ -345,13 +436,22 @@ async fn append(
     let batch = w.into_batch().map_err(ledger_err)?;
     if let Some(a) = artifacts {
         a.take_in(ledger, &batch).await.map_err(ledger_err)?;
+        a.recall_for_evals(ledger, &batch)
+            .await
+            .map_err(ledger_err)?;
     }
     // A run's end, a score or a promotion can let checkpoint files leave
-    // the bucket: a pass in the background, after the reply.
+    // the bucket, an eval request call them back: a pass in the
+    // background, after the reply.
     let retention_may_change = batch.statements.iter().any(|s| {
         matches!(
             s.event_type.as_str(),
-            "RunCompleted" | "RunFailed" | "RunCancelled" | "EvalScored" | "AdapterPromoted"
+            "RunCompleted"
+                | "RunFailed"
+                | "RunCancelled"
+                | "EvalRequested"
+                | "EvalScored"
+                | "AdapterPromoted"
         )
     });
     let ledger_for_retention = ledger.clone();

@@ -7,9 +7,9 @@
 //! - it is among its run's newest `training.keep_last` checkpoints (the
 //!   recipe's retention, as the run resolved it);
 //! - it was ever promoted to a channel;
-//! - an evaluation of it is pending: requested and not yet scored, or due
-//!   under the recipe's `eval.every_checkpoints` (as the evaluator counts)
-//!   and not yet scored.
+//! - an evaluation of it is pending: requested and not yet scored, or (none
+//!   requested yet) due under the recipe's `eval.every_checkpoints`, as the
+//!   evaluator counts, and not yet scored.
 //!
 //! A file leaves only when no checkpoint that stays names it (checkpoints
 //! share files such as `adapter_config.json`). Run configs are small and
@@ -46,7 +46,8 @@ struct RunFacts {
 pub fn bucket_drops(events: &[Event]) -> BTreeSet<Sha256Digest> {
     let mut recipes: HashMap<&str, &serde_json::Value> = HashMap::new();
     let mut runs: BTreeMap<&str, RunFacts> = BTreeMap::new();
-    let mut requested: HashSet<&str> = HashSet::new();
+    let mut requested: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut scored_evals: HashSet<&str> = HashSet::new();
     let mut scored: HashSet<&str> = HashSet::new();
     let mut promoted: HashSet<&str> = HashSet::new();
     for e in events {
@@ -69,10 +70,11 @@ pub fn bucket_drops(events: &[Event]) -> BTreeSet<Sha256Digest> {
             Event::RunCancelled(r) => runs.entry(&r.run_id).or_default().ended = true,
             Event::EvalRequested(r) => {
                 if let Some(c) = &r.checkpoint_id {
-                    requested.insert(c);
+                    requested.entry(c).or_default().push(&r.eval_id);
                 }
             }
             Event::EvalScored(s) => {
+                scored_evals.insert(&s.eval_id);
                 if let Some(c) = &s.checkpoint_id {
                     scored.insert(c);
                 }
@@ -102,8 +104,13 @@ pub fn bucket_drops(events: &[Event]) -> BTreeSet<Sha256Digest> {
         let n = facts.checkpoints.len();
         for (i, (id, files)) in facts.checkpoints.iter().enumerate() {
             let newest = n - i <= keep_last;
-            let due = (i + 1).is_multiple_of(every) || requested.contains(id.as_str());
-            let pending = due && !scored.contains(id.as_str());
+            let asked = requested.get(id.as_str());
+            // An eval asked for and not scored, or (nobody asked yet) one
+            // the evaluator will run for this checkpoint.
+            let pending = match asked {
+                Some(evals) => evals.iter().any(|e| !scored_evals.contains(e)),
+                None => (i + 1).is_multiple_of(every) && !scored.contains(id.as_str()),
+            };
             let keep = !facts.ended || newest || promoted.contains(id.as_str()) || pending;
             if keep {
                 stays.extend(files.iter().copied());
@@ -120,8 +127,8 @@ pub fn bucket_drops(events: &[Event]) -> BTreeSet<Sha256Digest> {
 mod tests {
     use super::*;
     use foundry_events::{
-        AdapterPromoted, CheckpointCommitted, EvalScored, FileDigest, RecipeDeclared, RunCompleted,
-        RunRequested,
+        AdapterPromoted, CheckpointCommitted, EvalRequested, EvalScored, FileDigest,
+        RecipeDeclared, RunCompleted, RunRequested,
     };
 
     fn d(n: u8) -> Sha256Digest {
@@ -236,6 +243,24 @@ mod tests {
         assert_eq!(bucket_drops(&h), BTreeSet::from([d(3)]));
         h.push(scored(2));
         assert_eq!(bucket_drops(&h), BTreeSet::from([d(2), d(3)]));
+    }
+
+    #[test]
+    fn an_eval_asked_for_later_calls_an_old_checkpoint_back() {
+        let mut h = vec![recipe(1, 1), request()];
+        h.extend((1..=3).map(ckpt));
+        h.extend([scored(1), scored(2), scored(3), completed()]);
+        assert_eq!(bucket_drops(&h), BTreeSet::from([d(1), d(2)]));
+        h.push(Event::EvalRequested(EvalRequested {
+            eval_id: "manual".into(),
+            checkpoint_id: Some("c1".into()),
+            run_id: Some("run".into()),
+            model_id: "m".into(),
+            dataset_id: "ds".into(),
+            split: "validation".into(),
+            limit: None,
+        }));
+        assert_eq!(bucket_drops(&h), BTreeSet::from([d(2)]));
     }
 
     #[test]

@@ -115,6 +115,19 @@ enum Command {
     EngineChild(cmd::engines::ChildArgs),
 }
 
+/// Log lines of the runners and the service (tracing) to stderr, filtered by
+/// `FOUNDRY_LOG` (`warn` when unset; e.g. `info`, `foundry_bus=debug`).
+fn init_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FOUNDRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
 /// Lets a closed stdout (`ledger … | head`) end the process quietly, as it
 /// does other Unix tools, instead of panicking in `println!` (Rust ignores
 /// SIGPIPE by default). Output is printed after the work is recorded, so
@@ -147,6 +160,14 @@ fn main() -> ExitCode {
             | Command::Rollback(_)
     ) {
         default_sigpipe();
+    }
+    // Processes that host runners or serve the ledger say on stderr why a
+    // job failed or will be retried (FOUNDRY_LOG, default `warn`).
+    if matches!(
+        cli.command,
+        Command::Runner(_) | Command::Serve(_) | Command::Up(_)
+    ) {
+        init_log();
     }
     if let Command::EngineChild(args) = cli.command {
         return match cmd::engines::run_child(args) {

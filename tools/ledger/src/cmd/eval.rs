@@ -81,6 +81,18 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
             limit: a.limit,
         }
     };
+    // A split the dataset does not have could never be scored: say so now
+    // rather than leave the request to fail in an evaluator.
+    if let Some(ds) = foundry_projections::ViewRead::dataset(&views, &request.dataset_id)? {
+        if !ds.splits.contains_key(&request.split) {
+            bail!(
+                "dataset {} has no split {:?} (it has: {})",
+                &request.dataset_id[..request.dataset_id.len().min(12)],
+                request.split,
+                ds.splits.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     let eval_id = request.eval_id.clone();
     ctx.append(&ledger, AppendRequest::new(vec![NewEvent::new(request)]))?;
     let stream = format!("eval/{eval_id}");

@@ -36,7 +36,7 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
     if let Some(v) = &report.violation {
         bail!("verify failed at {v}");
     }
-    let (mut checked, mut not_stored) = (0u64, 0u64);
+    let (mut checked, mut not_stored, mut serve_only) = (0u64, 0u64, 0u64);
     if a.artifacts {
         let store = ctx.home.artifacts();
         for rec in ledger.iter_from(1) {
@@ -44,8 +44,13 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
             for (required, what, digest) in files_of(&rec.decode_event()?) {
                 if required && ctx.remote.is_some() && !store.contains(&digest) {
                     // A replica proves the files the service holds by
-                    // fetching them from its artifact bucket.
+                    // fetching them from its artifact bucket; those that
+                    // left it under retention only the serve home can prove.
                     ctx.fetch_artifacts(&[(what.clone(), digest)])?;
+                    if !store.contains(&digest) {
+                        serve_only += 1;
+                        continue;
+                    }
                 }
                 match store.check(&digest) {
                     Ok(true) => checked += 1,
@@ -71,6 +76,7 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
             "root_trusted": ctx.trust_root.is_some(),
             "artifacts_checked": checked,
             "artifacts_not_stored": not_stored,
+            "artifacts_left_bucket": serve_only,
         }))?;
     } else {
         println!(
@@ -83,6 +89,11 @@ pub fn run(ctx: &Context, a: VerifyArgs) -> Result<()> {
         crate::output::root_line(report.root.as_deref(), ctx.trust_root.is_some());
         if a.artifacts {
             println!("ok: {checked} artifacts re-hashed ({not_stored} pinned inputs kept outside the store)");
+            if serve_only > 0 {
+                println!(
+                    "note: {serve_only} checkpoint files left the artifact bucket under retention; `verify --artifacts` on the serve home proves them"
+                );
+            }
         }
     }
     Ok(())
