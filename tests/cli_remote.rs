@@ -445,6 +445,22 @@ fn over_nats_a_killed_trainer_is_replaced_and_evals_gate_promotions() {
         "the new evaluator fetched the weights"
     );
 
+    // The CLI on another machine merges the promoted adapter: its files
+    // come from the bucket into the client's home, checked.
+    let merged = dir.path().join("merged");
+    client.ok(
+        &[
+            "adapter",
+            "merge",
+            &ckpt[..12],
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(merged.join("model.safetensors").is_file());
+    assert!(merged.join("config.json").is_file());
+
     // The evaluator's home holds what it fetched, checked, and nothing was
     // written to the trainer's disk by anyone else.
     let evaluator_store = foundry_ledger::Home::at(home_of("evaluator")).artifacts();

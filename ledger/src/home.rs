@@ -176,7 +176,18 @@ impl ArtifactStore {
     /// then renamed into place); otherwise removes it and says what arrived.
     pub fn install_staged(&self, staged: &Path, digest: &Sha256Digest) -> Result<()> {
         let (actual, _) = hash_file(staged)?;
-        if actual != *digest {
+        self.install_hashed(staged, digest, &actual)
+    }
+
+    /// [`ArtifactStore::install_staged`] for a writer that hashed the bytes
+    /// as it wrote them: `actual` is their sha256.
+    pub fn install_hashed(
+        &self,
+        staged: &Path,
+        digest: &Sha256Digest,
+        actual: &Sha256Digest,
+    ) -> Result<()> {
+        if actual != digest {
             let _ = std::fs::remove_file(staged);
             return Err(LedgerError::Corrupt {
                 seq: 0,

@@ -656,3 +656,21 @@ fn a_replica_follows_its_source_and_refuses_another_history() {
     assert!(e.contains("claims seq 1"), "{e}");
     assert_eq!(replica.head().seq, 31);
 }
+
+#[test]
+fn staged_files_are_installed_only_when_they_hash_to_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Home::at(dir.path()).artifacts();
+    let good = foundry_events::Sha256Digest::of(b"weights");
+    let staged = store.staging_path(&good).unwrap();
+    std::fs::write(&staged, b"other bytes").unwrap();
+    let e = store
+        .install_staged(&staged, &good)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("arrived with other bytes"), "{e}");
+    assert!(!store.contains(&good) && !staged.exists());
+    std::fs::write(&staged, b"weights").unwrap();
+    store.install_staged(&staged, &good).unwrap();
+    assert!(store.check(&good).unwrap() && !staged.exists());
+}

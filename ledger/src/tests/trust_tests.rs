@@ -423,3 +423,40 @@ fn an_incomplete_batch_at_the_end_is_named() {
     assert_eq!(v.seq, first, "{v}");
     assert!(v.to_string().contains("ends after 2 of them"), "{v}");
 }
+
+#[test]
+fn precheck_holds_for_registered_signers_only_and_appends_nothing() {
+    let (_d, l, admin, alice, _, _) = org();
+    let head = l.head().seq;
+    let batch = alice.sign(one(requested("r")).idempotent("k")).unwrap();
+    l.precheck(&batch).unwrap();
+    assert_eq!(l.head().seq, head, "nothing appended");
+    // Unregistered, even under a registered name.
+    let mallory = Identity::generate("alice").unwrap();
+    let forged = mallory.sign(one(requested("r")).idempotent("k")).unwrap();
+    let e = match l.precheck(&forged) {
+        Err(LedgerError::Unauthorized(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(e.contains("not a registered key"), "{e}");
+    // A signature that does not hold.
+    let mut tampered = batch.clone();
+    tampered.signature = Signature([7; 64]);
+    assert!(matches!(
+        l.precheck(&tampered),
+        Err(LedgerError::Unauthorized(_))
+    ));
+    // Revoked.
+    l.append_as(
+        &admin,
+        one(KeyRevoked {
+            name: "alice".into(),
+            public_key: alice.public_key().into(),
+            reason: "left".into(),
+        }),
+    )
+    .unwrap();
+    assert!(
+        matches!(l.precheck(&batch), Err(LedgerError::Unauthorized(m)) if m.contains("revoked"))
+    );
+}

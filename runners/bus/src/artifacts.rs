@@ -17,8 +17,8 @@
 //! stream. A file is whole once its metadata is acknowledged.
 //!
 //! Readers never trust the bucket: [`ArtifactBucket::fetch`] streams an
-//! object into the home's staging file and installs it only if it hashes to
-//! the digest asked for.
+//! object into the home's staging file, hashing it as it goes, and installs
+//! it only if it hashes to the digest asked for.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -31,6 +31,7 @@ use bytes::Bytes;
 use foundry_events::Sha256Digest;
 use foundry_ledger::ArtifactStore;
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::BusError;
@@ -312,17 +313,30 @@ impl ArtifactBucket {
             ))
         };
         let file = tokio::fs::File::create(&staged).await.map_err(io)?;
-        let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let copied = tokio::io::copy(&mut object, &mut out).await;
-        if let Err(e) = copied {
-            let _ = tokio::fs::remove_file(&staged).await;
-            return Err(js_err(&format!("get {}", digest.short()), e));
+        let mut out = tokio::io::BufWriter::with_capacity(4 << 20, file);
+        // Hashed as it is written: the bytes are read once.
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match object.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&staged).await;
+                    return Err(js_err(&format!("get {}", digest.short()), e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await.map_err(io)?;
         }
         out.flush().await.map_err(io)?;
         drop(out);
+        let actual = Sha256Digest(hasher.finalize().into());
         let store = store.clone();
         let digest = *digest;
-        tokio::task::spawn_blocking(move || store.install_staged(&staged, &digest))
+        tokio::task::spawn_blocking(move || store.install_hashed(&staged, &digest, &actual))
             .await
             .map_err(|e| js_err("install task", e))??;
         Ok(true)

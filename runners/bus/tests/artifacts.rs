@@ -21,7 +21,7 @@ use tokio::sync::watch;
 /// Deterministic bytes that differ chunk to chunk.
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[(i % 4) as usize] ^ seed)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4] ^ seed)
         .collect()
 }
 
