@@ -3,7 +3,7 @@
 //! folder, and check that the merged model generates what the base model with the
 //! adapter attached generates.
 
-mod common;
+use crate::common;
 
 use common::{fails, first_word, repo};
 

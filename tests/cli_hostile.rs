@@ -4,7 +4,7 @@
 //! training process keeps dying while two runners serve over NATS. Every
 //! refusal is one line, exits non-zero and records nothing.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! tools/fixtures/make_idefics2_fixtures.py with transformers): the CLI's prompt ids and
 //! greedy generations must equal the ones transformers recorded.
 
-mod common;
+use crate::common;
 use common::{bin, fails, ok};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,6 +1,6 @@
 //! End-to-end tests of the ledger core commands on the real binary.
 
-mod common;
+use crate::common;
 use common::{fails, ledger, ok};
 use foundry_events::{
     Event, RecordedEvent, Role, RunCancelled, Seal, Sha256Digest, Signature, Statement, Timestamp,

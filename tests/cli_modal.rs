@@ -4,7 +4,7 @@
 //! the snapshot with Volumes as directories, its outbox and checkpoints come
 //! back verified, and faults (preemption, crashes) end as they should.
 
-mod common;
+use crate::common;
 
 use common::{first_word, repo};
 

@@ -1,7 +1,7 @@
 //! End-to-end tests of `ledger recipe`, `ledger dataset`, `ledger model` and
 //! `ledger synth` on the real binary.
 
-mod common;
+use crate::common;
 use common::{bin, fails, ok};
 use foundry_ledger::Home;
 use sha2::Digest;

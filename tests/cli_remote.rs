@@ -4,7 +4,7 @@
 //! whose container reaches the ledger over NATS directly, and its
 //! cancellation from the CLI.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! draws the curves, the evals and the lineage, and renders in headless Chromium with no
 //! console errors (screenshot checked for the drawn colours).
 
-mod common;
+use crate::common;
 use common::{fails, ok};
 use foundry_events::*;
 use foundry_ledger::{Home, Ledger};

@@ -3,7 +3,7 @@
 //! (checkpoints evaluated automatically), promote through the gates, roll
 //! back, and verify every artifact.
 
-mod common;
+use crate::common;
 
 use common::{first_word, repo};
 
@@ -76,8 +76,8 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
     let before = ok(&home, &["log", "--type", "EvalRequested"])
         .lines()
         .count();
-    let err = common::fails(&home, &["eval", &last[..12], "--split", "test"]);
-    assert!(err.contains("has no split \"test\""), "{err}");
+    let err = common::fails(&home, &["eval", &last[..12], "--split", "holdout"]);
+    assert!(err.contains("has no split \"holdout\""), "{err}");
     assert_eq!(
         ok(&home, &["log", "--type", "EvalRequested"])
             .lines()

@@ -1,7 +1,7 @@
 //! `ledger serve` and `ledger runner` against a real nats-server started by
 //! the test (free port, JetStream in a temporary directory).
 
-mod common;
+use crate::common;
 
 use std::net::TcpListener;
 use std::process::Command;

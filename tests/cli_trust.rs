@@ -4,7 +4,7 @@
 //! types, channel policies bind requests and rollbacks, and a history
 //! edited after the fact or forged from scratch is refused.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! End-to-end tests of the view commands (`runs`, `show`, `lineage`,
 //! `replay`, time travel) on the real binary and a seeded, scripted ledger.
 
-mod common;
+use crate::common;
 use common::{fails, ok};
 use foundry_events::*;
 use foundry_ledger::{Home, Ledger};

@@ -2,7 +2,7 @@
 //! it is SIGKILLed at random moments. After each kill every acknowledged
 //! event is present, the chain verifies, and appends continue.
 
-mod common;
+use crate::common;
 use common::ok;
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};

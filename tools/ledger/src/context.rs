@@ -291,6 +291,14 @@ impl Context {
         remote.client(&id, &self.home)
     }
 
+    /// The home's persisted views, caught up to `ledger`'s head: what every
+    /// command that looks things up by id or prefix reads.
+    pub fn views(&self, ledger: &Ledger) -> Result<foundry_projections::ViewStore> {
+        let mut views = foundry_projections::ViewStore::open(&self.home)?;
+        views.catch_up(ledger)?;
+        Ok(views)
+    }
+
     /// Makes sure this home's artifact store holds every file of `named`:
     /// with `--nats`, each missing one is fetched from the service's
     /// artifact bucket (verified by hash); embedded, the store is the

@@ -220,15 +220,7 @@ fn main() -> ExitCode {
             command: Some(cmd::remote::RunnerCommand::Train(t)),
             ..
         }) => cmd::container::run(&ctx, t),
-        Command::Runner(a) => cmd::remote::run(
-            &ctx,
-            a.args,
-            cmd::remote::Engines {
-                trainer: Some(cmd::engines::trainer()),
-                evaluator: Some(cmd::engines::evaluator()),
-                specs: cmd::engines::specs(),
-            },
-        ),
+        Command::Runner(a) => cmd::remote::run(&ctx, a.args),
         Command::Recipe(c) => cmd::recipe::run(&ctx, c),
         Command::Dataset(c) => cmd::dataset::run(&ctx, c),
         Command::Model(c) => cmd::model::run(&ctx, c),

@@ -10,7 +10,7 @@ use candle_core::DType;
 use clap::{Args, Subcommand, ValueEnum};
 use foundry_events::{BaseModelPinned, Event};
 use foundry_ledger::Ledger;
-use foundry_projections::{resolve, CheckpointView, ViewKind, ViewRead, ViewStore};
+use foundry_projections::{resolve, CheckpointView, ViewKind, ViewRead};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -72,8 +72,7 @@ pub struct ResolvedCheckpoint {
 /// Resolves a checkpoint id or prefix to its adapter and base model directories.
 pub fn resolve_checkpoint(ctx: &Context, prefix: &str) -> Result<ResolvedCheckpoint> {
     let ledger = ctx.ledger()?;
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(&ledger)?;
+    let views = ctx.views(&ledger)?;
     let id = resolve(&views, ViewKind::Checkpoints, prefix)?;
     let checkpoint = views
         .checkpoint(&id)?

@@ -8,10 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use foundry_events::Role;
 use foundry_ledger::{Identity, Ledger};
-use foundry_runner::{
-    EmbeddedFeed, EvaluatorRunner, Host, LocalLedger, PromoterRunner, Runner, RunnerContext,
-    TrainerRunner,
-};
+use foundry_runner::{EmbeddedFeed, Host, LocalLedger, RunnerContext};
 
 use crate::context::Context;
 
@@ -103,27 +100,7 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
         runner_identity(ctx, Role::Promoter)?,
     ));
     let mut host = Host::new();
-    let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
-    if which.trainer {
-        runners.push(Arc::new(
-            TrainerRunner::new(super::engines::trainer())
-                .with_lease(lease())
-                .with_max_attempts(max_attempts()),
-        ));
-    }
-    if which.evaluator {
-        runners.push(Arc::new(EvaluatorRunner::new(super::engines::evaluator())));
-    }
-    if which.promoter {
-        runners.push(Arc::new(PromoterRunner::new(Arc::new(
-            foundry_engine::Idefics2Eval::new(),
-        ))));
-    }
-    if which.modal {
-        runners.push(Arc::new(foundry_modal::ModalRunner::new(
-            foundry_modal::ModalOptions::from_env(),
-        )));
-    }
+    let runners = super::engines::runner_set(which);
     let host_name = foundry_runner::host_info().hostname;
     let instance = uuid::Uuid::now_v7().simple().to_string();
     for r in runners {

@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Result};
 use foundry_runner::isolate::{serve_child, ChildCommand, IsolatedEval, IsolatedTrainer};
-use foundry_runner::{EvalEngine, EvalSpecs, TrainingEngine};
+use foundry_runner::{
+    EvalEngine, EvalSpecs, EvaluatorRunner, PromoterRunner, Runner, TrainerRunner, TrainingEngine,
+};
+
+use super::embedded::Which;
 
 /// The hidden subcommand a runner starts its jobs with.
 pub const CHILD_COMMAND: &str = "engine-child";
@@ -56,6 +60,33 @@ pub fn evaluator() -> Arc<dyn EvalEngine> {
 /// The eval spec hashes the promoter checks evidence against.
 pub fn specs() -> Arc<dyn EvalSpecs> {
     Arc::new(foundry_engine::Idefics2Eval::new())
+}
+
+/// The runners `which` names, over this binary's engines, configured from
+/// the environment (the trainer's lease and attempt limit, Modal's
+/// options): how the embedded default and `ledger runner --nats` both
+/// assemble them.
+pub fn runner_set(which: Which) -> Vec<Arc<dyn Runner>> {
+    let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
+    if which.trainer {
+        runners.push(Arc::new(
+            TrainerRunner::new(trainer())
+                .with_lease(super::embedded::lease())
+                .with_max_attempts(super::embedded::max_attempts()),
+        ));
+    }
+    if which.evaluator {
+        runners.push(Arc::new(EvaluatorRunner::new(evaluator())));
+    }
+    if which.promoter {
+        runners.push(Arc::new(PromoterRunner::new(specs())));
+    }
+    if which.modal {
+        runners.push(Arc::new(foundry_modal::ModalRunner::new(
+            foundry_modal::ModalOptions::from_env(),
+        )));
+    }
+    runners
 }
 
 /// `ledger engine-child`: serves one job request from stdin.

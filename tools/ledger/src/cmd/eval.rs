@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Result};
 use foundry_events::{EvalRequested, EvalScored, Event};
 use foundry_ledger::{AppendRequest, NewEvent};
-use foundry_projections::{resolve, ViewKind, ViewStore};
+use foundry_projections::{resolve, ViewKind};
 use tabled::Tabled;
 
 use super::embedded::{self, Which};
@@ -45,8 +45,7 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let ledger = ctx.ledger()?;
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(&ledger)?;
+    let views = ctx.views(&ledger)?;
     let request = if a.target == "base" {
         let model = a
             .model

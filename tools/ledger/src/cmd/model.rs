@@ -7,9 +7,10 @@ use foundry_projections::{resolve, ViewKind};
 use tabled::Tabled;
 
 use super::dataset::HubArgs;
-use super::travel::{self, or_dash, time, TravelArgs};
+use super::travel::{self, TravelArgs};
 use crate::context::Context;
 use crate::output;
+use crate::output::{or_dash, time};
 
 /// `ledger model …`.
 #[derive(clap::Subcommand)]

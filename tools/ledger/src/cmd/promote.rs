@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use foundry_events::{Event, PromotionRequested, RecordedEvent, RollbackRequested};
 use foundry_ledger::{AppendRequest, Ledger, NewEvent};
-use foundry_projections::{resolve, ViewKind, ViewStore};
+use foundry_projections::{resolve, ViewKind};
 
 use super::embedded::{self, Which};
 use crate::context::Context;
@@ -69,8 +69,7 @@ fn request_and_decide(
 /// Requests a promotion and, in embedded mode, lets the promoter decide it.
 pub fn promote(ctx: &Context, a: PromoteArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(&ledger)?;
+    let views = ctx.views(&ledger)?;
     let checkpoint_id = resolve(&views, ViewKind::Checkpoints, &a.checkpoint)?;
     let request = Event::PromotionRequested(PromotionRequested {
         checkpoint_id: checkpoint_id.clone(),

@@ -5,13 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use foundry_bus::{FeedOptions, JetStreamFeed, NatsLedgerClient};
-use foundry_runner::{
-    EvalEngine, EvaluatorRunner, Host, PromoterRunner, Runner, RunnerContext, TrainerRunner,
-    TrainingEngine,
-};
+use foundry_runner::{Host, RunnerContext};
 
 use crate::context::Context;
 
@@ -56,17 +53,6 @@ pub struct RunnerArgs {
     only: Option<Only>,
 }
 
-/// The engines behind the trainer and the evaluator; `None` where this build
-/// has none (then only the other runners can be started).
-pub struct Engines {
-    /// Trains runs.
-    pub trainer: Option<Arc<dyn TrainingEngine>>,
-    /// Scores checkpoints.
-    pub evaluator: Option<Arc<dyn EvalEngine>>,
-    /// The eval spec a recipe implies (what the promoter checks evidence against).
-    pub specs: Arc<dyn foundry_runner::EvalSpecs>,
-}
-
 /// The feed options, with the ack wait from FOUNDRY_ACK_WAIT_MS (how soon
 /// JetStream redelivers what a runner that died had in hand; default 30 s).
 fn feed_options() -> FeedOptions {
@@ -82,37 +68,17 @@ fn feed_options() -> FeedOptions {
 
 /// Runs the chosen runners until Ctrl-C (or SIGTERM). Run directories and
 /// artifacts live in this machine's `--home`; the ledger is remote.
-pub fn run(ctx: &Context, args: RunnerArgs, engines: Engines) -> Result<()> {
+pub fn run(ctx: &Context, args: RunnerArgs) -> Result<()> {
     let want = |o: Only| args.only.is_none_or(|x| x == o);
-    let mut runners: Vec<Arc<dyn Runner>> = Vec::new();
-    if want(Only::Trainer) {
-        let Some(engine) = engines.trainer else {
-            bail!("this build has no training engine; start another runner with --only evaluator|promoter");
-        };
-        runners.push(Arc::new(
-            TrainerRunner::new(engine)
-                .with_lease(super::embedded::lease())
-                .with_max_attempts(super::embedded::max_attempts()),
-        ));
-    }
-    if want(Only::Evaluator) {
-        let Some(engine) = engines.evaluator else {
-            bail!("this build has no evaluation engine; start another runner with --only trainer|promoter");
-        };
-        runners.push(Arc::new(EvaluatorRunner::new(engine)));
-    }
-    if want(Only::Promoter) {
-        runners.push(Arc::new(PromoterRunner::new(engines.specs.clone())));
-    }
     // Without --only, a machine without the `modal` CLI leaves Modal runs to
     // a dispatcher that has it.
-    if want(Only::Modal)
-        && (args.only == Some(Only::Modal) || foundry_modal::ModalCli::from_env().available())
-    {
-        runners.push(Arc::new(foundry_modal::ModalRunner::new(
-            foundry_modal::ModalOptions::from_env(),
-        )));
-    }
+    let runners = super::engines::runner_set(super::embedded::Which {
+        trainer: want(Only::Trainer),
+        evaluator: want(Only::Evaluator),
+        promoter: want(Only::Promoter),
+        modal: want(Only::Modal)
+            && (args.only == Some(Only::Modal) || foundry_modal::ModalCli::from_env().available()),
+    });
     let opts = super::serve::required_nats(ctx)?;
     // This process's own key: every runner here signs with it, so it must
     // hold the roles of the runners it runs.

@@ -10,7 +10,7 @@ use crate::context::Context;
 use anyhow::{anyhow, Context as _, Result};
 use foundry_events::{Event, EventType, MetricPoint};
 use foundry_projections::lineage::{lineage, TreeNode};
-use foundry_projections::{resolve, CheckpointView, RunView, ViewKind, ViewRead, ViewStore};
+use foundry_projections::{resolve, CheckpointView, RunView, ViewKind, ViewRead};
 
 /// `ledger report …`.
 #[derive(clap::Subcommand)]
@@ -38,8 +38,7 @@ pub fn run(ctx: &Context, c: ReportCommand) -> Result<()> {
 
 fn run_report(ctx: &Context, a: RunReportArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let mut store = ViewStore::open(&ctx.home)?;
-    store.catch_up(&ledger)?;
+    let store = ctx.views(&ledger)?;
     let v: &dyn ViewRead = &store;
     let id = resolve(v, ViewKind::Runs, &a.id)?;
     let run = v.run(&id)?.ok_or_else(|| anyhow!("run {id} vanished"))?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use foundry_events::{Event, RunCancelled, RunRequested};
 use foundry_ledger::{AppendRequest, Ledger, NewEvent};
-use foundry_projections::{resolve, ViewKind, ViewStore};
+use foundry_projections::{resolve, ViewKind};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::embedded::{self, Which};
@@ -63,17 +63,10 @@ pub fn run(ctx: &Context, c: RunCommand) -> Result<()> {
     }
 }
 
-/// The views, caught up with the ledger.
-fn views(ctx: &Context, ledger: &Ledger) -> Result<ViewStore> {
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(ledger)?;
-    Ok(views)
-}
-
 fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
     let (recipe_id, dataset_id, model_id) = {
-        let v = views(ctx, &ledger)?;
+        let v = ctx.views(&ledger)?;
         (
             resolve(&v, ViewKind::Recipes, &a.recipe)?,
             resolve(&v, ViewKind::Datasets, &a.dataset)?,
@@ -159,8 +152,7 @@ fn start(ctx: &Context, a: StartArgs) -> Result<()> {
     })
     };
     status?;
-    let mut views = ViewStore::open(&ctx.home)?;
-    views.catch_up(&ledger)?;
+    let views = ctx.views(&ledger)?;
     let view = foundry_projections::ViewRead::run(&views, &run_id)?
         .ok_or_else(|| anyhow!("run {run_id} vanished from the views"))?;
     if ctx.json {
@@ -466,7 +458,7 @@ fn run_id_of(stream: &str) -> &str {
 
 fn cancel(ctx: &Context, a: CancelArgs) -> Result<()> {
     let ledger = ctx.ledger()?;
-    let views = views(ctx, &ledger)?;
+    let views = ctx.views(&ledger)?;
     let run_id = resolve(&views, ViewKind::Runs, &a.run)?;
     if let Some(v) = foundry_projections::ViewRead::run(&views, &run_id)? {
         if v.is_terminal() {

@@ -46,13 +46,6 @@ struct Row {
     duration: String,
 }
 
-/// Wall time of a run: from start (or request) to its end, or to `now`.
-pub fn wall_ms(r: &RunView) -> Option<i64> {
-    let start = r.started_at?;
-    let end = r.ended_at?;
-    Some(end.unix_millis() - start.unix_millis())
-}
-
 /// Lists the runs.
 pub fn run(ctx: &Context, a: RunsArgs) -> Result<()> {
     if let Some(s) = &a.status {
@@ -109,19 +102,19 @@ pub fn run(ctx: &Context, a: RunsArgs) -> Result<()> {
             recipe: r
                 .recipe_id
                 .as_ref()
-                .map(|id| names.get(id).cloned().unwrap_or_else(|| travel::short(id)))
+                .map(|id| names.get(id).cloned().unwrap_or_else(|| output::short(id)))
                 .unwrap_or_else(|| "-".into()),
-            backend: travel::or_dash(r.backend.clone()),
+            backend: output::or_dash(r.backend.clone()),
             step: match (r.last_step, r.total_steps) {
                 (Some(s), Some(t)) => format!("{s}/{t}"),
-                (s, _) => travel::or_dash(s),
+                (s, _) => output::or_dash(s),
             },
-            last_loss: travel::f4(r.metrics.last_loss.map(|v| v.value)),
-            best_loss: travel::f4(r.metrics.best_loss.map(|v| v.value)),
+            last_loss: output::f4(r.metrics.last_loss.map(|v| v.value)),
+            best_loss: output::f4(r.metrics.best_loss.map(|v| v.value)),
             ckpts: r.checkpoints.len(),
-            started: travel::opt_time(r.started_at),
-            duration: wall_ms(&r)
-                .map(travel::duration_ms)
+            started: output::opt_time(r.started_at),
+            duration: output::wall_ms(&r)
+                .map(output::duration_ms)
                 .unwrap_or_else(|| "-".into()),
             status: r.status,
             run: r.run_id,

@@ -1,8 +1,9 @@
 //! `ledger show run|checkpoint|adapter|dataset|recipe|channel <id>`.
 
-use super::travel::{self, f4, opt_time, or_dash, short, time, TravelArgs};
+use super::travel::{self, TravelArgs};
 use crate::context::Context;
 use crate::output;
+use crate::output::{f4, opt_time, or_dash, short, time};
 use anyhow::{anyhow, Result};
 use foundry_projections::{
     format_metrics, resolve, CheckpointView, PromotionRef, RunView, ViewKind, ViewRead,
@@ -179,7 +180,7 @@ fn show_run(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> Res
     section("resolved config");
     let mut cfg = Vec::new();
     if let Some(c) = &r.resolved_config {
-        travel::flatten("", c, &mut cfg);
+        output::flatten("", c, &mut cfg);
     }
     if cfg.is_empty() {
         println!("(not started yet)");
@@ -274,20 +275,20 @@ fn run_header(v: &dyn ViewRead, r: &RunView) -> Result<()> {
         (
             "queued",
             match (&r.requested, r.started_at) {
-                (Some(q), Some(s)) => travel::duration_ms(s.unix_millis() - q.at.unix_millis()),
+                (Some(q), Some(s)) => output::duration_ms(s.unix_millis() - q.at.unix_millis()),
                 _ => "-".into(),
             },
         ),
         (
             "wall time",
-            super::runs::wall_ms(r)
-                .map(travel::duration_ms)
+            output::wall_ms(r)
+                .map(output::duration_ms)
                 .unwrap_or_else(|| "-".into()),
         ),
         (
             "reported duration",
             r.duration_ms
-                .map(|d| travel::duration_ms(d as i64))
+                .map(|d| output::duration_ms(d as i64))
                 .unwrap_or_else(|| "-".into()),
         ),
         (
@@ -522,7 +523,7 @@ fn show_recipe(ctx: &Context, v: &dyn ViewRead, prefix: &str, heading: &str) -> 
     ]);
     section("resolved config");
     let mut cfg = Vec::new();
-    travel::flatten("", &r.resolved_config, &mut cfg);
+    output::flatten("", &r.resolved_config, &mut cfg);
     cfg.extend(
         r.env_overrides
             .iter()
