@@ -54,10 +54,11 @@ pub trait EvalSpecs: Send + Sync {
     ) -> std::result::Result<foundry_events::Sha256Digest, String>;
 }
 
-/// An evaluation engine. Errors are one-line reasons.
+/// An evaluation engine. Failures are typed: a one-line reason, and whether
+/// another attempt could help (a failure that cannot is not retried).
 pub trait EvalEngine: EvalSpecs {
     /// Scores the job's model (with the checkpoint's adapter, if any) on the split.
-    fn evaluate(&self, job: &EvalJob) -> std::result::Result<EvalOutcome, String>;
+    fn evaluate(&self, job: &EvalJob) -> std::result::Result<EvalOutcome, crate::EngineFailure>;
 }
 
 /// The evaluator runner.
@@ -170,7 +171,7 @@ impl EvaluatorRunner {
         let scored = tokio::task::spawn_blocking(move || engine.evaluate(&job))
             .await
             .map_err(|e| RunnerError::Engine(format!("eval task: {e}")))?
-            .map_err(RunnerError::Engine)?;
+            .map_err(crate::EngineFailure::into_runner_error)?;
         let scored = EvalScored {
             eval_id: req.eval_id,
             checkpoint_id: req.checkpoint_id,

@@ -138,6 +138,14 @@ impl Host {
                         busy_tx.send_replace(false);
                         return;
                     }
+                    Err(RunnerError::Final(reason)) => {
+                        tracing::error!(
+                            runner = runner.name(),
+                            seq,
+                            "failed, and another attempt would fail the same way: {reason}"
+                        );
+                        feed.ack(seq).await
+                    }
                     Err(e) if delivery.attempt >= MAX_ATTEMPTS => {
                         tracing::error!(
                             runner = runner.name(),

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluator::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs};
 use crate::trainer::{
-    CheckpointRecord, Control, TrainFailure, TrainJob, TrainPlan, TrainSink, TrainSummary,
-    TrainingEngine,
+    CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink, TrainSummary, TrainingEngine,
 };
+use crate::EngineFailure;
 
 /// Starts every protocol line on the child's stdout (an ASCII record
 /// separator, which no engine log line starts with).
@@ -56,11 +56,11 @@ pub enum Reply {
     /// A written checkpoint; the child waits for a [`Control`] line.
     Checkpoint(CheckpointRecord),
     /// The answer to [`Request::Prepare`].
-    Planned(Result<TrainPlan, String>),
+    Planned(Result<TrainPlan, EngineFailure>),
     /// The answer to [`Request::Train`].
-    Trained(Result<TrainSummary, String>),
+    Trained(Result<TrainSummary, EngineFailure>),
     /// The answer to [`Request::Evaluate`].
-    Evaluated(Box<Result<EvalOutcome, String>>),
+    Evaluated(Box<Result<EvalOutcome, EngineFailure>>),
 }
 
 /// The command that starts a child: a program and its arguments (the
@@ -247,11 +247,20 @@ impl IsolatedTrainer {
 }
 
 impl TrainingEngine for IsolatedTrainer {
-    fn prepare(&self, job: &TrainJob) -> Result<TrainPlan, String> {
-        let child = self.command.spawn("prepare", &job.run_id)?;
-        match child.converse(&Request::Prepare(job.clone()), |r, _| Some(r))? {
+    fn prepare(&self, job: &TrainJob) -> Result<TrainPlan, EngineFailure> {
+        // The process dying (or not starting) fails this attempt only.
+        let child = self
+            .command
+            .spawn("prepare", &job.run_id)
+            .map_err(EngineFailure::retryable)?;
+        match child
+            .converse(&Request::Prepare(job.clone()), |r, _| Some(r))
+            .map_err(EngineFailure::retryable)?
+        {
             Reply::Planned(r) => r,
-            other => Err(format!("the prepare process answered {other:?}")),
+            other => Err(EngineFailure::retryable(format!(
+                "the prepare process answered {other:?}"
+            ))),
         }
     }
 
@@ -259,8 +268,11 @@ impl TrainingEngine for IsolatedTrainer {
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> Result<TrainSummary, TrainFailure> {
-        let child = self.command.spawn("train", &job.run_id)?;
+    ) -> Result<TrainSummary, EngineFailure> {
+        let child = self
+            .command
+            .spawn("train", &job.run_id)
+            .map_err(EngineFailure::retryable)?;
         let mut stopped = false;
         let reply = child
             .converse(&Request::Train(job.clone()), |reply, stdin| match reply {
@@ -279,10 +291,12 @@ impl TrainingEngine for IsolatedTrainer {
                 }
                 done => Some(done),
             })
-            .map_err(TrainFailure::crashed)?;
+            .map_err(EngineFailure::retryable)?;
         match reply {
-            Reply::Trained(r) => r.map_err(TrainFailure::from),
-            other => Err(format!("the train process answered {other:?}").into()),
+            Reply::Trained(r) => r,
+            other => Err(EngineFailure::retryable(format!(
+                "the train process answered {other:?}"
+            ))),
         }
     }
 }
@@ -318,11 +332,19 @@ impl EvalSpecs for IsolatedEval {
 }
 
 impl EvalEngine for IsolatedEval {
-    fn evaluate(&self, job: &EvalJob) -> Result<EvalOutcome, String> {
-        let child = self.command.spawn("eval", &job.eval_id)?;
-        match child.converse(&Request::Evaluate(job.clone()), |r, _| Some(r))? {
+    fn evaluate(&self, job: &EvalJob) -> Result<EvalOutcome, EngineFailure> {
+        let child = self
+            .command
+            .spawn("eval", &job.eval_id)
+            .map_err(EngineFailure::retryable)?;
+        match child
+            .converse(&Request::Evaluate(job.clone()), |r, _| Some(r))
+            .map_err(EngineFailure::retryable)?
+        {
             Reply::Evaluated(r) => *r,
-            other => Err(format!("the eval process answered {other:?}")),
+            other => Err(EngineFailure::retryable(format!(
+                "the eval process answered {other:?}"
+            ))),
         }
     }
 }
@@ -377,23 +399,22 @@ pub fn serve_child(
                 stop,
                 replies: rx,
             };
-            Reply::Trained(catching(|| {
-                trainer.train(&job, &mut sink).map_err(|f| f.reason)
-            }))
+            Reply::Trained(catching(|| trainer.train(&job, &mut sink)))
         }
     };
     write_reply(&out, &reply)
 }
 
-/// Runs `f`, turning a panic into an error naming it.
-fn catching<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+/// Runs `f`, turning a panic into a failure naming it (a bug: another
+/// attempt would panic the same way).
+fn catching<T>(f: impl FnOnce() -> Result<T, EngineFailure>) -> Result<T, EngineFailure> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic".into());
-        Err(format!("the engine panicked: {msg}"))
+        Err(EngineFailure::fatal(format!("the engine panicked: {msg}")))
     })
 }
 
@@ -509,7 +530,7 @@ mod tests {
         );
         let mut sink = Recorder::default();
         let f = sh(&script).train(&job(dir.path()), &mut sink).unwrap_err();
-        assert!(f.crashed, "{f:?}");
+        assert!(f.retry, "{f:?}");
         assert_eq!(
             f.reason,
             "the train process was killed by signal 6 (SIGABRT): memory allocation of 274877906816 bytes failed"
@@ -519,13 +540,13 @@ mod tests {
         let f = sh("read req; kill -KILL $$")
             .train(&job(dir.path()), &mut Recorder::default())
             .unwrap_err();
-        assert!(f.crashed);
+        assert!(f.retry);
         assert!(f.reason.contains("signal 9 (SIGKILL"), "{}", f.reason);
 
         let f = sh("read req; exit 0")
             .train(&job(dir.path()), &mut Recorder::default())
             .unwrap_err();
-        assert!(f.crashed);
+        assert!(f.retry);
         assert!(f.reason.contains("exited with code 0"), "{}", f.reason);
 
         // A child that sends garbage is stopped, and said to be broken.
@@ -538,9 +559,11 @@ mod tests {
             .prepare(&job(dir.path()))
             .unwrap_err();
         assert!(
-            e.contains("cannot start the prepare process /nonexistent/ledger"),
+            e.reason
+                .contains("cannot start the prepare process /nonexistent/ledger"),
             "{e}"
         );
+        assert!(e.retry, "a process that could not start fails the attempt");
     }
 
     /// The child side, served over in-memory pipes by a thread: the real

@@ -34,15 +34,14 @@ pub mod testkit;
 mod trainer;
 
 pub use client::{LedgerClient, LocalLedger};
-pub use error::{Result, RunnerError};
+pub use error::{EngineFailure, Result, RunnerError};
 pub use evaluator::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs, EvaluatorRunner};
 pub use feed::{Delivery, EmbeddedFeed, EventFeed};
 pub use host::{Host, Runner, RunnerContext};
 pub use promoter::{decide, pinned_policy, Decision, EvidenceRules, PromoterRunner};
 pub use trainer::{
-    checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainFailure, TrainJob, TrainPlan,
-    TrainSink, TrainSummary, TrainerRunner, TrainingEngine, DEFAULT_MAX_ATTEMPTS,
-    MAX_ATTEMPTS_LIMIT,
+    checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink,
+    TrainSummary, TrainerRunner, TrainingEngine, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT,
 };
 
 /// Makes sure `home`'s artifact store holds every file of `named` (what an

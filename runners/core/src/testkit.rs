@@ -22,8 +22,8 @@ use foundry_ledger::trust::Grant;
 use foundry_ledger::{AppendRequest, Identity, Ledger, NewEvent};
 
 use crate::{
-    code_version, CheckpointRecord, Control, EvalEngine, EvalJob, EvalOutcome, EvalSpecs,
-    TrainFailure, TrainJob, TrainPlan, TrainSink, TrainSummary, TrainingEngine,
+    code_version, CheckpointRecord, Control, EngineFailure, EvalEngine, EvalJob, EvalOutcome,
+    EvalSpecs, TrainJob, TrainPlan, TrainSink, TrainSummary, TrainingEngine,
 };
 
 /// The keys of a small organisation: an admin root, an operator `alice`,
@@ -148,12 +148,9 @@ fn read_state(dir: &Path) -> Result<LineState, String> {
 }
 
 impl TrainingEngine for LineEngine {
-    fn prepare(&self, job: &TrainJob) -> Result<TrainPlan, String> {
+    fn prepare(&self, job: &TrainJob) -> Result<TrainPlan, EngineFailure> {
         if !job.dataset.splits.contains_key("train") {
-            return Err(format!(
-                "dataset {} has no train split",
-                job.dataset.dataset_id
-            ));
+            return Err(format!("dataset {} has no train split", job.dataset.dataset_id).into());
         }
         let steps = job.config["training"]["max_steps"]
             .as_u64()
@@ -172,7 +169,7 @@ impl TrainingEngine for LineEngine {
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> Result<TrainSummary, TrainFailure> {
+    ) -> Result<TrainSummary, EngineFailure> {
         let t = &job.config["training"];
         let steps = t["max_steps"].as_u64().unwrap_or(0);
         let every = t["checkpoint_every"].as_u64().unwrap_or(10);
@@ -264,7 +261,7 @@ impl EvalSpecs for LineEval {
 }
 
 impl EvalEngine for LineEval {
-    fn evaluate(&self, job: &EvalJob) -> Result<EvalOutcome, String> {
+    fn evaluate(&self, job: &EvalJob) -> Result<EvalOutcome, EngineFailure> {
         let (w, b) = match &job.checkpoint {
             Some((_, dir)) => {
                 let s = read_state(dir)?;

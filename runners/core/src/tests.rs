@@ -560,7 +560,7 @@ async fn only_evidence_that_matches_the_recipe_and_the_policies_promotes() {
 struct DyingEngine(Arc<LineEngine>);
 
 impl TrainingEngine for DyingEngine {
-    fn prepare(&self, job: &TrainJob) -> std::result::Result<TrainPlan, String> {
+    fn prepare(&self, job: &TrainJob) -> std::result::Result<TrainPlan, EngineFailure> {
         self.0.prepare(job)
     }
 
@@ -568,7 +568,7 @@ impl TrainingEngine for DyingEngine {
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> std::result::Result<TrainSummary, TrainFailure> {
+    ) -> std::result::Result<TrainSummary, EngineFailure> {
         if !job.run_id.starts_with("bad") {
             return self.0.train(job, sink);
         }
@@ -583,7 +583,7 @@ impl TrainingEngine for DyingEngine {
                 elapsed_ms: 1,
             });
         }
-        Err(TrainFailure::crashed(format!(
+        Err(EngineFailure::retryable(format!(
             "the train process was killed by signal 9 (attempt {})",
             job.attempt
         )))
@@ -661,4 +661,91 @@ async fn a_run_whose_attempts_keep_dying_fails_naming_them_and_the_runner_goes_o
     assert!(good
         .iter()
         .any(|r| r.statement.event_type == EventType::RunCompleted.as_str()));
+}
+
+/// An eval engine whose every job fails, fatally or not, counting its calls.
+struct FailingEval {
+    retry: bool,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl EvalSpecs for FailingEval {
+    fn spec_sha256(
+        &self,
+        _config: Option<&serde_json::Value>,
+        _split: &str,
+        _limit: Option<u64>,
+    ) -> std::result::Result<foundry_events::Sha256Digest, String> {
+        Ok(testkit::line_spec())
+    }
+}
+
+impl EvalEngine for FailingEval {
+    fn evaluate(&self, _job: &EvalJob) -> std::result::Result<EvalOutcome, EngineFailure> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(EngineFailure {
+            reason: "split validation has no rows with images".into(),
+            retry: self.retry,
+        })
+    }
+}
+
+/// Requests an eval of the base model and runs an evaluator over `engine`.
+fn evaluate_with(f: &Fixture, engine: Arc<FailingEval>) -> Host {
+    request_run(f, "r-eval");
+    append(
+        &f.ledger,
+        &f.keys.alice,
+        foundry_events::EvalRequested {
+            eval_id: "e-base".into(),
+            checkpoint_id: None,
+            run_id: None,
+            model_id: testkit::model_pinned().model_id,
+            dataset_id: testkit::dataset_pinned().dataset_id,
+            split: "train".into(),
+            limit: None,
+        },
+    );
+    let mut host = Host::new();
+    let r: Arc<dyn Runner> = Arc::new(EvaluatorRunner::new(engine));
+    let cursor = f.home.root().join("runners").join("evaluator.cursor");
+    let feed = EmbeddedFeed::open(f.ledger.clone(), &r.reacts_to(), cursor).unwrap();
+    let ctx = RunnerContext {
+        client: client_for(f, "evaluator"),
+        runner_id: "evaluator-t".into(),
+        home: f.home.clone(),
+        stop: host.stop_signal(),
+    };
+    host.spawn(r, Box::new(feed), ctx);
+    host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_failure_that_a_retry_cannot_change_is_not_retried() {
+    let f = fixture();
+    let engine = Arc::new(FailingEval {
+        retry: false,
+        calls: Default::default(),
+    });
+    let host = evaluate_with(&f, engine.clone());
+    host.wait_idle(f.client.as_ref()).await.unwrap();
+    host.shutdown().await;
+    assert_eq!(engine.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(count(&types_of(&f.ledger), EventType::EvalScored), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_failure_that_a_retry_may_fix_is_delivered_again() {
+    let f = fixture();
+    let engine = Arc::new(FailingEval {
+        retry: true,
+        calls: Default::default(),
+    });
+    let host = evaluate_with(&f, engine.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while engine.calls.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.shutdown().await;
 }

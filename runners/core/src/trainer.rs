@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::host::{Runner, RunnerContext};
-use crate::{lookup, Delivery, Result, RunnerError};
+use crate::{lookup, Delivery, EngineFailure, Result, RunnerError};
 
 /// Everything a training engine needs to train one run, resolved from the
 /// ledger: the recipe's resolved config and the pinned inputs.
@@ -84,36 +84,6 @@ pub enum Control {
     Stop,
 }
 
-/// Why training ended without a summary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrainFailure {
-    /// One line: what went wrong and where.
-    pub reason: String,
-    /// The process the training ran in died (aborted, crashed, killed): the
-    /// attempt failed, and the run may be tried again; otherwise the run
-    /// itself failed.
-    pub crashed: bool,
-}
-
-impl TrainFailure {
-    /// A failure of the attempt's process.
-    pub fn crashed(reason: String) -> Self {
-        TrainFailure {
-            reason,
-            crashed: true,
-        }
-    }
-}
-
-impl From<String> for TrainFailure {
-    fn from(reason: String) -> Self {
-        TrainFailure {
-            reason,
-            crashed: false,
-        }
-    }
-}
-
 /// Where an engine reports progress while it trains.
 pub trait TrainSink: Send {
     /// One optimizer step finished.
@@ -122,18 +92,19 @@ pub trait TrainSink: Send {
     fn on_checkpoint(&mut self, checkpoint: CheckpointRecord) -> Control;
 }
 
-/// A training engine (the QLoRA trainer implements it). Errors are one-line
-/// reasons that end up in RunFailed.
+/// A training engine (the QLoRA trainer implements it). Failures are typed:
+/// a one-line reason (it ends up in RunAttemptFailed or RunFailed) and
+/// whether another attempt could help.
 pub trait TrainingEngine: Send + Sync {
     /// Validates the job (recipe against model, dataset schema, device) and
     /// plans it, failing fast before anything is trained.
-    fn prepare(&self, job: &TrainJob) -> std::result::Result<TrainPlan, String>;
+    fn prepare(&self, job: &TrainJob) -> std::result::Result<TrainPlan, EngineFailure>;
     /// Trains, reporting to `sink`, resuming from `job.resume_from` if set.
     fn train(
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> std::result::Result<TrainSummary, TrainFailure>;
+    ) -> std::result::Result<TrainSummary, EngineFailure>;
 }
 
 /// Claims in a row without a new checkpoint after which a run is given up.
@@ -301,7 +272,7 @@ fn now_ns() -> i64 {
 enum Msg {
     Step(MetricPoint),
     Checkpoint(CheckpointRecord, oneshot::Sender<Control>),
-    Done(std::result::Result<TrainSummary, TrainFailure>),
+    Done(std::result::Result<TrainSummary, EngineFailure>),
 }
 
 struct ChannelSink {
@@ -580,9 +551,29 @@ impl TrainerRunner {
             .map_err(|e| RunnerError::Engine(format!("prepare task: {e}")))?;
         let plan = match plan {
             Ok(p) => p,
-            Err(reason) => {
+            // The planning process died: this attempt failed, not the run.
+            Err(f) if f.retry => {
+                let ev = Event::RunAttemptFailed(RunAttemptFailed {
+                    run_id: req.run_id.clone(),
+                    runner_id: ctx.runner_id.clone(),
+                    attempt,
+                    reason: f.reason.clone(),
+                    step: None,
+                });
+                let key = crate::outcome_key(
+                    "trainer",
+                    &trigger.event_id,
+                    &format!("attempt-failed/{attempt}"),
+                );
+                self.append(ctx, Some(key), vec![ev], trigger).await?;
+                return Err(RunnerError::Engine(format!(
+                    "run {} attempt {attempt} died while planning: {}",
+                    req.run_id, f.reason
+                )));
+            }
+            Err(f) => {
                 return self
-                    .fail(ctx, trigger, &req.run_id, attempt, reason, None, false)
+                    .fail(ctx, trigger, &req.run_id, attempt, f.reason, None, false)
                     .await
             }
         };
@@ -753,7 +744,7 @@ impl TrainerRunner {
                 tracing::info!(run_id, "cancelled run ended with: {}", f.reason);
                 Ok(())
             }
-            Err(f) if f.crashed => {
+            Err(f) if f.retry => {
                 // The attempt died, not the run: record how, release the
                 // claim, and let the trigger be delivered again (to this
                 // runner or another) until the attempts run out.
@@ -775,7 +766,7 @@ impl TrainerRunner {
                     f.reason
                 )))
             }
-            Err(TrainFailure { reason, .. }) => {
+            Err(EngineFailure { reason, .. }) => {
                 self.fail(
                     ctx,
                     trigger,

@@ -125,7 +125,10 @@ impl EvalSpecs for Idefics2Eval {
 }
 
 impl EvalEngine for Idefics2Eval {
-    fn evaluate(&self, job: &EvalJob) -> std::result::Result<EvalOutcome, String> {
-        run(job).map_err(|e| e.to_string())
+    fn evaluate(
+        &self,
+        job: &EvalJob,
+    ) -> std::result::Result<EvalOutcome, foundry_runner::EngineFailure> {
+        run(job).map_err(|e| foundry_runner::EngineFailure::fatal(e.to_string()))
     }
 }

@@ -14,7 +14,7 @@ use foundry_qlora::lora::{LoraConfig, LoraInit};
 use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
 use foundry_recipes::Recipe;
 use foundry_runner::{
-    CheckpointRecord, Control, TrainFailure, TrainJob, TrainSink, TrainSummary, TrainingEngine,
+    CheckpointRecord, Control, EngineFailure, TrainJob, TrainSink, TrainSummary, TrainingEngine,
 };
 
 use crate::inputs::{
@@ -473,7 +473,10 @@ pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
 }
 
 impl TrainingEngine for QloraEngine {
-    fn prepare(&self, job: &TrainJob) -> std::result::Result<foundry_runner::TrainPlan, String> {
+    fn prepare(
+        &self,
+        job: &TrainJob,
+    ) -> std::result::Result<foundry_runner::TrainPlan, EngineFailure> {
         let p = prepare(job).map_err(|e| e.to_string())?;
         let config =
             train_config(&p.recipe, p.train_rows, &job.model.source).map_err(|e| e.to_string())?;
@@ -492,8 +495,8 @@ impl TrainingEngine for QloraEngine {
         &self,
         job: &TrainJob,
         sink: &mut dyn TrainSink,
-    ) -> std::result::Result<TrainSummary, TrainFailure> {
-        run(job, sink).map_err(|e| TrainFailure::from(e.to_string()))
+    ) -> std::result::Result<TrainSummary, EngineFailure> {
+        run(job, sink).map_err(|e| EngineFailure::fatal(e.to_string()))
     }
 }
 
