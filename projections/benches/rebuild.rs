@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use foundry_ledger::Home;
-use foundry_projections::synth::append_synthetic;
+use foundry_projections::histories::append_synthetic;
 use foundry_projections::{fold_until, Bound, ViewStore};
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! --example synth_home -- HOME EVENTS [SEED]`.
 
 use foundry_ledger::Home;
-use foundry_projections::synth::append_synthetic;
+use foundry_projections::histories::append_synthetic;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

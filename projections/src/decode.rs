@@ -37,8 +37,8 @@ mod tests {
 
     #[test]
     fn decodes_like_recorded_event_and_refuses_damage() {
-        let (_dir, ledger) = crate::synth::tests_ledger();
-        crate::synth::append_synthetic(&ledger, 7, 3000, 97, |_| Ok(())).unwrap();
+        let (_dir, ledger) = crate::histories::tests_ledger();
+        crate::histories::append_synthetic(&ledger, 7, 3000, 97, |_| Ok(())).unwrap();
         let mut n = 0;
         for r in ledger.scan_raw(1) {
             let (pos, bytes) = r.unwrap();
@@ -65,8 +65,8 @@ mod tests {
 
     #[test]
     fn past_the_bound_nothing_is_decoded() {
-        let (_dir, ledger) = crate::synth::tests_ledger();
-        crate::synth::append_synthetic(&ledger, 8, 50, 10, |_| Ok(())).unwrap();
+        let (_dir, ledger) = crate::histories::tests_ledger();
+        crate::histories::append_synthetic(&ledger, 8, 50, 10, |_| Ok(())).unwrap();
         let (pos, bytes) = ledger.scan_raw(20).next().unwrap().unwrap();
         assert_eq!(decode_record(pos, &bytes, |seq, _| seq < 20).unwrap(), None);
         assert!(decode_record(pos, &bytes, |seq, _| seq <= 20)

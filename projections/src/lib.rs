@@ -9,18 +9,20 @@
 //!   canonical encoding so that rebuild and catch-up can be compared.
 //! * [`fold_until`] gives the views as they were at any seq or time.
 //! * [`lineage`] draws where an adapter came from.
-//! * [`synth`] generates plausible seeded histories for tests and benchmarks.
+//! * `histories` (feature `testkit`, tests, benchmarks and examples only)
+//!   appends plausible seeded histories to a ledger.
 
 #![warn(missing_docs)]
 
 mod codec;
 mod decode;
 mod error;
+#[cfg(any(test, feature = "testkit"))]
+pub mod histories;
 pub mod lineage;
 mod read;
 mod state;
 mod store;
-pub mod synth;
 mod travel;
 mod views;
 

@@ -2,8 +2,8 @@
 //! history, time travel on a scripted history, store recovery and id
 //! prefixes.
 
+use crate::histories::append_synthetic;
 use crate::lineage::lineage;
-use crate::synth::append_synthetic;
 use crate::*;
 use foundry_events::*;
 use foundry_ledger::{AppendRequest, Home, Ledger, NewEvent};

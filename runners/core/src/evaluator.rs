@@ -151,7 +151,7 @@ impl EvaluatorRunner {
                         .await?
                         .resolved_config,
                 );
-                let dir = crate::trainer::materialize(ctx, &c).await?;
+                let dir = crate::checkpoint::materialize(ctx, &c).await?;
                 Some((c, dir))
             }
             None => None,

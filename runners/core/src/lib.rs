@@ -21,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod client;
 mod error;
 mod evaluator;
@@ -30,9 +31,11 @@ pub mod isolate;
 pub mod lookup;
 mod promoter;
 pub mod retention;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 mod trainer;
 
+pub use checkpoint::{checkpoint_dir, checkpoint_id};
 pub use client::{LedgerClient, LocalLedger};
 pub use error::{EngineFailure, Result, RunnerError};
 pub use evaluator::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs, EvaluatorRunner};
@@ -40,8 +43,8 @@ pub use feed::{Delivery, EmbeddedFeed, EventFeed};
 pub use host::{Host, Runner, RunnerContext};
 pub use promoter::{decide, pinned_policy, Decision, EvidenceRules, PromoterRunner};
 pub use trainer::{
-    checkpoint_dir, checkpoint_id, CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink,
-    TrainSummary, TrainerRunner, TrainingEngine, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT,
+    CheckpointRecord, Control, TrainJob, TrainPlan, TrainSink, TrainSummary, TrainerRunner,
+    TrainingEngine, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT,
 };
 
 /// Makes sure `home`'s artifact store holds every file of `named` (what an

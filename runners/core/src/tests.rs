@@ -137,7 +137,7 @@ async fn a_requested_run_is_trained_checkpointed_and_evaluated() {
         let Event::CheckpointCommitted(c) = r.decode_event().unwrap() else {
             panic!()
         };
-        assert_eq!(c.checkpoint_id, trainer::checkpoint_id(&c.files));
+        assert_eq!(c.checkpoint_id, checkpoint_id(&c.files));
         for file in &c.files {
             assert!(f.home.artifacts().check(&file.sha256).unwrap());
         }

@@ -5,25 +5,31 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-/// The normal (non-dev, non-build) dependency closure of every package, by name.
-fn closures() -> HashMap<String, BTreeSet<String>> {
+/// The output of `cargo ARGS…` in this workspace, for the build target.
+fn cargo(args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--filter-platform",
-            env!("FOUNDRY_BUILD_TARGET"),
-        ])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("cargo metadata runs");
+        .expect("cargo runs");
     assert!(
         out.status.success(),
-        "cargo metadata: {}",
+        "cargo {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    out.stdout
+}
+
+/// The normal (non-dev, non-build) dependency closure of every package, by name.
+fn closures() -> HashMap<String, BTreeSet<String>> {
+    let out = cargo(&[
+        "metadata",
+        "--format-version",
+        "1",
+        "--filter-platform",
+        env!("FOUNDRY_BUILD_TARGET"),
+    ]);
+    let meta: serde_json::Value = serde_json::from_slice(&out).expect("metadata JSON");
     let name_of: HashMap<String, String> = meta["packages"]
         .as_array()
         .expect("packages")
@@ -109,4 +115,31 @@ fn the_layers_hold_on_the_real_dependency_graph() {
     // The check sees real edges: the engine does depend on the model.
     assert!(all["foundry-engine"].contains("foundry-idefics2"));
     assert!(all["foundry-runner"].contains("foundry-ledger"));
+}
+
+/// Test fixtures (the runner test kit, synthetic histories) are features
+/// that only dev-dependencies turn on: the `ledger` binary is built without
+/// them.
+#[test]
+fn the_ledger_binary_is_built_without_test_fixtures() {
+    let out = cargo(&[
+        "tree",
+        "-p",
+        "foundry-cli",
+        "-e",
+        "normal,features",
+        "--target",
+        env!("FOUNDRY_BUILD_TARGET"),
+    ]);
+    let tree = String::from_utf8_lossy(&out);
+    // The check sees features: the runner crate is there with its default.
+    assert!(
+        tree.contains("foundry-runner feature \"default\""),
+        "{tree}"
+    );
+    let fixtures: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.contains("feature \"testkit\""))
+        .collect();
+    assert!(fixtures.is_empty(), "{fixtures:?}");
 }

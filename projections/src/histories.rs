@@ -433,11 +433,11 @@ impl Synth {
         }
         Some(Event::EvalScored(EvalScored {
             eval_id,
+            split: "test".into(),
             checkpoint_id: Some(cid),
             run_id: Some(run_id),
             model_id,
             dataset_id,
-            split: "test".into(),
             split_sha256: digest(&mut self.rng),
             eval_spec_sha256: digest(&mut self.rng),
             examples: 100,
