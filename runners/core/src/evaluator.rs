@@ -93,11 +93,13 @@ impl EvaluatorRunner {
         c: CheckpointCommitted,
     ) -> Result<()> {
         let req = lookup::run_request(ctx.client.as_ref(), &c.run_id).await?;
-        let recipe = lookup::recipe(ctx.client.as_ref(), &req.recipe_id).await?;
-        let eval = &recipe.resolved_config["eval"];
-        let every = eval["every_checkpoints"].as_u64().unwrap_or(1).max(1);
-        let split = eval["split"].as_str().unwrap_or("test").to_string();
-        let limit = eval["max_examples"].as_u64().filter(|n| *n > 0);
+        let eval = lookup::typed_recipe(ctx.client.as_ref(), &req.recipe_id)
+            .await?
+            .eval;
+        // Declaration guarantees every_checkpoints >= 1; 0 examples means all.
+        let every = u64::try_from(eval.every_checkpoints).unwrap_or(1).max(1);
+        let split = eval.split;
+        let limit = u64::try_from(eval.max_examples).ok().filter(|n| *n > 0);
         // Which checkpoint of the run is this (1-based)?
         let index = lookup::stream_events(ctx.client.as_ref(), &format!("run/{}", c.run_id))
             .await?

@@ -70,6 +70,25 @@ pub async fn recipe(client: &dyn LedgerClient, recipe_id: &str) -> Result<Recipe
     )))
 }
 
+/// A declared recipe's typed view (`foundry_recipes::Recipe`), so runners
+/// read its sections as fields, not JSON paths.
+pub async fn typed_recipe(
+    client: &dyn LedgerClient,
+    recipe_id: &str,
+) -> Result<foundry_recipes::Recipe> {
+    typed(recipe(client, recipe_id).await?)
+}
+
+/// The typed view of a declared recipe.
+pub fn typed(declared: RecipeDeclared) -> Result<foundry_recipes::Recipe> {
+    serde_json::from_value(declared.resolved_config).map_err(|e| {
+        RunnerError::Missing(format!(
+            "recipe {} does not read as a resolved recipe: {e}",
+            declared.recipe_id
+        ))
+    })
+}
+
 /// The dataset a `DatasetPinned` recorded.
 pub async fn dataset(client: &dyn LedgerClient, dataset_id: &str) -> Result<DatasetPinned> {
     for (_, e) in stream_events(client, &format!("dataset/{dataset_id}")).await? {

@@ -25,7 +25,7 @@ use foundry_events::{
     EventType, EvidenceSigner, GateResult, MetricValue, PromotionRejected, PromotionRequested,
     RecordedEvent, RollbackRejected, RollbackRequested, Sha256Digest,
 };
-use foundry_recipes::{Channel, Gate, GateOp, Recipe};
+use foundry_recipes::{Channel, Gate, GateOp};
 
 use crate::host::{Runner, RunnerContext};
 use crate::{lookup, Delivery, EvalSpecs, Result, RunnerError};
@@ -364,8 +364,7 @@ impl PromoterRunner {
         };
         let run = lookup::run_request(client, &checkpoint.run_id).await?;
         let declared = lookup::recipe(client, &run.recipe_id).await?;
-        let recipe: Recipe = serde_json::from_value(declared.resolved_config.clone())
-            .map_err(|e| RunnerError::Missing(format!("recipe {}: {e}", run.recipe_id)))?;
+        let recipe = lookup::typed(declared.clone())?;
         let Some(policy) = recipe.promotion.get(&p.channel) else {
             return Ok(Weighed::Refused(format!(
                 "recipe {} has no promotion policy for channel {:?}",
@@ -511,9 +510,7 @@ impl PromoterRunner {
         };
         if let Ok((_, c)) = lookup::checkpoint(client, current).await {
             let run = lookup::run_request(client, &c.run_id).await?;
-            let declared = lookup::recipe(client, &run.recipe_id).await?;
-            let recipe: Recipe = serde_json::from_value(declared.resolved_config)
-                .map_err(|e| RunnerError::Missing(format!("recipe {}: {e}", run.recipe_id)))?;
+            let recipe = lookup::typed_recipe(client, &run.recipe_id).await?;
             if let Some(policy) = recipe.promotion.get(channel) {
                 if !policy.allows(actor) {
                     return Ok(Some(format!(
