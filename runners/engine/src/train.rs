@@ -11,7 +11,7 @@ use foundry_idefics2::processor::{Processor, RgbImage};
 use foundry_idefics2::{Idefics2, Idefics2Config};
 use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
 use foundry_qlora::lora::{LoraConfig, LoraInit};
-use foundry_qlora::train::{Schedule, TrainConfig, Trainer};
+use foundry_qlora::train::{Flow, Schedule, TrainConfig, Trainer};
 use foundry_recipes::Recipe;
 use foundry_runner::{
     CheckpointRecord, Control, EngineFailure, TrainJob, TrainSink, TrainSummary, TrainingEngine,
@@ -385,51 +385,41 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
         Some((_, dir)) => Trainer::resume(model, config.clone(), dir)?,
         None => Trainer::new(model, config.clone())?,
     };
+    // qlora's loop; the sink sees its steps and checkpoints.
     let started = Instant::now();
-    let mut last_loss = None;
-    while trainer.step() < config.total_steps {
-        let step_started = Instant::now();
-        let m = trainer.train_step(&source)?;
-        let step_time = step_started.elapsed().as_secs_f64().max(1e-9);
-        last_loss = Some(m.loss);
-        let elapsed = started.elapsed();
-        let point = MetricPoint {
-            step: m.step,
-            loss: m.loss,
-            lr: m.lr,
-            grad_norm: m.grad_norm,
-            tokens: m.tokens as u64,
-            tokens_per_s: m.tokens as f64 / step_time,
-            elapsed_ms: elapsed.as_millis() as u64,
-        };
-        if sink.on_step(point) == Control::Stop {
-            return Ok(TrainSummary {
-                steps: trainer.step(),
-                final_loss: last_loss,
-                stopped: true,
-            });
-        }
-        let every = config.save_every;
-        if (every > 0 && trainer.step() % every == 0) || trainer.step() == config.total_steps {
-            let info = trainer.save_checkpoint(&job.out_dir)?;
-            let c = CheckpointRecord {
+    let last_loss = std::cell::Cell::new(None);
+    let flow = |c: Control| match c {
+        Control::Continue => Flow::Continue,
+        Control::Stop => Flow::Stop,
+    };
+    let sink = std::cell::RefCell::new(sink);
+    let end = trainer.run(
+        &source,
+        &job.out_dir,
+        &mut |m, took| {
+            last_loss.set(Some(m.loss));
+            flow(sink.borrow_mut().on_step(MetricPoint {
+                step: m.step,
+                loss: m.loss,
+                lr: m.lr,
+                grad_norm: m.grad_norm,
+                tokens: m.tokens as u64,
+                tokens_per_s: m.tokens as f64 / took.as_secs_f64().max(1e-9),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            }))
+        },
+        &mut |info| {
+            flow(sink.borrow_mut().on_checkpoint(CheckpointRecord {
                 step: info.step,
-                dir: info.dir,
-                loss: last_loss,
-            };
-            if sink.on_checkpoint(c) == Control::Stop {
-                return Ok(TrainSummary {
-                    steps: trainer.step(),
-                    final_loss: last_loss,
-                    stopped: true,
-                });
-            }
-        }
-    }
+                dir: info.dir.clone(),
+                loss: last_loss.get(),
+            }))
+        },
+    )?;
     Ok(TrainSummary {
-        steps: trainer.step(),
-        final_loss: last_loss,
-        stopped: false,
+        steps: end.steps,
+        final_loss: end.last_loss,
+        stopped: end.stopped,
     })
 }
 

@@ -122,6 +122,26 @@ pub struct StepMetrics {
     pub tokens: usize,
 }
 
+/// Whether [`Trainer::run`] goes on after a step or a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep training.
+    Continue,
+    /// Stop now (cancelled, shutting down, the checkpoint was not recorded).
+    Stop,
+}
+
+/// How [`Trainer::run`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    /// The optimizer step reached.
+    pub steps: u64,
+    /// Loss of the last step taken in this run, if any.
+    pub last_loss: Option<f64>,
+    /// A callback asked to stop before `total_steps`.
+    pub stopped: bool,
+}
+
 /// A written checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointInfo {
@@ -523,26 +543,41 @@ impl Trainer {
         })
     }
 
-    /// Trains until `total_steps`, writing a checkpoint under `root` every `save_every` steps
-    /// and at the end; `on_step` and `on_checkpoint` see each step's metrics and each checkpoint.
+    /// The training loop (the only one: the engine behind `ledger run`
+    /// drives it too). Trains until `total_steps`, writing a checkpoint
+    /// under `root` every `save_every` steps and at the end. `on_step` sees
+    /// each step's metrics and how long the step took; `on_checkpoint` each
+    /// checkpoint once written. Either may stop the run.
     pub fn run(
         &mut self,
         data: &dyn ExampleSource,
         root: &Path,
-        on_step: &mut dyn FnMut(&StepMetrics),
-        on_checkpoint: &mut dyn FnMut(&CheckpointInfo),
-    ) -> Result<()> {
+        on_step: &mut dyn FnMut(&StepMetrics, std::time::Duration) -> Flow,
+        on_checkpoint: &mut dyn FnMut(&CheckpointInfo) -> Flow,
+    ) -> Result<RunEnd> {
+        let mut last_loss = None;
+        let end = |steps, last_loss, stopped| RunEnd {
+            steps,
+            last_loss,
+            stopped,
+        };
         while self.step < self.config.total_steps {
+            let started = std::time::Instant::now();
             let m = self.train_step(data)?;
-            on_step(&m);
+            last_loss = Some(m.loss);
+            if on_step(&m, started.elapsed()) == Flow::Stop {
+                return Ok(end(self.step, last_loss, true));
+            }
             let every = self.config.save_every;
             if (every > 0 && self.step.is_multiple_of(every))
                 || self.step == self.config.total_steps
             {
                 let info = self.save_checkpoint(root)?;
-                on_checkpoint(&info);
+                if on_checkpoint(&info) == Flow::Stop {
+                    return Ok(end(self.step, last_loss, true));
+                }
             }
         }
-        Ok(())
+        Ok(end(self.step, last_loss, false))
     }
 }

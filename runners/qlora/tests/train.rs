@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use foundry_qlora::checkpoint::{hash_file, list_checkpoints};
 use foundry_qlora::data::{collate, IGNORE};
-use foundry_qlora::train::Trainer;
+use foundry_qlora::train::{Flow, Trainer};
 use foundry_qlora::{lora, quantize_model};
 
 #[test]
@@ -84,10 +84,14 @@ fn resume_is_bit_identical_and_checkpoints_are_hashed_and_pruned() {
     let full_dir = root.path().join("full");
     let mut full = Trainer::new(tiny(), config(6, 0.1)).unwrap();
     let mut infos = Vec::new();
-    full.run(&data, &full_dir, &mut |_| {}, &mut |c| {
-        infos.push(c.clone())
-    })
-    .unwrap();
+    let end = full
+        .run(&data, &full_dir, &mut |_, _| Flow::Continue, &mut |c| {
+            infos.push(c.clone());
+            Flow::Continue
+        })
+        .unwrap();
+    assert_eq!((end.steps, end.stopped), (6, false));
+    assert!(end.last_loss.is_some());
     assert_eq!(
         infos.iter().map(|c| c.step).collect::<Vec<_>>(),
         vec![2, 4, 6]
@@ -117,7 +121,10 @@ fn resume_is_bit_identical_and_checkpoints_are_hashed_and_pruned() {
         )
         .unwrap();
         assert_eq!(t.step(), from);
-        t.run(&data, &dir, &mut |_| {}, &mut |_| {}).unwrap();
+        t.run(&data, &dir, &mut |_, _| Flow::Continue, &mut |_| {
+            Flow::Continue
+        })
+        .unwrap();
         let got = hash_file(&dir.join("checkpoint-6/adapter_model.safetensors")).unwrap();
         assert_eq!(got, want, "resumed from step {from}: final adapter differs");
         let opt = hash_file(&dir.join("checkpoint-6/optimizer.safetensors")).unwrap();
@@ -132,7 +139,9 @@ fn resume_is_bit_identical_and_checkpoints_are_hashed_and_pruned() {
     let pruned = root.path().join("pruned");
     Trainer::new(tiny(), cfg)
         .unwrap()
-        .run(&data, &pruned, &mut |_| {}, &mut |_| {})
+        .run(&data, &pruned, &mut |_, _| Flow::Continue, &mut |_| {
+            Flow::Continue
+        })
         .unwrap();
     let left: Vec<u64> = list_checkpoints(&pruned)
         .unwrap()
@@ -148,4 +157,33 @@ fn resume_is_bit_identical_and_checkpoints_are_hashed_and_pruned() {
     let mut m = tiny();
     let (c, p) = lora::load_adapter_into(&mut m, &full_dir.join("checkpoint-6")).unwrap();
     assert_eq!((c.r, p.len()), (4, 31));
+}
+
+#[test]
+fn a_callback_stops_the_loop_where_it_asks() {
+    let data = dataset();
+    let root = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(tiny(), config(6, 0.1)).unwrap();
+    let mut steps = Vec::new();
+    let end = t
+        .run(
+            &data,
+            root.path(),
+            &mut |m, _| {
+                steps.push(m.step);
+                Flow::Continue
+            },
+            // The first checkpoint (step 2) is not recorded: stop there.
+            &mut |_| Flow::Stop,
+        )
+        .unwrap();
+    assert_eq!(steps, vec![1, 2]);
+    assert_eq!((end.steps, end.stopped), (2, true));
+    let mut t = Trainer::new(tiny(), config(6, 0.1)).unwrap();
+    let end = t
+        .run(&data, root.path(), &mut |_, _| Flow::Stop, &mut |_| {
+            Flow::Continue
+        })
+        .unwrap();
+    assert_eq!((end.steps, end.stopped), (1, true));
 }
