@@ -768,6 +768,15 @@ catalog! {
     RollbackRejected => "channel",
 }
 
+impl EventType {
+    /// Whether events of this type can name files the home must hold
+    /// ([`Event::stored_artifacts`]): lets a reader of many statements
+    /// decode only those that can.
+    pub fn names_artifacts(self) -> bool {
+        matches!(self, EventType::CheckpointCommitted | EventType::RunStarted)
+    }
+}
+
 impl Event {
     /// The files this event names that the ledger's home must hold in its
     /// artifact store, as (what it is, sha256): a checkpoint's files and a
@@ -776,6 +785,7 @@ impl Event {
     /// `ledger verify --artifacts` proves each. Pinned inputs (a base
     /// model's files, dataset shards) stay where they were pinned.
     pub fn stored_artifacts(&self) -> Vec<(String, Sha256Digest)> {
+        // Keep in step with `EventType::names_artifacts`.
         match self {
             Event::CheckpointCommitted(c) => c
                 .files

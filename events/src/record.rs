@@ -288,6 +288,20 @@ impl Statement {
     pub fn decode_event(&self) -> Result<Event, EventError> {
         decode_payload(&self.event_type, self.schema_version, &self.payload)
     }
+
+    /// The files this statement's event names that the home must hold
+    /// ([`Event::stored_artifacts`]), decoding only types that can name
+    /// any. An undecodable statement names none here (the ledger refuses it
+    /// with its reason).
+    pub fn stored_artifacts(&self) -> Vec<(String, Sha256Digest)> {
+        match self.known_type() {
+            Ok(ty) if ty.names_artifacts() => self
+                .decode_event()
+                .map(|e| e.stored_artifacts())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 fn decode_payload(

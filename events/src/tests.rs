@@ -292,7 +292,16 @@ fn stored_artifacts_are_checkpoint_files_and_run_configs() {
                     Event::RunStarted(r) => vec![r.run_config_sha256],
                     _ => Vec::new(),
                 };
-                prop_assert_eq!(named, expected);
+                prop_assert_eq!(&named, &expected);
+                prop_assert!(expected.is_empty() || ty.names_artifacts());
+                let rec = record_for(&event, 1, Sha256Digest::ZERO);
+                let via_statement: Vec<Sha256Digest> = rec
+                    .statement
+                    .stored_artifacts()
+                    .into_iter()
+                    .map(|(_, d)| d)
+                    .collect();
+                prop_assert_eq!(via_statement, expected);
                 Ok(())
             })
             .unwrap_or_else(|e| panic!("{}: {e}", ty.as_str()));

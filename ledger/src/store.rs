@@ -287,16 +287,17 @@ impl Ledger {
     }
 
     /// Checks, without appending, what needs no fetch: the batch's shape,
-    /// that its signer is a registered, unrevoked key, and that the
-    /// signature holds. `ledger serve` runs it before it fetches the
-    /// artifacts a batch names, so an unsigned or forged request cannot make
-    /// it pull anything. [`Ledger::append`] checks all of it again, and the
-    /// roles, under the writer lock.
+    /// that its signer is a registered, unrevoked key, that the signature
+    /// holds, and that the key may append each event as of the head.
+    /// `ledger serve` runs it before it fetches the artifacts a batch names,
+    /// so an unsigned, forged or unauthorized request cannot make it pull
+    /// anything. [`Ledger::append`] checks all of it again under the writer
+    /// lock.
     pub fn precheck(&self, batch: &SignedBatch) -> Result<()> {
         batch.check_shape().map_err(LedgerError::InvalidAppend)?;
         let signer = batch.signer();
+        let writer = self.writer()?;
         let verifying = {
-            let writer = self.writer()?;
             match writer.registry.key(signer) {
                 Some(k) if k.revoked_at.is_none() => k.verifying,
                 Some(k) => {
@@ -318,6 +319,23 @@ impl Ledger {
             return Err(LedgerError::Unauthorized(format!(
                 "the signature of the batch does not hold for signer {signer}"
             )));
+        }
+        let head = writer.head;
+        let recorded_at = Timestamp(now_nanos().max(head.recorded_at));
+        for (i, s) in batch.statements.iter().enumerate() {
+            let event = s.decode_event()?;
+            let at = Placement {
+                seq: head.seq + 1 + i as u64,
+                recorded_at,
+            };
+            let claim = Claim {
+                signer: &s.signer,
+                actor: &s.actor,
+                stream: &s.stream,
+            };
+            writer.registry.authorize(at, claim, &event).map_err(|e| {
+                LedgerError::Unauthorized(format!("event {i} ({}): {e}", s.event_type))
+            })?;
         }
         Ok(())
     }

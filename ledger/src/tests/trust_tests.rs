@@ -439,6 +439,12 @@ fn precheck_holds_for_registered_signers_only_and_appends_nothing() {
         other => panic!("{other:?}"),
     };
     assert!(e.contains("not a registered key"), "{e}");
+    // Registered, but not allowed to append this type (alice is an operator).
+    let not_hers = alice.sign(one(scored("e")).idempotent("k2")).unwrap();
+    assert!(matches!(
+        l.precheck(&not_hers),
+        Err(LedgerError::Unauthorized(m)) if m.contains("EvalScored")
+    ));
     // A signature that does not hold.
     let mut tampered = batch.clone();
     tampered.signature = Signature([7; 64]);

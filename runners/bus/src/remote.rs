@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use foundry_events::{Event, EventType, RecordedEvent, Sha256Digest};
+use foundry_events::{EventType, RecordedEvent, Sha256Digest};
 use foundry_ledger::{AppendOutcome, ArtifactStore, Identity, SignedBatch};
 use foundry_runner::{LedgerClient, Result, RunnerError};
 use serde::{de::DeserializeOwned, Serialize};
@@ -60,7 +60,7 @@ impl NatsLedgerClient {
     }
 
     /// Ships artifacts through the JetStream bucket: before an append that
-    /// names files ([`Event::stored_artifacts`]: checkpoint files, run
+    /// names files ([`foundry_events::Event::stored_artifacts`]: checkpoint files, run
     /// configs), each is uploaded from `store` unless the bucket holds it,
     /// so `ledger serve` can fetch it into its home before it confirms; and
     /// [`LedgerClient::fetch_artifact`] fetches into a store from the bucket.
@@ -82,9 +82,7 @@ impl NatsLedgerClient {
         let named: Vec<(String, Sha256Digest)> = batch
             .statements
             .iter()
-            .filter(|s| matches!(s.event_type.as_str(), "CheckpointCommitted" | "RunStarted"))
-            .filter_map(|s| s.decode_event().ok())
-            .flat_map(|e: Event| e.stored_artifacts())
+            .flat_map(|s| s.stored_artifacts())
             .collect();
         if named.is_empty() {
             return Ok(0);

@@ -28,7 +28,8 @@ pub struct ServeArtifacts {
     fetching: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// One retention pass at a time.
     pruning: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// Files this service already removed from the bucket.
+    /// Files this service already removed from the bucket (so a pass does
+    /// not ask about them again).
     removed:
         std::sync::Arc<std::sync::Mutex<std::collections::HashSet<foundry_events::Sha256Digest>>>,
 }
@@ -46,9 +47,9 @@ impl ServeArtifacts {
     }
 
     /// Removes from the bucket the checkpoint files that retention lets go
-    /// ([`foundry_runner::retention`]; this home keeps them all), and puts
-    /// back those it removed that must be there again (an evaluation of an
-    /// old checkpoint was requested). Returns how many it removed.
+    /// ([`foundry_runner::retention`]; this home keeps them all). Returns how
+    /// many it removed. (An eval request for a checkpoint whose files went
+    /// puts them back before it is confirmed: `recall_for_evals`.)
     pub async fn prune(&self, ledger: &Ledger) -> Result<usize, BusError> {
         let _one = self.pruning.lock().await;
         let reader = ledger.clone();
@@ -66,22 +67,6 @@ impl ServeArtifacts {
             .await
             .map_err(|e| BusError::JetStream(format!("retention task: {e}")))??;
         let drops = foundry_runner::retention::bucket_drops(&events);
-        // Files this service removed that must be in the bucket again (an
-        // evaluation of an old checkpoint was requested): put back from
-        // this home.
-        let back: Vec<foundry_events::Sha256Digest> = self
-            .removed
-            .lock()
-            .map(|r| r.iter().filter(|d| !drops.contains(d)).copied().collect())
-            .unwrap_or_default();
-        for d in back {
-            if self.store.contains(&d) {
-                self.bucket.upload(&d, &self.store.path_of(&d)).await?;
-            }
-            if let Ok(mut r) = self.removed.lock() {
-                r.remove(&d);
-            }
-        }
         let mut removed = 0;
         for d in drops {
             let done = self.removed.lock().map(|r| r.contains(&d)).unwrap_or(false);
@@ -106,12 +91,12 @@ impl ServeArtifacts {
         ledger: &Ledger,
         batch: &SignedBatch,
     ) -> Result<(), LedgerError> {
-        let wanted: Vec<String> = batch
+        let wanted: Vec<(String, Option<String>)> = batch
             .statements
             .iter()
             .filter(|s| s.event_type == "EvalRequested")
             .filter_map(|s| match s.decode_event() {
-                Ok(foundry_events::Event::EvalRequested(r)) => r.checkpoint_id,
+                Ok(foundry_events::Event::EvalRequested(r)) => Some((r.checkpoint_id?, r.run_id)),
                 _ => None,
             })
             .collect();
@@ -122,13 +107,23 @@ impl ServeArtifacts {
         // Not while a retention pass, which read the history before this
         // request, is still removing files.
         let _no_pass = self.pruning.lock().await;
+        // The checkpoints live in their runs' streams; a request without a
+        // run id is looked up among every commit.
         let reader = ledger.clone();
+        let runs: Vec<Option<String>> = wanted.iter().map(|(_, r)| r.clone()).collect();
         let commits = tokio::task::spawn_blocking(move || {
-            reader.read_type(
-                foundry_events::EventType::CheckpointCommitted,
-                1,
-                usize::MAX,
-            )
+            let mut recs = Vec::new();
+            for run in runs {
+                recs.extend(match run {
+                    Some(run) => reader.read_stream(&format!("run/{run}"), 1)?,
+                    None => reader.read_type(
+                        foundry_events::EventType::CheckpointCommitted,
+                        1,
+                        usize::MAX,
+                    )?,
+                });
+            }
+            Ok::<_, LedgerError>(recs)
         })
         .await
         .map_err(|e| LedgerError::InvalidAppend(format!("checkpoint lookup task: {e}")))??;
@@ -136,7 +131,7 @@ impl ServeArtifacts {
             let Ok(foundry_events::Event::CheckpointCommitted(c)) = rec.decode_event() else {
                 continue;
             };
-            if !wanted.contains(&c.checkpoint_id) {
+            if !wanted.iter().any(|(id, _)| *id == c.checkpoint_id) {
                 continue;
             }
             for f in &c.files {
@@ -170,10 +165,8 @@ impl ServeArtifacts {
             .statements
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s.event_type.as_str(), "CheckpointCommitted" | "RunStarted"))
-            .filter_map(|(i, s)| Some((i, s.decode_event().ok()?)))
-            .flat_map(|(i, e)| {
-                e.stored_artifacts()
+            .flat_map(|(i, s)| {
+                s.stored_artifacts()
                     .into_iter()
                     .map(move |(w, d)| (i, w, d))
             })

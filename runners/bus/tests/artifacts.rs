@@ -31,6 +31,12 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> (std::path::PathBuf, Sha256Dige
     (p, Sha256Digest::of(data))
 }
 
+async fn bucket_on(url: impl AsRef<str>) -> ArtifactBucket {
+    ArtifactBucket::on(NatsOptions::url(url.as_ref()).connect().await.unwrap())
+        .await
+        .unwrap()
+}
+
 async fn chunk_messages(url: &str) -> u64 {
     let js = async_nats::jetstream::new(NatsOptions::url(url).connect().await.unwrap());
     let mut s = js.get_stream(format!("OBJ_{BUCKET}")).await.unwrap();
@@ -43,9 +49,7 @@ async fn uploads_are_idempotent_and_fetches_are_verified() {
     let dir = tempfile::tempdir().unwrap();
     let data = bytes(3 * CHUNK + 17, 1);
     let (path, digest) = write(dir.path(), "weights", &data);
-    let bucket = ArtifactBucket::on(NatsOptions::url(nats.url()).connect().await.unwrap())
-        .await
-        .unwrap();
+    let bucket = bucket_on(nats.url()).await;
     assert!(!bucket.contains(&digest).await.unwrap());
     assert_eq!(
         bucket.upload(&digest, &path).await.unwrap(),
@@ -115,16 +119,12 @@ async fn an_interrupted_upload_resumes_and_leaves_one_whole_copy() {
     let dir = tempfile::tempdir().unwrap();
     let data = bytes(160 * CHUNK + 5, 2);
     let (path, digest) = write(dir.path(), "big", &data);
-    let bucket = ArtifactBucket::on(NatsOptions::url(nats.url()).connect().await.unwrap())
-        .await
-        .unwrap();
+    let bucket = bucket_on(nats.url()).await;
     // Start an upload on its own connection and cut it off midway.
     let url = nats.url();
     let (p, d) = (path.clone(), digest);
     let first = tokio::spawn(async move {
-        let b = ArtifactBucket::on(NatsOptions::url(&url).connect().await.unwrap())
-            .await
-            .unwrap();
+        let b = bucket_on(&url).await;
         b.upload(&d, &p).await
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -167,9 +167,7 @@ async fn other_bytes_under_a_digest_are_refused_and_replaced() {
     let (path, digest) = write(dir.path(), "true", &data);
     // Someone with write access to the bucket stores other bytes under the
     // name, through the stock client.
-    let bucket = ArtifactBucket::on(NatsOptions::url(nats.url()).connect().await.unwrap())
-        .await
-        .unwrap();
+    let bucket = bucket_on(nats.url()).await;
     let js = async_nats::jetstream::new(NatsOptions::url(nats.url()).connect().await.unwrap());
     let raw = js.get_object_store(BUCKET).await.unwrap();
     let mut forged: &[u8] = b"not the file";

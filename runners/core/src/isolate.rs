@@ -86,6 +86,14 @@ impl ChildCommand {
         Ok(Self::new(std::env::current_exe()?, args))
     }
 
+    /// One request, one answer: the child's single reply. The process
+    /// dying, or not starting, fails this attempt only (`retry: true`).
+    fn ask(&self, what: &str, label: &str, request: &Request) -> Result<Reply, EngineFailure> {
+        self.spawn(what, label)
+            .and_then(|child| child.converse(request, |r, _| Some(r)))
+            .map_err(EngineFailure::retryable)
+    }
+
     fn spawn(&self, what: &str, label: &str) -> Result<Running, String> {
         let mut child = Command::new(&self.program)
             .args(&self.args)
@@ -248,14 +256,9 @@ impl IsolatedTrainer {
 
 impl TrainingEngine for IsolatedTrainer {
     fn prepare(&self, job: &TrainJob) -> Result<TrainPlan, EngineFailure> {
-        // The process dying (or not starting) fails this attempt only.
-        let child = self
+        match self
             .command
-            .spawn("prepare", &job.run_id)
-            .map_err(EngineFailure::retryable)?;
-        match child
-            .converse(&Request::Prepare(job.clone()), |r, _| Some(r))
-            .map_err(EngineFailure::retryable)?
+            .ask("prepare", &job.run_id, &Request::Prepare(job.clone()))?
         {
             Reply::Planned(r) => r,
             other => Err(EngineFailure::retryable(format!(
@@ -333,13 +336,9 @@ impl EvalSpecs for IsolatedEval {
 
 impl EvalEngine for IsolatedEval {
     fn evaluate(&self, job: &EvalJob) -> Result<EvalOutcome, EngineFailure> {
-        let child = self
+        match self
             .command
-            .spawn("eval", &job.eval_id)
-            .map_err(EngineFailure::retryable)?;
-        match child
-            .converse(&Request::Evaluate(job.clone()), |r, _| Some(r))
-            .map_err(EngineFailure::retryable)?
+            .ask("eval", &job.eval_id, &Request::Evaluate(job.clone()))?
         {
             Reply::Evaluated(r) => *r,
             other => Err(EngineFailure::retryable(format!(

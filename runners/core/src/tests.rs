@@ -690,8 +690,13 @@ impl EvalEngine for FailingEval {
     }
 }
 
-/// Requests an eval of the base model and runs an evaluator over `engine`.
-fn evaluate_with(f: &Fixture, engine: Arc<FailingEval>) -> Host {
+/// Requests an eval of the base model and runs an evaluator over an engine
+/// that fails it (`retry` as given); returns the host and the engine.
+fn evaluate_failing(f: &Fixture, retry: bool) -> (Host, Arc<FailingEval>) {
+    let engine = Arc::new(FailingEval {
+        retry,
+        calls: Default::default(),
+    });
     request_run(f, "r-eval");
     append(
         &f.ledger,
@@ -707,7 +712,7 @@ fn evaluate_with(f: &Fixture, engine: Arc<FailingEval>) -> Host {
         },
     );
     let mut host = Host::new();
-    let r: Arc<dyn Runner> = Arc::new(EvaluatorRunner::new(engine));
+    let r: Arc<dyn Runner> = Arc::new(EvaluatorRunner::new(engine.clone()));
     let cursor = f.home.root().join("runners").join("evaluator.cursor");
     let feed = EmbeddedFeed::open(f.ledger.clone(), &r.reacts_to(), cursor).unwrap();
     let ctx = RunnerContext {
@@ -717,17 +722,13 @@ fn evaluate_with(f: &Fixture, engine: Arc<FailingEval>) -> Host {
         stop: host.stop_signal(),
     };
     host.spawn(r, Box::new(feed), ctx);
-    host
+    (host, engine)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_failure_that_a_retry_cannot_change_is_not_retried() {
     let f = fixture();
-    let engine = Arc::new(FailingEval {
-        retry: false,
-        calls: Default::default(),
-    });
-    let host = evaluate_with(&f, engine.clone());
+    let (host, engine) = evaluate_failing(&f, false);
     host.wait_idle(f.client.as_ref()).await.unwrap();
     host.shutdown().await;
     assert_eq!(engine.calls.load(Ordering::SeqCst), 1);
@@ -737,11 +738,7 @@ async fn an_engine_failure_that_a_retry_cannot_change_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_engine_failure_that_a_retry_may_fix_is_delivered_again() {
     let f = fixture();
-    let engine = Arc::new(FailingEval {
-        retry: true,
-        calls: Default::default(),
-    });
-    let host = evaluate_with(&f, engine.clone());
+    let (host, engine) = evaluate_failing(&f, true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while engine.calls.load(Ordering::SeqCst) < 2 {
         assert!(tokio::time::Instant::now() < deadline, "never retried");
