@@ -118,7 +118,11 @@ fn get(ctx: &Context, a: GetArgs) -> Result<()> {
     if ctx.remote.is_some() {
         ctx.fetch_artifacts(&[(format!("artifact {}", d.short()), d)])?;
     }
-    if !store.check(&d)? {
+    let held = store.check(&d).map_err(|e| match e {
+        foundry_ledger::LedgerError::Corrupt { reason, .. } => anyhow!("{reason}"),
+        other => other.into(),
+    })?;
+    if !held {
         bail!(
             "artifact {} is not in {}{}",
             d.to_hex(),
