@@ -48,7 +48,7 @@ fn a_merged_adapter_generates_what_the_attached_adapter_generates() {
     let home = tmp.path().join("home");
     let data = tmp.path().join("data");
     let dataset = common::home_with_tiny_dataset(&home, &data, 6, 5, ENV);
-    let tiny = repo("runners/idefics2/fixtures/tiny");
+    let tiny = repo("ml/idefics2/fixtures/tiny");
     let tiny_s = tiny.to_str().unwrap();
     let model = first_word(&ok(&home, &["model", "pin", tiny_s]));
     let recipe_file = repo("recipes/tiny-cpu.toml");

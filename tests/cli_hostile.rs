@@ -138,7 +138,7 @@ fn an_oversized_target_and_an_image_bomb_are_refused_with_the_limit() {
     let bomb = dir.path().join("bomb.png");
     image::GrayImage::new(12000, 12000).save(&bomb).unwrap();
     assert!(std::fs::metadata(&bomb).unwrap().len() < 1 << 20);
-    let model = repo("runners/idefics2/fixtures/tiny");
+    let model = repo("ml/idefics2/fixtures/tiny");
     let err = refused(
         &home,
         &[
@@ -225,7 +225,7 @@ fn a_rank_wider_than_the_model_and_a_run_over_the_memory_budget_fail_the_run_wit
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let dataset = common::home_with_tiny_dataset(&home, &dir.path().join("data"), 6, 3, &[]);
-    let tiny = repo("runners/idefics2/fixtures/tiny");
+    let tiny = repo("ml/idefics2/fixtures/tiny");
     let model = first_word(&ok(&home, &["model", "pin", tiny.to_str().unwrap()]));
     let run_start = |recipe: &str, env: &[(&str, &str)]| {
         let args = [
@@ -410,7 +410,7 @@ fn over_nats_a_run_whose_training_keeps_dying_fails_after_three_attempts_and_the
         &["dataset", "pin", data.to_str().unwrap()],
         &env,
     ));
-    let tiny = repo("runners/idefics2/fixtures/tiny");
+    let tiny = repo("ml/idefics2/fixtures/tiny");
     let model = first_word(&ok_env(
         &client,
         &["model", "pin", tiny.to_str().unwrap()],

@@ -1,5 +1,5 @@
 //! End-to-end tests of `ledger infer` on the real binary and the committed tiny
-//! Idefics2 fixtures (runners/idefics2/fixtures, written by
+//! Idefics2 fixtures (ml/idefics2/fixtures, written by
 //! tools/fixtures/make_idefics2_fixtures.py with transformers): the CLI's prompt ids and
 //! greedy generations must equal the ones transformers recorded.
 
@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../runners/idefics2/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ml/idefics2/fixtures")
 }
 
 fn model_dir(config: &str) -> String {

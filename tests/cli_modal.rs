@@ -110,7 +110,7 @@ fn setup(retries: u32) -> Setup {
         &[
             "model",
             "pin",
-            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
+            repo("ml/idefics2/fixtures/tiny").to_str().unwrap(),
         ],
         &pairs,
     ));

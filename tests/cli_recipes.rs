@@ -297,7 +297,7 @@ fn hf_dataset_pins_offline_from_the_cache_with_the_same_id() {
 #[test]
 fn model_pin_and_show() {
     let home = init();
-    let m = repo("runners/idefics2/fixtures/tiny");
+    let m = repo("ml/idefics2/fixtures/tiny");
     let out = ok(home.path(), &["model", "pin", m.to_str().unwrap()]);
     let id = first_line(&out);
     assert!(is_id(&id), "{out}");

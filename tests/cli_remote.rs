@@ -59,7 +59,7 @@ impl Client {
         ];
         self.ok(&synth, &[]);
         let dataset = first_word(&self.ok(&["dataset", "pin", data_s], &[]));
-        let tiny = repo("runners/idefics2/fixtures/tiny");
+        let tiny = repo("ml/idefics2/fixtures/tiny");
         let model = first_word(&self.ok(&["model", "pin", tiny.to_str().unwrap()], &[]));
         (dataset, model)
     }

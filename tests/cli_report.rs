@@ -122,7 +122,7 @@ fn seed(home: &Path) {
         "alice",
         BaseModelPinned {
             model_id: MODEL.into(),
-            source: "runners/idefics2/fixtures/tiny".into(),
+            source: "ml/idefics2/fixtures/tiny".into(),
             resolved_revision: None,
             architecture: "Idefics2ForConditionalGeneration".into(),
             files: vec![],

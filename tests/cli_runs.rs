@@ -35,7 +35,7 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
         &[
             "model",
             "pin",
-            repo("runners/idefics2/fixtures/tiny").to_str().unwrap(),
+            repo("ml/idefics2/fixtures/tiny").to_str().unwrap(),
         ],
     ));
     let recipe_file = common::open_staging_recipe(tmp.path());
@@ -146,7 +146,7 @@ fn a_run_on_an_unpinned_or_changed_model_fails_with_the_reason() {
     // A copy of the tiny model, pinned, then changed.
     let model_dir = tmp.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
-    for e in std::fs::read_dir(repo("runners/idefics2/fixtures/tiny")).unwrap() {
+    for e in std::fs::read_dir(repo("ml/idefics2/fixtures/tiny")).unwrap() {
         let e = e.unwrap();
         if e.path().is_file() {
             std::fs::copy(e.path(), model_dir.join(e.file_name())).unwrap();

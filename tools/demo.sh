@@ -5,7 +5,7 @@
 #      cards are freely arranged (field order, labels, placement vary from card
 #      to card, as in a corpus from many vendors); the test split is exactly
 #      one fixed layout family, invoice-d, that no training card has;
-#   2. pins the base, runners/idefics2/fixtures/reader: a 1.8M-parameter
+#   2. pins the base, ml/idefics2/fixtures/reader: a 1.8M-parameter
 #      Idefics2 pretrained by tools/pretrain/make_reader.sh to read cards and
 #      answer one-field questions (never to answer in JSON, never on a -d
 #      layout), and scores it;
@@ -53,7 +53,7 @@ echo "dataset $DATASET"
 took "synthesize and pin the data"
 
 step "2. pin the pretrained reader base and score it (validation: new freely arranged cards; test: the held-out layout)"
-MODEL=$($L model pin "$PWD/runners/idefics2/fixtures/reader" | first_word)
+MODEL=$($L model pin "$PWD/ml/idefics2/fixtures/reader" | first_word)
 echo "model $MODEL"
 $L eval base --model "$MODEL" --dataset "$DATASET" --split validation --limit 200 | tee "$HOME_DIR/base-eval.txt"
 BASE_EM=$(field_em < "$HOME_DIR/base-eval.txt")

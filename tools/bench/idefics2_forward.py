@@ -1,4 +1,4 @@
-"""Times transformers' Idefics2 on the "small" config, the peer of runners/idefics2/benches/forward.rs.
+"""Times transformers' Idefics2 on the "small" config, the peer of ml/idefics2/benches/forward.rs.
 
     /work/venv/bin/python tools/bench/idefics2_forward.py [--dir /tmp/foundry-idefics2-small] [--threads 2]
 

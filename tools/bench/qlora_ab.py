@@ -1,4 +1,4 @@
-"""Interleaved A/B benchmark of a QLoRA training step: Foundry (runners/qlora/examples/bench_step.rs)
+"""Interleaved A/B benchmark of a QLoRA training step: Foundry (ml/qlora/examples/bench_step.rs)
 against the PyTorch + PEFT + bitsandbytes peer (../shared/peers/pytorch_idefics2.py), same config,
 same thread count, alternating runs in one session so that both see the same machine load.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes the demo's base model, runners/idefics2/fixtures/reader: a small Idefics2 pretrained from
+# Makes the demo's base model, ml/idefics2/fixtures/reader: a small Idefics2 pretrained from
 # random weights to read the synthetic `tiny` cards and to answer questions about single fields
 # ("What is the total?"), never to answer in JSON, and never on a `-d` layout family (see
 # tools/pretrain/reader.py). Not run by CI; the result is committed.
@@ -18,7 +18,7 @@
 # safetensors and pillow (PYTHON, default /work/venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OUT=${1:-runners/idefics2/fixtures/reader}
+OUT=${1:-ml/idefics2/fixtures/reader}
 PYTHON=${PYTHON:-/work/venv/bin/python}
 cargo build --release -p foundry-cli
 WORK=$(mktemp -d)

@@ -64,7 +64,7 @@ from tokenizers import Tokenizer
 from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(ROOT, "runners/idefics2/fixtures/tiny")
+TINY = os.path.join(ROOT, "ml/idefics2/fixtures/tiny")
 IMAGE_TOKEN = 4
 EOU = 5
 PAD = 6

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use foundry_events::{Event, Sha256Digest};
+use foundry_recipes::Recipe;
 
 /// The event types the rule reads.
 pub const READS: &[foundry_events::EventType] = &[
@@ -92,15 +93,21 @@ pub fn bucket_drops(events: &[Event]) -> BTreeSet<Sha256Digest> {
             .recipe_id
             .as_deref()
             .and_then(|id| recipes.get(id).copied());
-        let config = facts.started_config.as_ref().or(recipe);
-        // Unknown retention keeps everything.
-        let keep_last = config
-            .and_then(|c| c["training"]["keep_last"].as_u64())
-            .unwrap_or(u64::MAX) as usize;
-        let every = recipe
-            .and_then(|c| c["eval"]["every_checkpoints"].as_u64())
+        // A config that does not read as a resolved recipe keeps everything.
+        let typed = |c: &serde_json::Value| serde_json::from_value::<Recipe>(c.clone()).ok();
+        let started = facts.started_config.as_ref().and_then(typed);
+        let declared = recipe.and_then(typed);
+        let keep_last = started
+            .as_ref()
+            .or(declared.as_ref())
+            .and_then(|r| usize::try_from(r.training.keep_last).ok())
+            .unwrap_or(usize::MAX);
+        // Declaration guarantees every_checkpoints >= 1, as the evaluator reads it.
+        let every = declared
+            .as_ref()
+            .and_then(|r| usize::try_from(r.eval.every_checkpoints).ok())
             .unwrap_or(1)
-            .max(1) as usize;
+            .max(1);
         let n = facts.checkpoints.len();
         for (i, (id, files)) in facts.checkpoints.iter().enumerate() {
             let newest = n - i <= keep_last;
@@ -135,15 +142,23 @@ mod tests {
         Sha256Digest([n; 32])
     }
 
+    /// A real resolved recipe with this retention and eval cadence.
+    fn resolved(keep_last: u64, every: u64) -> serde_json::Value {
+        let text = format!(
+            "name = \"r\"\n[base_model]\nsource = \"m\"\n[training]\nkeep_last = {keep_last}\n\
+             [eval]\nsplit = \"test\"\nevery_checkpoints = {every}\n"
+        );
+        foundry_recipes::resolve_str(&text, "r.toml", &Default::default(), None)
+            .expect("recipe resolves")
+            .config
+    }
+
     fn recipe(keep_last: u64, every: u64) -> Event {
         Event::RecipeDeclared(RecipeDeclared {
             recipe_id: "r".into(),
             name: "r".into(),
             source: "r.toml".into(),
-            resolved_config: serde_json::json!({
-                "training": {"keep_last": keep_last},
-                "eval": {"every_checkpoints": every},
-            }),
+            resolved_config: resolved(keep_last, every),
             env_overrides: Default::default(),
         })
     }
@@ -278,5 +293,14 @@ mod tests {
         h.extend((1..=3).map(ckpt));
         h.extend([scored(1), scored(2), scored(3), completed()]);
         assert!(bucket_drops(&h).is_empty());
+        // A config that names keep_last but does not read as a resolved recipe is unknown too.
+        let mut partial = recipe(1, 1);
+        if let Event::RecipeDeclared(r) = &mut partial {
+            r.resolved_config = serde_json::json!({"training": {"keep_last": 1}});
+        }
+        h.insert(0, partial);
+        assert!(bucket_drops(&h).is_empty());
+        h[0] = recipe(1, 1);
+        assert_eq!(bucket_drops(&h), BTreeSet::from([d(1), d(2)]));
     }
 }

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use candle_core::DType;
 use foundry_events::MetricPoint;
-use foundry_idefics2::kernels::Products;
 use foundry_idefics2::linear::LinearVisitor;
 use foundry_idefics2::processor::{Processor, RgbImage};
 use foundry_idefics2::{Idefics2, Idefics2Config};
+use foundry_kernels::Products;
 use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
 use foundry_qlora::lora::{LoraConfig, LoraInit};
 use foundry_qlora::train::{Flow, Schedule, TrainConfig, Trainer};
@@ -529,7 +529,7 @@ mod tests {
         let cpu = candle_core::Device::Cpu;
         assert_eq!(products_of(&with("f32"), &cpu).unwrap(), Products::F32);
         let bf16 = products_of(&with("bf16"), &cpu).unwrap();
-        let expected = if foundry_idefics2::bf16gemm::available() {
+        let expected = if foundry_kernels::bf16gemm::available() {
             Products::Bf16
         } else {
             Products::F32
@@ -541,7 +541,7 @@ mod tests {
             "{e}"
         );
         // Every linear of the model takes the setting.
-        let dir = repo("runners/idefics2/fixtures/tiny");
+        let dir = repo("ml/idefics2/fixtures/tiny");
         let mut model = Idefics2::load_dir(&dir, DType::F32, &cpu).unwrap();
         set_products(&mut model, bf16).unwrap();
         let mut all = true;
@@ -556,7 +556,7 @@ mod tests {
 
     #[test]
     fn skip_modules_keep_those_linears_dense() {
-        let dir = repo("runners/idefics2/fixtures/tiny");
+        let dir = repo("ml/idefics2/fixtures/tiny");
         let mut model = Idefics2::load_dir(&dir, DType::F32, &candle_core::Device::Cpu).unwrap();
         let names = model.linear_names().unwrap();
         let re = |p: &str| foundry_idefics2::linear::full_match_regex(p).unwrap();
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn lora_rank_is_bounded_by_the_narrowest_targeted_linear() {
-        let dir = repo("runners/idefics2/fixtures/tiny");
+        let dir = repo("ml/idefics2/fixtures/tiny");
         let config = Idefics2Config::from_file(&dir.join("config.json")).unwrap();
         let recipe = recipe_with("nf4", "lm_head");
         let re = regex_full(&recipe.lora.target_modules).unwrap();

@@ -165,7 +165,7 @@ fn qlora_training_commits_checkpoints_that_are_evaluated() {
     let data = tmp.path().join("data");
     write_dataset(&data);
     let home = Home::at(tmp.path().join("home"));
-    let ledger = run_pipeline(&home, &repo("runners/idefics2/fixtures/tiny"), &data, || {});
+    let ledger = run_pipeline(&home, &repo("ml/idefics2/fixtures/tiny"), &data, || {});
 
     let failed = events_of(&ledger, EventType::RunFailed);
     assert!(failed.is_empty(), "{failed:?}");
@@ -232,7 +232,7 @@ fn a_base_model_changed_after_pinning_fails_the_run_with_the_file_named() {
     write_dataset(&data);
     let model = tmp.path().join("model");
     std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(repo("runners/idefics2/fixtures/tiny")).unwrap() {
+    for e in std::fs::read_dir(repo("ml/idefics2/fixtures/tiny")).unwrap() {
         let e = e.unwrap();
         if e.path().is_file() {
             std::fs::copy(e.path(), model.join(e.file_name())).unwrap();

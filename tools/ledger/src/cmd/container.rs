@@ -133,8 +133,8 @@ async fn train(
         _ => bail!("run/{run} does not start with RunRequested"),
     };
     let trainer = TrainerRunner::new(super::engines::trainer())
-        .with_lease(super::embedded::lease())
-        .with_max_attempts(super::embedded::max_attempts())
+        .with_lease(super::engines::lease())
+        .with_max_attempts(super::engines::max_attempts())
         .for_backend(&backend);
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
     let _ = ctx;

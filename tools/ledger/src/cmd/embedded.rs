@@ -3,45 +3,15 @@
 //! their request and drive the runners here until the work is done.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use foundry_events::Role;
 use foundry_ledger::{Identity, Ledger};
 use foundry_runner::{EmbeddedFeed, Host, LocalLedger, RunnerContext};
 
+use super::engines;
+pub use super::engines::Which;
 use crate::context::Context;
-
-/// Which runners to start.
-#[derive(Clone, Copy, Debug)]
-pub struct Which {
-    /// The trainer.
-    pub trainer: bool,
-    /// The evaluator.
-    pub evaluator: bool,
-    /// The promoter.
-    pub promoter: bool,
-    /// The Modal dispatcher.
-    pub modal: bool,
-}
-
-impl Which {
-    /// The evaluator and the promoter: what an eval or a promotion request needs.
-    pub const JUDGES: Which = Which {
-        trainer: false,
-        evaluator: true,
-        promoter: true,
-        modal: false,
-    };
-
-    /// All of them.
-    pub const ALL: Which = Which {
-        trainer: true,
-        evaluator: true,
-        promoter: true,
-        modal: true,
-    };
-}
 
 /// A started embedded runtime.
 pub struct Embedded {
@@ -74,24 +44,6 @@ pub fn runner_identity(ctx: &Context, role: Role) -> Result<Identity> {
     Ok(Identity::load(&path, None)?)
 }
 
-/// The lease the embedded trainer takes on a run, from FOUNDRY_LEASE_MS.
-pub fn lease() -> Duration {
-    std::env::var("FOUNDRY_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::from_secs(30))
-}
-
-/// How many claims in a row may end without a new checkpoint before a run
-/// is given up, from FOUNDRY_MAX_ATTEMPTS (default 3).
-pub fn max_attempts() -> u32 {
-    std::env::var("FOUNDRY_MAX_ATTEMPTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(foundry_runner::DEFAULT_MAX_ATTEMPTS)
-}
-
 /// Starts the chosen runners over `ledger`, each with its cursor under
 /// `home/runners/`.
 pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
@@ -100,7 +52,7 @@ pub fn start(ctx: &Context, ledger: &Ledger, which: Which) -> Result<Embedded> {
         runner_identity(ctx, Role::Promoter)?,
     ));
     let mut host = Host::new();
-    let runners = super::engines::runner_set(which);
+    let runners = engines::runner_set(which);
     let host_name = foundry_runner::host_info().hostname;
     let instance = uuid::Uuid::now_v7().simple().to_string();
     for r in runners {

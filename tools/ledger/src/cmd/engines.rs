@@ -12,7 +12,56 @@ use foundry_runner::{
     EvalEngine, EvalSpecs, EvaluatorRunner, PromoterRunner, Runner, TrainerRunner, TrainingEngine,
 };
 
-use super::embedded::Which;
+use std::time::Duration;
+
+/// Which runners to start.
+#[derive(Clone, Copy, Debug)]
+pub struct Which {
+    /// The trainer.
+    pub trainer: bool,
+    /// The evaluator.
+    pub evaluator: bool,
+    /// The promoter.
+    pub promoter: bool,
+    /// The Modal dispatcher.
+    pub modal: bool,
+}
+
+impl Which {
+    /// The evaluator and the promoter: what an eval or a promotion request needs.
+    pub const JUDGES: Which = Which {
+        trainer: false,
+        evaluator: true,
+        promoter: true,
+        modal: false,
+    };
+
+    /// All of them.
+    pub const ALL: Which = Which {
+        trainer: true,
+        evaluator: true,
+        promoter: true,
+        modal: true,
+    };
+}
+
+/// The lease the embedded trainer takes on a run, from FOUNDRY_LEASE_MS.
+pub fn lease() -> Duration {
+    std::env::var("FOUNDRY_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// How many claims in a row may end without a new checkpoint before a run
+/// is given up, from FOUNDRY_MAX_ATTEMPTS (default 3).
+pub fn max_attempts() -> u32 {
+    std::env::var("FOUNDRY_MAX_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(foundry_runner::DEFAULT_MAX_ATTEMPTS)
+}
 
 /// The hidden subcommand a runner starts its jobs with.
 pub const CHILD_COMMAND: &str = "engine-child";
@@ -71,8 +120,8 @@ pub fn runner_set(which: Which) -> Vec<Arc<dyn Runner>> {
     if which.trainer {
         runners.push(Arc::new(
             TrainerRunner::new(trainer())
-                .with_lease(super::embedded::lease())
-                .with_max_attempts(super::embedded::max_attempts()),
+                .with_lease(lease())
+                .with_max_attempts(max_attempts()),
         ));
     }
     if which.evaluator {

@@ -72,7 +72,7 @@ pub fn run(ctx: &Context, args: RunnerArgs) -> Result<()> {
     let want = |o: Only| args.only.is_none_or(|x| x == o);
     // Without --only, a machine without the `modal` CLI leaves Modal runs to
     // a dispatcher that has it.
-    let runners = super::engines::runner_set(super::embedded::Which {
+    let runners = super::engines::runner_set(super::engines::Which {
         trainer: want(Only::Trainer),
         evaluator: want(Only::Evaluator),
         promoter: want(Only::Promoter),
