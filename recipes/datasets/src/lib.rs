@@ -5,16 +5,20 @@
 //! beside them, or Parquet files with the image bytes inline (`image:
 //! {bytes, path}`, as Hugging Face datasets stores them). [`pin_dataset`] hashes every shard (with the images it references),
 //! validates every row and returns a [`DatasetPin`] whose id is the Merkle
-//! root of the shard digests. [`StreamReader`] reads a split shard by shard,
-//! re-verifying each shard's digest, shuffled by seed, resumable.
+//! root of the shard digests, reading each shard in a stream (memory does not
+//! grow with the rows). [`SplitIndex`] gives random access to a split's rows,
+//! each read alone and re-verified; [`StreamReader`] reads a split shard by
+//! shard in a seeded order, resumable.
 //! [`pin_model`] hashes a base model's config, tokenizer, processor and weights.
 
 mod hub;
+mod index;
 pub mod jail;
 mod locate;
 mod model;
 mod parquet_in;
 mod reader;
+mod scan;
 pub mod schema;
 
 #[cfg(test)]
@@ -27,10 +31,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use hub::{parse_source, HubOptions, Source};
+pub use index::{Example, SplitIndex};
 pub use jail::{Denied, Jail};
 pub use locate::{locate_model, staged_dir};
 pub use model::{pin_model, verify_model, ModelPin};
-pub use reader::{Example, Position, StreamReader};
+pub use reader::{Position, StreamReader};
 
 /// Why pinning or reading failed. One line, with the location.
 #[derive(Debug, thiserror::Error)]
@@ -223,9 +228,6 @@ pub fn shard_split(file_name: &str) -> Option<&'static str> {
         .find(|s| stem == *s || stem.strip_prefix(s).is_some_and(|r| r.starts_with('-')))
 }
 
-/// A read shard: (digest hex, total bytes, rows with their image bytes).
-pub(crate) type ShardContents = (String, u64, Vec<(Row, Vec<u8>)>);
-
 /// A parsed, validated row.
 pub(crate) struct Row {
     pub image: String,
@@ -307,23 +309,6 @@ pub(crate) fn row_from_value(
     })
 }
 
-/// Reads a shard (JSONL or Parquet, by extension), validating every row, and
-/// returns (digest hex, total bytes, rows with their image bytes). Every
-/// file is read through a [`Jail`] at `root`.
-pub(crate) fn read_shard(
-    root: &Path,
-    rel: &str,
-    schema: &schema::Schema,
-    decode_images: bool,
-) -> Result<ShardContents> {
-    let jail = Jail::open(root).map_err(|e| io(root, e))?;
-    if rel.ends_with(".parquet") {
-        parquet_in::read(&jail, rel, schema, decode_images)
-    } else {
-        read_jsonl_shard(&jail, rel, schema, decode_images)
-    }
-}
-
 /// Decodes `bytes` as an image within the decode limits: at most
 /// [`MAX_IMAGE_SIDE`] pixels a side and [`MAX_IMAGE_DECODED_BYTES`] of
 /// memory, so a small file claiming an enormous size is refused before it
@@ -360,59 +345,22 @@ pub(crate) fn check_image(shard: &str, row: u64, name: &str, img: &[u8]) -> Resu
     Ok(())
 }
 
-/// Reads a JSONL shard and every image it references, validating every row,
-/// and returns (digest hex, total bytes, rows, image bytes per row).
-/// The digest is sha256 over `foundry.jsonl-shard.v1\n`, the hex sha256 of the
-/// JSONL bytes, a newline, then per row `image_path\thex(sha256(image))\n`.
-fn read_jsonl_shard(
+/// Scans shard `rel` (JSONL or Parquet, by extension) under `jail`: every
+/// row validated against `schema` (images decoded when `decode_images`),
+/// `visit` called for each in order, `progress` with the bytes read so far.
+pub(crate) fn scan_shard(
     jail: &Jail,
     rel: &str,
     schema: &schema::Schema,
     decode_images: bool,
-) -> Result<ShardContents> {
-    let text = jail
-        .read(rel, MAX_SHARD_BYTES)
-        .map_err(|d| denied_file(jail.root(), rel, d))?;
-    let mut h = Sha256::new();
-    h.update(b"foundry.jsonl-shard.v1\n");
-    h.update(hex::encode(Sha256::digest(&text)).as_bytes());
-    h.update(b"\n");
-    let mut bytes = text.len() as u64;
-    let text = String::from_utf8(text).map_err(|_| DatasetError::BadRow {
-        shard: rel.into(),
-        row: 0,
-        reason: "shard is not UTF-8".into(),
-    })?;
-    let dir = Path::new(rel).parent().unwrap_or(Path::new(""));
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i as u64 + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = parse_row(rel, n, line, schema)?;
-        let img_rel = if Path::new(&row.image).is_absolute() {
-            // Never reinterpreted as relative: refused like any escape.
-            return Err(denied_row(rel, n, "image", &row.image, Denied::Outside));
-        } else if dir.as_os_str().is_empty() {
-            row.image.clone()
-        } else {
-            format!("{}/{}", dir.to_string_lossy(), row.image)
-        };
-        let img = jail
-            .read(&img_rel, MAX_IMAGE_BYTES)
-            .map_err(|d| denied_row(rel, n, "image", &row.image, d))?;
-        if decode_images {
-            check_image(rel, n, &row.image, &img)?;
-        }
-        bytes += img.len() as u64;
-        h.update(row.image.as_bytes());
-        h.update(b"\t");
-        h.update(hex::encode(Sha256::digest(&img)).as_bytes());
-        h.update(b"\n");
-        rows.push((row, img));
+    progress: &(dyn Fn(u64) + Sync),
+    visit: &mut dyn FnMut(scan::Scanned) -> Result<()>,
+) -> Result<scan::ShardScan> {
+    if rel.ends_with(".parquet") {
+        parquet_in::scan(jail, rel, schema, decode_images, progress, visit)
+    } else {
+        scan::scan_jsonl(jail, rel, schema, decode_images, progress, visit)
     }
-    Ok((hex::encode(h.finalize()), bytes, rows))
 }
 
 /// Merkle root (hex) of shards: leaf = sha256(0x00 ‖ split ‖ 0x00 ‖ path ‖
@@ -477,8 +425,31 @@ fn find_shards(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Resu
     Ok(())
 }
 
+/// How far a pin has got, for a progress display.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PinProgress {
+    /// Bytes read so far: shard files and the images they reference.
+    pub bytes: u64,
+    /// Shards finished.
+    pub shards_done: usize,
+    /// Shards in all.
+    pub shards: usize,
+}
+
 /// Pins a local dataset directory (see [`pin_source`] for `hf://`).
 pub fn pin_dir(root: &Path, source: &str, resolved_revision: Option<String>) -> Result<DatasetPin> {
+    pin_dir_with(root, source, resolved_revision, &|_| {})
+}
+
+/// [`pin_dir`], telling `progress` how far it has got. Shards are read in a
+/// stream, row by row, a window of rows validated in parallel (images
+/// decoded) at a time: memory does not grow with the rows.
+pub fn pin_dir_with(
+    root: &Path,
+    source: &str,
+    resolved_revision: Option<String>,
+    progress: &(dyn Fn(PinProgress) + Sync),
+) -> Result<DatasetPin> {
     let schema = schema::Schema::load(root)?;
     let mut found = Vec::new();
     find_shards(root, root, &mut found)?;
@@ -489,24 +460,40 @@ pub fn pin_dir(root: &Path, source: &str, resolved_revision: Option<String>) -> 
             root.display()
         )));
     }
+    let jail = Jail::open(root).map_err(|e| io(root, e))?;
     let mut shards = Vec::new();
     let mut splits: BTreeMap<String, SplitCounts> = BTreeMap::new();
-    for (split, rel) in found {
-        let (sha256, bytes, rows) = read_shard(root, &rel, &schema, true)?;
+    let total = found.len();
+    let mut before = 0u64;
+    for (i, (split, rel)) in found.into_iter().enumerate() {
         let counts = splits.entry(split.clone()).or_default();
-        for (row, _) in &rows {
+        let report = |bytes: u64| {
+            progress(PinProgress {
+                bytes: before + bytes,
+                shards_done: i,
+                shards: total,
+            })
+        };
+        let scanned = scan_shard(&jail, &rel, &schema, true, &report, &mut |r| {
             counts.rows += 1;
-            *counts.by_doc_type.entry(row.doc_type.clone()).or_default() += 1;
-            *counts.by_layout.entry(row.layout.clone()).or_default() += 1;
-        }
+            *counts.by_doc_type.entry(r.row.doc_type).or_default() += 1;
+            *counts.by_layout.entry(r.row.layout).or_default() += 1;
+            Ok(())
+        })?;
+        before += scanned.bytes;
         shards.push(Shard {
             split,
             path: rel,
-            sha256,
-            bytes,
-            rows: rows.len() as u64,
+            sha256: scanned.digest,
+            bytes: scanned.bytes,
+            rows: scanned.rows,
         });
     }
+    progress(PinProgress {
+        bytes: before,
+        shards_done: total,
+        shards: total,
+    });
     if let Some(s) = &schema.file_digest {
         shards.push(s.clone());
     }
@@ -522,11 +509,20 @@ pub fn pin_dir(root: &Path, source: &str, resolved_revision: Option<String>) -> 
 
 /// Pins `source`: a local directory or `hf://ORG/NAME@REVISION`.
 pub fn pin_source(source: &str, opts: &HubOptions) -> Result<DatasetPin> {
+    pin_source_with(source, opts, &|_| {})
+}
+
+/// [`pin_source`], telling `progress` how far it has got.
+pub fn pin_source_with(
+    source: &str,
+    opts: &HubOptions,
+    progress: &(dyn Fn(PinProgress) + Sync),
+) -> Result<DatasetPin> {
     match parse_source(source)? {
-        Source::Local(dir) => pin_dir(&dir, source, None),
+        Source::Local(dir) => pin_dir_with(&dir, source, None, progress),
         Source::Hub { .. } => {
             let (dir, sha) = hub::snapshot(source, hub::Kind::Dataset, opts)?;
-            pin_dir(&dir, source, Some(sha))
+            pin_dir_with(&dir, source, Some(sha), progress)
         }
     }
 }

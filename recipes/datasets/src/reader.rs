@@ -1,12 +1,10 @@
 //! The streaming reader: shard by shard, digest re-verified, seeded shuffle,
-//! resumable.
-
-use std::path::PathBuf;
+//! resumable, one row in memory at a time.
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::Schema;
-use crate::{read_shard, DatasetError, DatasetPin, Result, Shard};
+use crate::index::{Example, SplitIndex};
+use crate::{DatasetPin, Result};
 
 /// Where a reader is: serialize it with a checkpoint to resume exactly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,23 +15,6 @@ pub struct Position {
     pub shard: usize,
     /// Index into the shard's row order.
     pub row: usize,
-}
-
-/// One example.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Example {
-    /// Shard path.
-    pub shard: String,
-    /// 1-based row in the shard.
-    pub row: u64,
-    /// Encoded image bytes (PNG or JPEG).
-    pub image: Vec<u8>,
-    /// Doc type.
-    pub doc_type: String,
-    /// Layout family.
-    pub layout: String,
-    /// Target JSON.
-    pub target: serde_json::Value,
 }
 
 /// SplitMix64: a tiny, stable PRNG (the order never changes across versions).
@@ -55,15 +36,17 @@ fn permutation(n: usize, seed: u64) -> Vec<usize> {
     v
 }
 
-/// Reads one split of a pinned dataset.
+/// Reads one split of a pinned dataset in a seeded order: shards in a
+/// permutation per epoch, the rows of each shard in a permutation of their
+/// own. Holds one shard's order (a permutation of its row numbers), never
+/// its rows: each row is read alone through a [`SplitIndex`].
 pub struct StreamReader {
-    root: PathBuf,
-    shards: Vec<Shard>,
-    schema: Schema,
+    index: SplitIndex,
     seed: u64,
     epochs: Option<u64>,
     pos: Position,
-    loaded: Option<Vec<Example>>,
+    /// This shard's row order, once the shard has been checked.
+    rows: Option<Vec<usize>>,
     order: Vec<usize>,
 }
 
@@ -77,27 +60,13 @@ impl StreamReader {
         epochs: Option<u64>,
         from: Position,
     ) -> Result<Self> {
-        let shards: Vec<Shard> = pin
-            .shards
-            .iter()
-            .filter(|s| s.split == split)
-            .cloned()
-            .collect();
-        if shards.is_empty() {
-            return Err(DatasetError::Invalid(format!(
-                "dataset {} has no {split} split",
-                pin.dataset_id
-            )));
-        }
-        let schema = Schema::load(&pin.root)?;
+        let index = SplitIndex::open(pin, split)?;
         let mut r = StreamReader {
-            root: pin.root.clone(),
-            shards,
-            schema,
+            index,
             seed,
             epochs,
             pos: from,
-            loaded: None,
+            rows: None,
             order: Vec::new(),
         };
         r.order = r.shard_order(from.epoch);
@@ -109,41 +78,34 @@ impl StreamReader {
         self.pos
     }
 
+    /// The (shard, row) of every example of `epoch`, in reading order, without
+    /// reading any: the exact order a reader from the start of that epoch
+    /// yields (shard numbers index the split's shards in pinned order).
+    pub fn epoch_order(&self, epoch: u64) -> Vec<(u32, u32)> {
+        let mut out = Vec::with_capacity(self.index.len() as usize);
+        for s in self.shard_order(epoch) {
+            for r in self.row_order(epoch, s) {
+                out.push((s as u32, r as u32));
+            }
+        }
+        out
+    }
+
+    /// The split's rows, for random access.
+    pub fn index(&self) -> &SplitIndex {
+        &self.index
+    }
+
     fn shard_order(&self, epoch: u64) -> Vec<usize> {
         permutation(
-            self.shards.len(),
+            self.index.shard_count(),
             self.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407),
         )
     }
 
-    fn load(&mut self) -> Result<()> {
-        let shard = &self.shards[self.order[self.pos.shard]];
-        let (sha, _, rows) = read_shard(&self.root, &shard.path, &self.schema, false)?;
-        if sha != shard.sha256 {
-            return Err(DatasetError::Changed {
-                shard: shard.path.clone(),
-                expected: shard.sha256.clone(),
-                actual: sha,
-            });
-        }
-        let mut examples: Vec<Example> = Vec::with_capacity(rows.len());
-        for (i, (row, image)) in rows.into_iter().enumerate() {
-            examples.push(Example {
-                shard: shard.path.clone(),
-                row: i as u64 + 1,
-                image,
-                doc_type: row.doc_type,
-                layout: row.layout,
-                target: row.target,
-            });
-        }
-        let seed = self.seed
-            ^ (self.pos.epoch << 32)
-            ^ (self.order[self.pos.shard] as u64 + 1).wrapping_mul(0x9E37_79B9);
-        let perm = permutation(examples.len(), seed);
-        let mut slots: Vec<Option<Example>> = examples.into_iter().map(Some).collect();
-        self.loaded = Some(perm.into_iter().filter_map(|i| slots[i].take()).collect());
-        Ok(())
+    fn row_order(&self, epoch: u64, shard: usize) -> Vec<usize> {
+        let seed = self.seed ^ (epoch << 32) ^ (shard as u64 + 1).wrapping_mul(0x9E37_79B9);
+        permutation(self.index.shard_rows(shard) as usize, seed)
     }
 }
 
@@ -155,7 +117,7 @@ impl Iterator for StreamReader {
             if self.epochs.is_some_and(|e| self.pos.epoch >= e) {
                 return None;
             }
-            if self.pos.shard >= self.shards.len() {
+            if self.pos.shard >= self.order.len() {
                 self.pos = Position {
                     epoch: self.pos.epoch + 1,
                     shard: 0,
@@ -164,26 +126,27 @@ impl Iterator for StreamReader {
                 self.order = self.shard_order(self.pos.epoch);
                 continue;
             }
-            if self.loaded.is_none() {
-                if let Err(e) = self.load() {
+            let shard = self.order[self.pos.shard];
+            if self.rows.is_none() {
+                // The whole shard is checked before any of its rows is used.
+                if let Err(e) = self.index.check_shard(shard) {
                     self.epochs = Some(0);
                     return Some(Err(e));
                 }
+                self.rows = Some(self.row_order(self.pos.epoch, shard));
             }
-            let rows = self.loaded.as_ref().map_or(0, Vec::len);
-            if self.pos.row >= rows {
-                self.loaded = None;
+            let Some(&row) = self.rows.as_ref().and_then(|r| r.get(self.pos.row)) else {
+                self.rows = None;
                 self.pos.shard += 1;
                 self.pos.row = 0;
                 continue;
-            }
-            let ex = self
-                .loaded
-                .as_ref()
-                .and_then(|l| l.get(self.pos.row))
-                .cloned();
+            };
             self.pos.row += 1;
-            return ex.map(Ok);
+            let got = self.index.get(self.index.position_of(shard, row as u64));
+            if got.is_err() {
+                self.epochs = Some(0);
+            }
+            return Some(got);
         }
     }
 }
