@@ -35,6 +35,9 @@ pub trait ExampleSource {
     }
     /// The example at `index` (`< len()`).
     fn get(&self, index: usize) -> Result<Example>;
+    /// A hint: these indices will be asked for next, in this order. A source that reads from
+    /// disk may start preparing them in the background; the default ignores it.
+    fn prefetch(&self, _upcoming: &[usize]) {}
 }
 
 impl ExampleSource for Vec<Example> {

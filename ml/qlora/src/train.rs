@@ -179,6 +179,9 @@ pub struct Trainer {
     examples_seen: u64,
     dropout: DropoutRng,
     pad_id: u32,
+    /// The example order of one epoch `(epoch, n, order)`, kept so that it is drawn once per
+    /// epoch, not once per example.
+    order: Option<(u64, usize, Vec<usize>)>,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -222,6 +225,7 @@ impl Trainer {
             examples_seen: 0,
             dropout,
             pad_id,
+            order: None,
         })
     }
 
@@ -299,12 +303,23 @@ impl Trainer {
         &self.config
     }
 
-    /// The dataset index of the `k`-th example drawn (a fresh seeded shuffle per epoch).
-    fn example_index(&self, k: u64, n: usize) -> usize {
-        let epoch = k / n as u64;
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(mix(self.config.seed, 2, epoch)));
-        order[(k % n as u64) as usize]
+    /// The dataset indices of the examples drawn `k..k + count`: epoch `e` visits every index
+    /// once, in a seeded permutation of the whole index (`StdRng` seeded from the run's seed
+    /// and `e`), so a resumed run draws exactly what an uninterrupted one would.
+    pub fn example_indices(&mut self, k: u64, count: usize, n: usize) -> Vec<usize> {
+        (k..k + count as u64)
+            .map(|k| {
+                let epoch = k / n as u64;
+                let fresh = !matches!(&self.order, Some((e, len, _)) if *e == epoch && *len == n);
+                if fresh {
+                    let mut order: Vec<usize> = (0..n).collect();
+                    order.shuffle(&mut StdRng::seed_from_u64(mix(self.config.seed, 2, epoch)));
+                    self.order = Some((epoch, n, order));
+                }
+                let at = (k % n as u64) as usize;
+                self.order.as_ref().map_or(at, |(_, _, o)| o[at])
+            })
+            .collect()
     }
 
     /// Mean cross entropy on the answer tokens of `examples` (no gradient bookkeeping beyond
@@ -371,11 +386,16 @@ impl Trainer {
             return Err(Error::Train("the dataset is empty".into()));
         }
         let dev = self.model.device().clone();
+        let per_step = self.config.grad_accum * self.config.batch_size;
+        let now = self.example_indices(self.examples_seen, per_step, n);
+        // The next step's examples are read and encoded while this one computes.
+        let next = self.example_indices(self.examples_seen + per_step as u64, per_step, n);
+        data.prefetch(&next);
         let mut batches = Vec::with_capacity(self.config.grad_accum);
-        for _ in 0..self.config.grad_accum {
+        for micro in now.chunks(self.config.batch_size) {
             let mut exs = Vec::with_capacity(self.config.batch_size);
-            for _ in 0..self.config.batch_size {
-                exs.push(data.get(self.example_index(self.examples_seen, n))?);
+            for &i in micro {
+                exs.push(data.get(i)?);
                 self.examples_seen += 1;
             }
             batches.push(collate(&exs, self.pad_id, &dev)?);

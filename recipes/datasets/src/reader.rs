@@ -96,6 +96,11 @@ impl StreamReader {
         &self.index
     }
 
+    /// The split's rows, for random access, without the reader.
+    pub fn into_index(self) -> SplitIndex {
+        self.index
+    }
+
     fn shard_order(&self, epoch: u64) -> Vec<usize> {
         permutation(
             self.index.shard_count(),

@@ -503,3 +503,68 @@ fn a_model_directory_is_a_jail_too() {
         assert!(e.contains("\"config.json\" leads outside"), "{e}");
     }
 }
+
+#[test]
+fn rows_read_alone_are_re_verified_and_only_touched_shards_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    make(d.path());
+    let pin = pin_dir(d.path(), "d", None).unwrap();
+    let index = SplitIndex::open(&pin, "train").unwrap();
+    assert_eq!((index.len(), index.shard_count()), (6, 2));
+    // The second shard's image is altered: rows of the first still read.
+    std::fs::write(d.path().join("data/images/0005.png"), png(250)).unwrap();
+    for i in 0..3 {
+        let e = index.get(i).unwrap();
+        assert_eq!(
+            (e.shard.as_str(), e.row),
+            ("data/train-00000-of-00002.jsonl", i + 1)
+        );
+    }
+    // The second shard fails as a whole, before any of its rows is used.
+    let e = index.get(5).unwrap_err().to_string();
+    assert!(
+        e.starts_with("shard data/train-00001-of-00002.jsonl changed since it was pinned: sha256 "),
+        "{e}"
+    );
+    assert!(index.get(3).is_err(), "the failed check is kept");
+    // A row altered after its shard was checked fails when it is read.
+    std::fs::write(d.path().join("data/images/0002.png"), png(251)).unwrap();
+    let e = index.get(1).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "shard data/train-00000-of-00002.jsonl, row 2 changed since it was pinned: its bytes differ from the pinned ones"
+    );
+    assert!(index.get(0).is_ok() && index.get(2).is_ok());
+    // Positions past the end are refused.
+    assert_eq!(
+        index.get(6).unwrap_err().to_string(),
+        "row 6 is outside the split (6 rows)"
+    );
+}
+
+#[test]
+fn pinning_reports_progress_and_a_shard_changed_mid_read_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    make(d.path());
+    let seen = std::sync::Mutex::new(Vec::new());
+    let pin = pin_dir_with(d.path(), "d", None, &|p| seen.lock().unwrap().push(p)).unwrap();
+    let seen = seen.into_inner().unwrap();
+    let last = *seen.last().unwrap();
+    let total: u64 = pin.shards.iter().map(|s| s.bytes).sum();
+    assert_eq!((last.bytes, last.shards_done, last.shards), (total, 3, 3));
+    assert!(
+        seen.windows(2).all(|w| w[0].bytes <= w[1].bytes),
+        "{seen:?}"
+    );
+    // A row with a line break in CRLF form hashes as it is on disk.
+    let shard = d.path().join("data/validation-00000-of-00001.jsonl");
+    let crlf = std::fs::read_to_string(&shard)
+        .unwrap()
+        .replace('\n', "\r\n");
+    std::fs::write(&shard, &crlf).unwrap();
+    let again = pin_dir(d.path(), "d", None).unwrap();
+    assert_ne!(again.dataset_id, pin.dataset_id);
+    assert_eq!(again.splits["validation"].rows, 2);
+    let index = SplitIndex::open(&again, "validation").unwrap();
+    assert_eq!(index.get(1).unwrap().row, 2);
+}

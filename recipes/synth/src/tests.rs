@@ -368,3 +368,32 @@ fn free_arrangement_varies_order_and_labels_and_never_uses_a_d_family_label() {
         "free_arrangement: only the tiny profile arranges cards freely"
     );
 }
+
+#[test]
+fn any_row_reads_alone_across_parquet_row_groups_as_the_stream_reads_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = SynthConfig::new(Profile::Tiny, 5, 220);
+    cfg.format = Format::Parquet;
+    cfg.shard_rows = 1000;
+    generate(&cfg, d.path()).unwrap();
+    let pin = pin_dir(d.path(), "d", None).unwrap();
+    let reader = StreamReader::open(&pin, "train", 3, Some(1), Position::default()).unwrap();
+    let order = reader.epoch_order(0);
+    let index = foundry_datasets::SplitIndex::open(&pin, "train").unwrap();
+    assert!(
+        index.len() > 128,
+        "more than two 64-row groups: {}",
+        index.len()
+    );
+    let streamed: Vec<_> = reader.map(|e| e.unwrap()).collect();
+    assert_eq!(streamed.len() as u64, index.len());
+    // Read alone, last first: the same rows the stream gave, at the positions it named.
+    for (k, (s, r)) in order.iter().enumerate().rev() {
+        let alone = index
+            .get(index.position_of(*s as usize, *r as u64))
+            .unwrap();
+        assert_eq!(alone, streamed[k]);
+        assert_eq!(alone.row, *r as u64 + 1);
+    }
+    assert!(index.get(index.len()).is_err());
+}

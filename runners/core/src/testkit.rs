@@ -162,6 +162,7 @@ impl TrainingEngine for LineEngine {
                 name: "test".into(),
                 dtype: "f64".into(),
             },
+            data_order: None,
         })
     }
 

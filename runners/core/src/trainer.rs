@@ -51,6 +51,10 @@ pub struct TrainPlan {
     pub total_steps: u64,
     /// The device and compute dtype.
     pub device: DeviceInfo,
+    /// How the engine orders and reads the examples (recorded in the run's
+    /// `run_config.json`), when it says.
+    #[serde(default)]
+    pub data_order: Option<serde_json::Value>,
 }
 
 /// A checkpoint the engine wrote and wants committed.
@@ -481,6 +485,7 @@ impl TrainerRunner {
             "config": recipe.resolved_config,
             "recipe_env": recipe.env_overrides,
             "env": env,
+            "data_order": plan.data_order,
         }))
         .map_err(|e| RunnerError::Engine(format!("run_config.json: {e}")))?;
         let config_path = run_dir.join("run_config.json");

@@ -8,7 +8,7 @@ use foundry_events::Sha256Digest;
 use foundry_idefics2::Idefics2;
 use foundry_runner::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs};
 
-use crate::inputs::{load_split, model_dir, recipe_of, select_device, verify_model};
+use crate::inputs::{model_dir, recipe_of, select_device, split_rows, verify_model};
 use crate::train::{processor_for, quantized_linears};
 use crate::{EngineError, Result};
 
@@ -78,8 +78,11 @@ fn run(job: &EvalJob) -> Result<EvalOutcome> {
         .as_ref()
         .map(|r| r.training.prompt.clone())
         .unwrap_or_else(|| "Extract JSON.".into());
-    let rows = load_split(&job.dataset, &job.split, job.limit.map(|l| l as usize))?;
-    let examples = rows.into_iter().enumerate().map(|(i, r)| {
+    // Rows are read one at a time as the model gets to them: only the rows
+    // (and shards) the eval uses are read.
+    let rows = split_rows(&job.dataset, &job.split, job.limit.map(|l| l as usize))?;
+    let examples = rows.enumerate().map(|(i, r)| {
+        let r = r.map_err(|e| foundry_eval::EvalError::Input(e.to_string()))?;
         EvalExample::from_image_bytes(
             format!("{}#{i}", job.split),
             &r.image,

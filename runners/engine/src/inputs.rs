@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use foundry_datasets::StreamReader;
 use foundry_events::{BaseModelPinned, DatasetPinned, DeviceInfo};
 use foundry_recipes::Recipe;
 
@@ -98,38 +99,58 @@ pub struct Row {
     pub target: serde_json::Value,
 }
 
-/// Reads a split of a pinned dataset in its pinned order, re-verifying each
-/// shard against its pinned digest; at most `limit` rows.
-pub fn load_split(dataset: &DatasetPinned, split: &str, limit: Option<usize>) -> Result<Vec<Row>> {
+/// The reader of `split` of a pinned dataset in its pinned reading order
+/// (seed 0, one pass): each shard checked against its pin before its first
+/// row is used, each row read alone and re-verified.
+pub fn split_reader(dataset: &DatasetPinned, split: &str) -> Result<StreamReader> {
     let opts = foundry_datasets::HubOptions::from_env();
     let pin = foundry_datasets::DatasetPin::from_event(dataset, &opts).map_err(|e| {
         EngineError::Invalid(format!("dataset {}: {e}", short(&dataset.dataset_id)))
     })?;
-    let reader = foundry_datasets::StreamReader::open(
+    StreamReader::open(
         &pin,
         split,
         0,
         Some(1),
         foundry_datasets::Position::default(),
     )
-    .map_err(|e| EngineError::Invalid(e.to_string()))?;
-    let mut rows = Vec::new();
-    for ex in reader {
-        let ex = ex.map_err(|e| EngineError::Changed {
-            what: format!("dataset {}", short(&dataset.dataset_id)),
-            detail: e.to_string(),
-        })?;
-        rows.push(Row {
-            image: ex.image,
-            doc_type: ex.doc_type,
-            layout: ex.layout,
-            target: ex.target,
-        });
-        if limit.is_some_and(|l| rows.len() >= l) {
-            break;
-        }
-    }
-    Ok(rows)
+    .map_err(|e| EngineError::Invalid(e.to_string()))
+}
+
+/// A row of a dataset, or why it no longer reads as pinned.
+pub(crate) fn row_of(
+    dataset: &DatasetPinned,
+    ex: foundry_datasets::Result<foundry_datasets::Example>,
+) -> Result<Row> {
+    let ex = ex.map_err(|e| EngineError::Changed {
+        what: format!("dataset {}", short(&dataset.dataset_id)),
+        detail: e.to_string(),
+    })?;
+    Ok(Row {
+        image: ex.image,
+        doc_type: ex.doc_type,
+        layout: ex.layout,
+        target: ex.target,
+    })
+}
+
+/// The rows of `split` in their pinned reading order, read one at a time as
+/// the iterator is advanced (at most `limit`): memory holds one row, and
+/// only the shards the rows come from are read.
+pub fn split_rows<'d>(
+    dataset: &'d DatasetPinned,
+    split: &str,
+    limit: Option<usize>,
+) -> Result<impl Iterator<Item = Result<Row>> + 'd> {
+    let reader = split_reader(dataset, split)?;
+    Ok(reader
+        .take(limit.unwrap_or(usize::MAX))
+        .map(move |ex| row_of(dataset, ex)))
+}
+
+/// [`split_rows`] collected: for the few rows a caller holds at once.
+pub fn load_split(dataset: &DatasetPinned, split: &str, limit: Option<usize>) -> Result<Vec<Row>> {
+    split_rows(dataset, split, limit)?.collect()
 }
 
 /// The answer a model is taught to give for a target: compact JSON with

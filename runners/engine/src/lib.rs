@@ -15,10 +15,14 @@
 mod eval;
 mod inputs;
 pub mod memory;
+mod source;
 mod train;
 
 pub use eval::{spec_for, spec_of, Idefics2Eval};
-pub use inputs::{answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row};
+pub use inputs::{
+    answer_text, load_split, model_dir, recipe_of, select_device, split_reader, split_rows,
+    verify_model, Row,
+};
 pub use train::{dry_run, processor_for, train_config, DryRun, QloraEngine};
 
 /// Why an engine refused or failed a job: one line, naming what and where.

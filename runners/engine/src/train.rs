@@ -6,10 +6,10 @@ use std::time::Instant;
 use candle_core::DType;
 use foundry_events::MetricPoint;
 use foundry_idefics2::linear::LinearVisitor;
-use foundry_idefics2::processor::{Processor, RgbImage};
+use foundry_idefics2::processor::Processor;
 use foundry_idefics2::{Idefics2, Idefics2Config};
 use foundry_kernels::Products;
-use foundry_qlora::data::{encode_chat, ChatExample, Example, ExampleSource};
+use foundry_qlora::data::ExampleSource;
 use foundry_qlora::lora::{LoraConfig, LoraInit};
 use foundry_qlora::train::{Flow, Schedule, TrainConfig, Trainer};
 use foundry_recipes::Recipe;
@@ -17,9 +17,8 @@ use foundry_runner::{
     CheckpointRecord, Control, EngineFailure, TrainJob, TrainSink, TrainSummary, TrainingEngine,
 };
 
-use crate::inputs::{
-    answer_text, load_split, model_dir, recipe_of, select_device, verify_model, Row,
-};
+use crate::inputs::{model_dir, recipe_of, select_device, verify_model};
+use crate::source::{Prefetched, RowSource};
 use crate::{EngineError, Result};
 
 /// The regex (PEFT `fullmatch`) of the linears the recipe holds in NF4: every linear but those
@@ -141,46 +140,6 @@ pub fn processor_for(dir: &Path, recipe: &Recipe) -> Result<Processor> {
     Ok(p)
 }
 
-/// Training examples encoded on demand from dataset rows.
-struct RowSource<'a> {
-    rows: Vec<Row>,
-    processor: &'a Processor,
-    prompt: String,
-    max_length: usize,
-}
-
-impl ExampleSource for RowSource<'_> {
-    fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    fn get(&self, index: usize) -> foundry_qlora::Result<Example> {
-        let row = self
-            .rows
-            .get(index)
-            .ok_or_else(|| foundry_qlora::Error::Train(format!("row {index} out of range")))?;
-        let image = RgbImage::decode(&row.image)?;
-        let ex = encode_chat(
-            self.processor,
-            &ChatExample {
-                images: vec![image],
-                prompt: self.prompt.clone(),
-                answer: answer_text(&row.target),
-            },
-        )?;
-        if self.max_length > 0 && ex.input_ids.len() > self.max_length {
-            return Err(foundry_qlora::Error::Train(format!(
-                "example {index} ({} {}) is {} tokens, over training.max_length = {}",
-                row.doc_type,
-                row.layout,
-                ex.input_ids.len(),
-                self.max_length
-            )));
-        }
-        Ok(ex)
-    }
-}
-
 struct Prepared {
     recipe: Recipe,
     dir: std::path::PathBuf,
@@ -300,17 +259,24 @@ fn check_rank(
 
 /// The train split's rows (the first `limit`, or all), encoded on demand as training does.
 fn row_source<'a>(
-    job: &TrainJob,
+    job: &'a TrainJob,
     recipe: &Recipe,
     processor: &'a Processor,
     limit: Option<usize>,
 ) -> Result<RowSource<'a>> {
-    Ok(RowSource {
-        rows: load_split(&job.dataset, "train", limit)?,
+    RowSource::open(
+        &job.dataset,
+        "train",
         processor,
-        prompt: recipe.training.prompt.clone(),
-        max_length: recipe.training.max_length.max(0) as usize,
-    })
+        recipe.training.prompt.clone(),
+        recipe.training.max_length.max(0) as usize,
+        limit,
+    )
+}
+
+/// Examples prepared ahead of the step: the next optimizer step's.
+fn prefetch_depth(config: &TrainConfig) -> usize {
+    config.batch_size * config.grad_accum
 }
 
 /// The plan of the full run, from a sample of the train rows encoded as training would
@@ -393,29 +359,35 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
         Control::Stop => Flow::Stop,
     };
     let sink = std::cell::RefCell::new(sink);
-    let end = trainer.run(
-        &source,
-        &job.out_dir,
-        &mut |m, took| {
-            last_loss.set(Some(m.loss));
-            flow(sink.borrow_mut().on_step(MetricPoint {
-                step: m.step,
-                loss: m.loss,
-                lr: m.lr,
-                grad_norm: m.grad_norm,
-                tokens: m.tokens as u64,
-                tokens_per_s: m.tokens as f64 / took.as_secs_f64().max(1e-9),
-                elapsed_ms: started.elapsed().as_millis() as u64,
-            }))
-        },
-        &mut |info| {
-            flow(sink.borrow_mut().on_checkpoint(CheckpointRecord {
-                step: info.step,
-                dir: info.dir.clone(),
-                loss: last_loss.get(),
-            }))
-        },
-    )?;
+    let (prefetched, work) = Prefetched::new(&source, prefetch_depth(&config));
+    let end = std::thread::scope(|s| {
+        s.spawn(|| prefetched.work(work));
+        let end = trainer.run(
+            &prefetched,
+            &job.out_dir,
+            &mut |m, took| {
+                last_loss.set(Some(m.loss));
+                flow(sink.borrow_mut().on_step(MetricPoint {
+                    step: m.step,
+                    loss: m.loss,
+                    lr: m.lr,
+                    grad_norm: m.grad_norm,
+                    tokens: m.tokens as u64,
+                    tokens_per_s: m.tokens as f64 / took.as_secs_f64().max(1e-9),
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }))
+            },
+            &mut |info| {
+                flow(sink.borrow_mut().on_checkpoint(CheckpointRecord {
+                    step: info.step,
+                    dir: info.dir.clone(),
+                    loss: last_loss.get(),
+                }))
+            },
+        );
+        prefetched.close();
+        end
+    })?;
     Ok(TrainSummary {
         steps: end.steps,
         final_loss: end.last_loss,
@@ -478,6 +450,7 @@ impl TrainingEngine for QloraEngine {
         Ok(foundry_runner::TrainPlan {
             total_steps: config.total_steps,
             device: p.device_info,
+            data_order: Some(crate::source::data_order(prefetch_depth(&config))),
         })
     }
 

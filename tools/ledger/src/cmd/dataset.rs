@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use foundry_datasets::{pin_source, HubOptions};
+use foundry_datasets::{pin_source_with, HubOptions, PinProgress};
 use foundry_ledger::{AppendRequest, NewEvent};
 use tabled::Tabled;
 
@@ -78,7 +78,29 @@ pub fn run(ctx: &Context, c: DatasetCommand) -> Result<()> {
 }
 
 fn pin(ctx: &Context, a: PinArgs) -> Result<()> {
-    let p = pin_source(&a.source, &a.hub.options())?;
+    // Bytes read, shards done and the rate, on a terminal only.
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) && !ctx.json {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] pinning: {bytes} read ({bytes_per_sec}), {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let pinned = pin_source_with(&a.source, &a.hub.options(), &|p: PinProgress| {
+        bar.set_position(p.bytes);
+        bar.set_message(format!(
+            "shard {} of {}",
+            p.shards_done.min(p.shards.saturating_sub(1)) + 1,
+            p.shards
+        ));
+    });
+    bar.finish_and_clear();
+    let p = pinned?;
     let ledger = ctx.ledger()?;
     let out = ctx.append(
         &ledger,
