@@ -119,6 +119,59 @@ fn json_output_equals_the_transformers_golden_generations() {
     assert!(checked >= 2, "only {checked} golden generations checked");
 }
 
+/// Checkpoints saved by transformers + bitsandbytes (tools/fixtures/make_bnb_variants.py):
+/// every linear 4-bit (vision tower, connector, text model), NF4 and FP4, with and without
+/// double quant, sharded, bf16 code storage, and the vision tower kept dense by
+/// `llm_int8_skip_modules`. Each loads by path and generates what transformers generated.
+#[test]
+fn bitsandbytes_checkpoints_generate_what_transformers_generated() {
+    let home = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ml/qlora/fixtures/bnb");
+    let mut checked = Vec::new();
+    for variant in [
+        "nf4-dq",
+        "fp4",
+        "fp4-dq",
+        "sharded",
+        "skip-vision",
+        "bf16-storage",
+    ] {
+        let dir = root.join(variant);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+        let model = dir.to_string_lossy().into_owned();
+        for g in meta["generate"].as_array().unwrap() {
+            let (file, prompt, want) = cli_shaped(g).expect("single-image prompts");
+            let img = image(&file);
+            let max = want.len().to_string();
+            let out = ok(
+                home.path(),
+                &[
+                    "infer",
+                    "--model",
+                    &model,
+                    "--image",
+                    &img,
+                    "--prompt",
+                    &prompt,
+                    "--max-new-tokens",
+                    &max,
+                    "--json",
+                ],
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                ids(&v["generated_token_ids"]),
+                want,
+                "{variant}: {prompt} (smallest top-2 margin {})",
+                g["min_top2_margin"]
+            );
+        }
+        checked.push(variant);
+    }
+    assert_eq!(checked.len(), 6);
+}
+
 #[test]
 fn plain_output_is_the_text_and_sampling_is_seeded() {
     let home = tempfile::tempdir().unwrap();

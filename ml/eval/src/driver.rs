@@ -71,7 +71,7 @@ impl ModelUnderTest {
     /// `adapter_config.json` and `adapter_model.safetensors`) when given.
     pub fn load(dir: &Path, adapter: Option<&Path>, dtype: DType) -> Result<Self> {
         let processor = Processor::from_dir(dir)?;
-        let mut model = Idefics2::load_dir(dir, dtype, &Device::Cpu)?;
+        let mut model = foundry_qlora::export::load_model_dir(dir, dtype, &Device::Cpu)?;
         if processor.image_seq_len != model.image_seq_len() {
             return Err(EvalError::Input(format!(
                 "model {}: processor_config.json has image_seq_len {} but the model has {} resampler latents",

@@ -49,14 +49,19 @@ use foundry_idefics2::linear::LinearVisitor;
 use foundry_kernels::BaseWeight;
 
 /// Quantizes every linear whose name matches `pattern` (PEFT `fullmatch`) to NF4 with double
-/// quantization, as transformers + bitsandbytes do (which quantize all but `lm_head`). Returns
-/// (linears quantized, parameters quantized, bytes at rest).
+/// quantization, as transformers + bitsandbytes do (which quantize all but `lm_head`); a linear
+/// that is already 4-bit (loaded from a bnb checkpoint) stays as it is. Returns (linears
+/// matched, parameters quantized, bytes at rest).
 pub fn quantize_model(
     model: &mut dyn LinearVisitor,
     pattern: &str,
 ) -> Result<(usize, usize, usize)> {
     let (mut params, mut bytes) = (0usize, 0usize);
     let n = model.for_each_matching(pattern, &mut |l| {
+        if matches!(l.base(), BaseWeight::Frozen(_)) {
+            // Already 4-bit (a bnb checkpoint): kept as it was saved.
+            return Ok(());
+        }
         let w = l.dense_weight(candle_core::DType::F32, &candle_core::Device::Cpu)?;
         let (o, i) = w.dims2()?;
         let data = w.flatten_all()?.to_vec1::<f32>()?;
@@ -70,9 +75,13 @@ pub fn quantize_model(
     Ok((n, params, bytes))
 }
 
-/// Loads an Idefics2 checkpoint in the hub's `*-bnb-4bit` layout (NF4, with or without double
-/// quantization): the quantized linears stay NF4 (dequantized inside each forward), the other
-/// tensors load as usual. Returns the model and the number of NF4 linears.
+/// Loads an Idefics2 checkpoint in the layout transformers + bitsandbytes save 4-bit models in
+/// (`*-bnb-4bit`): any linear may be quantized (vision tower, connector, text model), NF4 or
+/// FP4, with or without double quantization, its codes stored as uint8 or another
+/// `bnb_4bit_quant_storage` dtype, in one file or shards with an index; linears named in
+/// `llm_int8_skip_modules` are simply dense. The quantized linears stay 4-bit (decoded inside
+/// each forward), the other tensors load as usual. Returns the model and the number of 4-bit
+/// linears.
 pub fn load_bnb_dir(
     dir: &std::path::Path,
     dtype: candle_core::DType,
@@ -86,19 +95,16 @@ pub fn load_bnb_dir(
             .map_err(|e| Error::Quant(format!("{}: {e}", f.display())))?;
         all.extend(t);
     }
-    let suffix = ".weight.quant_state.bitsandbytes__nf4";
+    // Every 4-bit linear, wherever it is (vision tower, connector, text model): its quant
+    // state names it, NF4 or FP4.
     let prefixes: Vec<String> = all
         .keys()
-        .filter_map(|k| k.strip_suffix(suffix).map(String::from))
+        .filter_map(|k| {
+            k.strip_suffix(".weight.quant_state.bitsandbytes__nf4")
+                .or_else(|| k.strip_suffix(".weight.quant_state.bitsandbytes__fp4"))
+                .map(String::from)
+        })
         .collect();
-    if let Some(k) = all
-        .keys()
-        .find(|k| k.ends_with(".weight.quant_state.bitsandbytes__fp4"))
-    {
-        return Err(Error::Quant(format!(
-            "{k}: FP4 checkpoints are not supported"
-        )));
-    }
     let mut quantized = HashMap::new();
     for p in &prefixes {
         let q = nf4::Nf4Tensor::from_bnb(&all, p)?;
@@ -110,6 +116,7 @@ pub fn load_bnb_dir(
             ".nested_absmax",
             ".nested_quant_map",
             ".quant_state.bitsandbytes__nf4",
+            ".quant_state.bitsandbytes__fp4",
         ] {
             all.remove(&format!("{p}.weight{s}"));
         }

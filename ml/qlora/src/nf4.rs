@@ -75,6 +75,55 @@ pub const NF4_CODE: [f32; 16] = {
     c
 };
 
+/// The bitsandbytes FP4 code (`get_4bit_type("fp4")`, the table its `quant_map` holds): sign
+/// bit, two exponent bits and one mantissa bit, in code order (not sorted).
+pub const FP4_CODE: [f32; 16] = [
+    0.0,
+    1.0 / 192.0,
+    2.0 / 3.0,
+    1.0,
+    1.0 / 3.0,
+    0.5,
+    1.0 / 6.0,
+    0.25,
+    -0.0,
+    -1.0 / 192.0,
+    -2.0 / 3.0,
+    -1.0,
+    -1.0 / 3.0,
+    -0.5,
+    -1.0 / 6.0,
+    -0.25,
+];
+
+/// Which 4-bit code a tensor's nibbles index: bitsandbytes' `bnb_4bit_quant_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantType {
+    /// NormalFloat4 (QLoRA's, the default).
+    #[default]
+    Nf4,
+    /// The 4-bit float of bitsandbytes (e2m1).
+    Fp4,
+}
+
+impl QuantType {
+    /// The 16 values the codes stand for (before the block's absmax scales them).
+    pub fn code(self) -> &'static [f32; 16] {
+        match self {
+            QuantType::Nf4 => &NF4_CODE,
+            QuantType::Fp4 => &FP4_CODE,
+        }
+    }
+
+    /// bitsandbytes' name (`nf4`, `fp4`), as in the quant-state key and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::Nf4 => "nf4",
+            QuantType::Fp4 => "fp4",
+        }
+    }
+}
+
 /// The default NF4 block size.
 pub const BLOCKSIZE: usize = 64;
 /// The block size of the nested (double) quantization of the absmax values.
@@ -145,9 +194,11 @@ impl Absmax {
     }
 }
 
-/// A weight quantized to NF4, in bitsandbytes' layout.
+/// A weight quantized to 4 bits (NF4, or FP4 as read from a checkpoint), in bitsandbytes' layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Tensor {
+    /// The code the nibbles index (NF4 unless read from an FP4 checkpoint).
+    pub quant_type: QuantType,
     /// The logical shape of the weight (`[out, in]` for a linear).
     pub shape: Vec<usize>,
     /// Two 4-bit codes per byte, the first in the high nibble.
@@ -163,20 +214,20 @@ pub struct Nf4Tensor {
 /// Decodes `out.len()` values from `bytes` (two codes per byte, the first in the high nibble),
 /// each `code · absmax`. The AVX-512 copy does the same products (a 16-entry table lookup per
 /// lane), so both give the same bits.
-fn decode_pairs(bytes: &[u8], absmax: f32, out: &mut [f32]) {
+fn decode_pairs(bytes: &[u8], absmax: f32, out: &mut [f32], code: &[f32; 16]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if has_avx512() {
         let whole = (out.len() / 32).min(bytes.len() / 16);
         // SAFETY: AVX-512F is present (checked); `whole` 16-byte groups of `bytes` and 32-value
         // groups of `out` exist.
-        unsafe { decode_pairs_avx512(&bytes[..whole * 16], absmax, &mut out[..whole * 32]) };
+        unsafe { decode_pairs_avx512(&bytes[..whole * 16], absmax, &mut out[..whole * 32], code) };
         done = whole * 32;
     }
     for (pair, byte) in out[done..].chunks_mut(2).zip(&bytes[done / 2..]) {
-        pair[0] = NF4_CODE[(byte >> 4) as usize] * absmax;
+        pair[0] = code[(byte >> 4) as usize] * absmax;
         if let Some(second) = pair.get_mut(1) {
-            *second = NF4_CODE[(byte & 15) as usize] * absmax;
+            *second = code[(byte & 15) as usize] * absmax;
         }
     }
 }
@@ -191,12 +242,12 @@ fn has_avx512() -> bool {
 /// and two two-source permutes interleave the high and low codes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn decode_pairs_avx512(bytes: &[u8], absmax: f32, out: &mut [f32]) {
+unsafe fn decode_pairs_avx512(bytes: &[u8], absmax: f32, out: &mut [f32], table: &[f32; 16]) {
     use std::arch::x86_64::*;
     // SAFETY: loads read 16 bytes per group of `bytes`, stores write 32 values per group of
     // `out`; the caller sized both to whole groups.
     unsafe {
-        let code = _mm512_loadu_ps(NF4_CODE.as_ptr());
+        let code = _mm512_loadu_ps(table.as_ptr());
         let am = _mm512_set1_ps(absmax);
         let low = _mm512_set1_epi32(15);
         let first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -342,6 +393,35 @@ fn dynamic_index(x: f32, lut: &[u8]) -> u8 {
     lut[k]
 }
 
+/// The packed code bytes of a bnb 4-bit weight as stored: `uint8`, or the same bytes viewed as
+/// another `bnb_4bit_quant_storage` dtype (bf16, f16, f32), little-endian as safetensors holds them.
+fn storage_bytes(t: &Tensor, prefix: &str) -> Result<Vec<u8>> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::U8 => flat.to_vec1::<u8>()?,
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        DType::F16 => flat
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        DType::F32 => flat
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect(),
+        other => {
+            return Err(Error::Quant(format!(
+                "{prefix}.weight: 4-bit codes stored as {other:?} (expected u8, bf16, f16 or f32)"
+            )))
+        }
+    })
+}
+
 impl Nf4Tensor {
     /// Quantizes `data` (row-major, `shape`) to NF4 with blocks of `blocksize`, with double
     /// quantization of the absmax values when `double_quant` (bitsandbytes' `compress_statistics`).
@@ -397,6 +477,7 @@ impl Nf4Tensor {
             Absmax::F32(absmax)
         };
         Ok(Self {
+            quant_type: QuantType::Nf4,
             shape: shape.to_vec(),
             packed,
             absmax,
@@ -494,10 +575,15 @@ impl Nf4Tensor {
             let mut skip = 0;
             if e % 2 == 1 {
                 // The second code of a byte.
-                seg[0] = NF4_CODE[(self.packed[e / 2] & 15) as usize] * am;
+                seg[0] = self.quant_type.code()[(self.packed[e / 2] & 15) as usize] * am;
                 skip = 1;
             }
-            decode_pairs(&self.packed[(e + skip) / 2..], am, &mut seg[skip..]);
+            decode_pairs(
+                &self.packed[(e + skip) / 2..],
+                am,
+                &mut seg[skip..],
+                self.quant_type.code(),
+            );
             o += seg_end - e;
             e = seg_end;
         }
@@ -540,18 +626,18 @@ impl Nf4Tensor {
         let f32s = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
         };
-        let state_key = format!("{prefix}.weight.quant_state.bitsandbytes__nf4");
-        let state_bytes = match tensors.get(&state_key) {
-            Some(t) => u8s(t, "quant_state")?,
-            None => {
-                if tensors.contains_key(&format!("{prefix}.weight.quant_state.bitsandbytes__fp4")) {
-                    return Err(Error::Quant(format!(
-                        "{prefix}: FP4 quantization is not supported, only NF4"
-                    )));
-                }
-                return Err(Error::Quant(format!("missing tensor `{state_key}`")));
-            }
-        };
+        let (quant_type, state_key, state_t) = [QuantType::Nf4, QuantType::Fp4]
+            .into_iter()
+            .find_map(|q| {
+                let k = format!("{prefix}.weight.quant_state.bitsandbytes__{}", q.name());
+                tensors.get(&k).map(|t| (q, k, t))
+            })
+            .ok_or_else(|| {
+                Error::Quant(format!(
+                    "missing tensor `{prefix}.weight.quant_state.bitsandbytes__nf4` (or __fp4)"
+                ))
+            })?;
+        let state_bytes = u8s(state_t, "quant_state")?;
         let state: serde_json::Value =
             serde_json::from_slice(&state_bytes).map_err(|e| Error::Json {
                 what: state_key.clone(),
@@ -562,8 +648,11 @@ impl Nf4Tensor {
                 .get(k)
                 .ok_or_else(|| Error::Quant(format!("{state_key}: missing `{k}`")))
         };
-        if field("quant_type")?.as_str() != Some("nf4") {
-            return Err(Error::Quant(format!("{state_key}: quant_type is not nf4")));
+        if field("quant_type")?.as_str() != Some(quant_type.name()) {
+            return Err(Error::Quant(format!(
+                "{state_key}: quant_type is not {}",
+                quant_type.name()
+            )));
         }
         let blocksize = field("blocksize")?
             .as_u64()
@@ -578,12 +667,14 @@ impl Nf4Tensor {
             .ok_or_else(|| Error::Quant(format!("{state_key}: bad shape")))?;
         let dtype = field("dtype")?.as_str().unwrap_or("float32").to_string();
         let quant_map = f32s(get(".quant_map")?)?;
-        if quant_map.len() != 16 || quant_map.iter().zip(NF4_CODE.iter()).any(|(a, b)| a != b) {
+        let code = quant_type.code();
+        if quant_map.len() != 16 || quant_map.iter().zip(code.iter()).any(|(a, b)| a != b) {
             return Err(Error::Quant(format!(
-                "{prefix}: quant_map is not the NF4 code"
+                "{prefix}: quant_map is not the {} code",
+                quant_type.name()
             )));
         }
-        let packed = u8s(get("")?, "weight")?;
+        let packed = storage_bytes(get("")?, prefix)?;
         let numel: usize = shape.iter().product();
         if packed.len() != numel.div_ceil(2) || blocksize == 0 || blocksize % 2 == 1 {
             return Err(Error::Quant(format!(
@@ -629,6 +720,7 @@ impl Nf4Tensor {
             Absmax::F32(v)
         };
         Ok(Self {
+            quant_type,
             shape,
             packed,
             absmax,
@@ -646,8 +738,10 @@ impl Nf4Tensor {
             .collect::<Vec<_>>()
             .join(", ");
         let mut s = format!(
-            "{{\"quant_type\": \"nf4\", \"blocksize\": {}, \"dtype\": \"{}\", \"shape\": [{shape}]",
-            self.blocksize, self.dtype
+            "{{\"quant_type\": \"{}\", \"blocksize\": {}, \"dtype\": \"{}\", \"shape\": [{shape}]",
+            self.quant_type.name(),
+            self.blocksize,
+            self.dtype
         );
         if let Absmax::Double {
             offset,
@@ -674,7 +768,7 @@ impl Nf4Tensor {
             ),
             (
                 format!("{prefix}.weight.quant_map"),
-                Tensor::new(&NF4_CODE, &dev)?,
+                Tensor::new(self.quant_type.code(), &dev)?,
             ),
         ];
         match &self.absmax {
@@ -704,7 +798,10 @@ impl Nf4Tensor {
         }
         let js = self.quant_state_json().into_bytes();
         out.push((
-            format!("{prefix}.weight.quant_state.bitsandbytes__nf4"),
+            format!(
+                "{prefix}.weight.quant_state.bitsandbytes__{}",
+                self.quant_type.name()
+            ),
             Tensor::new(js.as_slice(), &dev)?,
         ));
         Ok(out)

@@ -5,7 +5,6 @@
 use candle_core::DType;
 use foundry_eval::{EvalExample, EvalIdentity, EvalSpec, ModelUnderTest};
 use foundry_events::Sha256Digest;
-use foundry_idefics2::Idefics2;
 use foundry_runner::{EvalEngine, EvalJob, EvalOutcome, EvalSpecs};
 
 use crate::inputs::{model_dir, recipe_of, select_device, split_rows, verify_model};
@@ -61,7 +60,7 @@ fn run(job: &EvalJob) -> Result<EvalOutcome> {
         .map(|r| r.backend.device.clone())
         .unwrap_or_else(|| "cpu".into());
     let (device, device_info) = select_device(&device_name)?;
-    let mut model = Idefics2::load_dir(&dir, DType::F32, &device)?;
+    let mut model = foundry_qlora::export::load_model_dir(&dir, DType::F32, &device)?;
     let processor = match &recipe {
         Some(r) => {
             if let Some(q) = quantized_linears(&mut model, r)? {

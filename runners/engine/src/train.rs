@@ -338,7 +338,7 @@ const PLAN_SAMPLE: usize = 16;
 fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     let p = prepare(job)?;
     let config = train_config(&p.recipe, p.train_rows, &job.model.source)?;
-    let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
+    let mut model = foundry_qlora::export::load_model_dir(&p.dir, DType::F32, &p.device)?;
     if let Some(q) = quantized_linears(&mut model, &p.recipe)? {
         foundry_qlora::quantize_model(&mut model, &q)?;
     }
@@ -420,7 +420,7 @@ pub fn dry_run(job: &TrainJob, sample: usize) -> Result<DryRun> {
     let source = row_source(job, &p.recipe, &processor, Some(sample.max(1)))?;
     let (plan, sampled) = plan_run(&p, &config, &source)?;
     check_memory(&plan, &p.device)?;
-    let mut model = Idefics2::load_dir(&p.dir, DType::F32, &p.device)?;
+    let mut model = foundry_qlora::export::load_model_dir(&p.dir, DType::F32, &p.device)?;
     if let Some(q) = quantized_linears(&mut model, &p.recipe)? {
         foundry_qlora::quantize_model(&mut model, &q)?;
     }

@@ -148,7 +148,7 @@ pub fn infer(a: &InferArgs, adapter: Option<&Path>) -> Result<InferOutput> {
     let device = Device::Cpu;
     let processor =
         Processor::from_dir(&dir).with_context(|| format!("processor of {}", dir.display()))?;
-    let mut model = Idefics2::load_dir(&dir, a.dtype.into(), &device)
+    let mut model = foundry_qlora::export::load_model_dir(&dir, a.dtype.into(), &device)
         .with_context(|| format!("model {}", dir.display()))?;
     if let Some(adir) = adapter {
         foundry_qlora::lora::load_adapter_into(&mut model, adir)
