@@ -85,6 +85,9 @@ fn a_merged_adapter_generates_what_the_attached_adapter_generates() {
     assert_eq!(m["checkpoint_id"], ckpt.as_str(), "{m}");
     assert_eq!(m["run_id"], run_id.as_str(), "{m}");
     assert!(m["merged_linears"].as_u64().unwrap() > 0, "{m}");
+    // The recipe quantizes: the adapter is folded into the weights training used.
+    assert_eq!(m["onto"], "nf4-dequantized", "{m}");
+    assert_eq!(m["layout"], "dense", "{m}");
     assert!(merged.join("model.safetensors").is_file());
     assert!(merged.join("config.json").is_file());
     // The merge changed the weights: the merged model file is not the base one.
@@ -97,10 +100,10 @@ fn a_merged_adapter_generates_what_the_attached_adapter_generates() {
         sha(&tiny.join("model.safetensors"))
     );
 
-    // Greedy generation: merged dense model == base + attached adapter. Both sides use the
-    // dense f32 base (training quantized it to NF4 only inside the trainer; the merge and
-    // `infer --adapter` both load the pinned dense weights), so W·x + s·B(A·x) and
-    // (W + s·BA)·x differ only by float rounding.
+    // Greedy generation: merged model == base + attached adapter. Both sides use the base as
+    // training did (its linears' NF4 round trip: the merge folds the adapter into the
+    // dequantized weights, `infer --adapter` quantizes the base as the run's recipe says), so
+    // Q·x + s·B(A·x) and (Q + s·BA)·x differ only by float rounding.
     let png = first_png(&data).expect("a synthesized png");
     let png_s = png.to_str().unwrap();
     let common_args = ["--image", png_s, "--max-new-tokens", "8"];
@@ -130,6 +133,53 @@ fn a_merged_adapter_generates_what_the_attached_adapter_generates() {
         from_base["generated_token_ids"], from_adapter["generated_token_ids"],
         "the adapter did not change the generation: {from_base}"
     );
+    // Onto the pinned dense weights instead (what `adapter merge` did before): another model.
+    let dense = tmp.path().join("merged-dense");
+    let d = json(
+        &home,
+        &[
+            "adapter",
+            "merge",
+            prefix,
+            "--out",
+            dense.to_str().unwrap(),
+            "--onto-dense",
+        ],
+    );
+    assert_eq!(d["onto"], "dense", "{d}");
+    assert_ne!(
+        sha(&dense.join("model.safetensors")),
+        sha(&merged.join("model.safetensors"))
+    );
+    // The bnb-4bit layout: the recipe's linears back to NF4, loadable by path.
+    let q = tmp.path().join("merged-bnb");
+    let q_s = q.to_str().unwrap();
+    let qm = json(
+        &home,
+        &["adapter", "merge", prefix, "--out", q_s, "--bnb-4bit"],
+    );
+    assert_eq!(
+        (qm["onto"].as_str(), qm["layout"].as_str()),
+        (Some("nf4-dequantized"), Some("bnb-4bit")),
+        "{qm}"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(q.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4",
+        "{cfg}"
+    );
+    let mut e = vec!["infer", "--model", q_s];
+    e.extend_from_slice(&common_args);
+    let from_bnb = json(&home, &e);
+    assert_eq!(
+        from_bnb["prompt_token_ids"],
+        from_adapter["prompt_token_ids"]
+    );
+    assert!(!from_bnb["generated_token_ids"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     // Pruned checkpoint files come back from the artifact store.
     std::fs::remove_dir_all(home.join("adapters")).unwrap();
     let restored = json(&home, &b);

@@ -85,6 +85,47 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
         before
     );
 
+    // A checkpoint scored on another pinned dataset records that dataset; its run's base
+    // model is the only one it is scored with.
+    let other_data = tmp.path().join("other-data");
+    common::ok_env(
+        &home,
+        &[
+            "synth",
+            "--out",
+            other_data.to_str().unwrap(),
+            "--count",
+            "12",
+            "--seed",
+            "9",
+            "--profile",
+            "tiny",
+        ],
+        ENV,
+    );
+    let other = first_word(&ok(
+        &home,
+        &["dataset", "pin", other_data.to_str().unwrap()],
+    ));
+    assert_ne!(other, dataset);
+    let scored = json(
+        &home,
+        &[
+            "eval",
+            &last[..12],
+            "--dataset",
+            &other[..10],
+            "--split",
+            "test",
+            "--limit",
+            "2",
+        ],
+    );
+    assert_eq!(scored["eval"]["dataset_id"], other.as_str(), "{scored}");
+    assert_eq!(scored["eval"]["checkpoint_id"], last.as_str(), "{scored}");
+    let err = common::fails(&home, &["eval", &last[..12], "--model", &model[..8]]);
+    assert!(err.contains("--model applies to `eval base`"), "{err}");
+
     // run_config.json beside the run's artifacts.
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(home.join("runs").join(&run_id).join("run_config.json")).unwrap(),
@@ -92,6 +133,11 @@ fn train_evaluate_promote_and_roll_back_in_the_embedded_default() {
     .unwrap();
     assert_eq!(cfg["config"]["training"]["max_steps"], 4);
     assert_eq!(cfg["env"]["FOUNDRY_TRAINING_MAX_STEPS"], "4");
+    // How the examples were ordered and read is part of the run's record.
+    assert_eq!(cfg["data_order"]["prefetch_examples"], 2, "{cfg}");
+    assert!(cfg["data_order"]["shuffle"]
+        .as_str()
+        .is_some_and(|s| s.contains("seeded permutation")));
 
     // Staging's gate passes; production's do not (a random model is no extractor).
     let promoted = ok(

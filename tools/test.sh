@@ -32,6 +32,16 @@ if ! python3 -c "import modal" >/dev/null 2>&1; then
     python3 -m pip install --quiet --break-system-packages modal
 fi
 
+# Shards written by `ledger synth --format parquet` are loaded with Hugging Face
+# `datasets` (images decoded) where it is installed; without it that test
+# shows as ignored.
+if ! python3 -c "import datasets, PIL" >/dev/null 2>&1; then
+  echo "installing the datasets and pillow Python packages with pip"
+  python3 -m pip install --quiet datasets pillow ||
+    python3 -m pip install --quiet --break-system-packages datasets pillow ||
+    echo "could not install datasets: its test will show as ignored"
+fi
+
 # Tests are built with the dev profile, whose dependencies are optimized
 # (opt-level 3), so the ML tests run at full speed.
 cargo test --workspace "$@"

@@ -228,20 +228,47 @@ pub fn merge_lora(model: &mut dyn LinearVisitor) -> Result<usize> {
     Ok(n)
 }
 
+/// What a merge folds the adapter into and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeOnto<'a> {
+    /// The base as loaded (dense weights, or a bnb folder's 4-bit ones dequantized).
+    Loaded,
+    /// The base with the linears matching this pattern quantized to NF4 first, as training
+    /// quantized them: the weights the adapter was trained against.
+    Quantized(&'a str),
+}
+
 /// Merges the PEFT adapter in `adapter_dir` into the base model in `base_dir` (dense or
-/// `*-bnb-4bit`) and writes a plain `dtype` folder at `out` for export. Returns what was written
-/// and how many linears were merged.
+/// `*-bnb-4bit`), onto `onto`, and writes the result at `out`: a plain `dtype` folder, or with
+/// `bnb_4bit` the linears of `onto`'s pattern quantized back to NF4 in the bnb-4bit layout.
+/// Returns what was written and how many linears were merged.
 pub fn merge_adapter_dir(
     base_dir: &Path,
     adapter_dir: &Path,
     out: &Path,
     dtype: DType,
+    onto: MergeOnto,
+    bnb_4bit: bool,
 ) -> Result<(ExportInfo, usize)> {
     dtype_name(dtype)?;
     let mut model = load_model_dir(base_dir, DType::F32, &Device::Cpu)?;
+    if let MergeOnto::Quantized(pattern) = onto {
+        crate::quantize_model(&mut model, pattern)?;
+    }
     crate::lora::load_adapter_into(&mut model, adapter_dir)?;
     let n = merge_lora(&mut model)?;
-    let info = save_dense_dir(&mut model, base_dir, out, dtype)?;
+    let info = if bnb_4bit {
+        let MergeOnto::Quantized(pattern) = onto else {
+            return Err(Error::Quant(
+                "a bnb-4bit merge needs the linears to quantize (the run's recipe quantizes none)"
+                    .into(),
+            ));
+        };
+        crate::quantize_model(&mut model, pattern)?;
+        save_bnb_dir(&mut model, base_dir, out)?
+    } else {
+        save_dense_dir(&mut model, base_dir, out, dtype)?
+    };
     Ok((info, n))
 }
 

@@ -12,7 +12,7 @@ use common::*;
 use foundry_idefics2::linear::LinearVisitor;
 use foundry_idefics2::Idefics2;
 use foundry_kernels::BaseWeight;
-use foundry_qlora::export::{self, merge_adapter_dir, save_bnb_dir, save_dense_dir};
+use foundry_qlora::export::{self, merge_adapter_dir, save_bnb_dir, save_dense_dir, MergeOnto};
 use foundry_qlora::nf4::{Nf4Tensor, Nf4Weight};
 use foundry_qlora::{load_bnb_dir, lora, quantize_model};
 
@@ -276,7 +276,15 @@ fn merged_adapter(tmp: &Path) -> Vec<Vec<String>> {
     lora::load_adapter_into(&mut model, &adapter).unwrap();
     let adapted = logits_of(&model);
     let out = tmp.join("merged");
-    let (info, n) = merge_adapter_dir(&tiny_dir(), &adapter, &out, DType::F32).unwrap();
+    let (info, n) = merge_adapter_dir(
+        &tiny_dir(),
+        &adapter,
+        &out,
+        DType::F32,
+        MergeOnto::Loaded,
+        false,
+    )
+    .unwrap();
     assert_eq!((n, info.nf4_linears, info.dense_linears), (31, 0, 44));
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
@@ -303,7 +311,8 @@ fn merged_adapter(tmp: &Path) -> Vec<Vec<String>> {
     lora::load_adapter_into(&mut qmodel, &adapter).unwrap();
     let q_adapted = logits_of(&qmodel);
     let qout = tmp.join("merged-from-nf4");
-    let (qinfo, qn) = merge_adapter_dir(&bnb, &adapter, &qout, DType::F32).unwrap();
+    let (qinfo, qn) =
+        merge_adapter_dir(&bnb, &adapter, &qout, DType::F32, MergeOnto::Loaded, false).unwrap();
     assert_eq!((qn, qinfo.nf4_linears), (31, 0));
     let qmerged = Idefics2::load_dir(&qout, DType::F32, &Device::Cpu).unwrap();
     let d = masked_diff(&logits_of(&qmerged), &q_adapted);
@@ -312,7 +321,15 @@ fn merged_adapter(tmp: &Path) -> Vec<Vec<String>> {
 
     // bf16 export: every tensor bf16, loads, logits close.
     let bout = tmp.join("merged-bf16");
-    merge_adapter_dir(&tiny_dir(), &adapter, &bout, DType::BF16).unwrap();
+    merge_adapter_dir(
+        &tiny_dir(),
+        &adapter,
+        &bout,
+        DType::BF16,
+        MergeOnto::Loaded,
+        false,
+    )
+    .unwrap();
     let st = load(&bout.join("model.safetensors"));
     assert!(st.values().all(|t| t.dtype() == DType::BF16));
     let bm = Idefics2::load_dir(&bout, DType::F32, &Device::Cpu).unwrap();

@@ -17,14 +17,17 @@ use parquet::schema::parser::parse_message_type;
 use crate::{io_err, Result};
 
 /// The Parquet schema of a shard.
+/// Every field is nullable, as Arrow (and so `datasets`) writes them: with non-nullable fields
+/// `datasets` disregards the `huggingface` features and hands the image back as a
+/// `{bytes, path}` dict instead of an image.
 pub const SCHEMA: &str = "message foundry_document {
-  required group image {
-    required binary bytes;
+  optional group image {
+    optional binary bytes;
     optional binary path (UTF8);
   }
-  required binary doc_type (UTF8);
-  required binary layout (UTF8);
-  required binary target (UTF8);
+  optional binary doc_type (UTF8);
+  optional binary layout (UTF8);
+  optional binary target (UTF8);
 }";
 
 const HF_FEATURES: &str = r#"{"info":{"features":{"image":{"_type":"Image"},"doc_type":{"dtype":"string","_type":"Value"},"layout":{"dtype":"string","_type":"Value"},"target":{"dtype":"string","_type":"Value"}}}}"#;
@@ -103,12 +106,18 @@ impl ShardWriter {
                 .map(|r| ByteArray::from(r.target.as_str()))
                 .collect(),
         ];
-        // `image.path` is optional: definition level 1 marks it present.
-        let present = vec![1i16; rows.len()];
+        // Every value is present: definition level 2 inside the optional `image` group, 1 for
+        // the top-level columns.
+        let in_group = vec![2i16; rows.len()];
+        let top = vec![1i16; rows.len()];
         let mut group = self.writer.next_row_group().map_err(err)?;
         let mut i = 0;
         while let Some(mut col) = group.next_column().map_err(err)? {
-            let defs = (i == 1).then_some(present.as_slice());
+            let defs = Some(if i < 2 {
+                in_group.as_slice()
+            } else {
+                top.as_slice()
+            });
             col.typed::<ByteArrayType>()
                 .write_batch(&columns[i], defs, None)
                 .map_err(err)?;

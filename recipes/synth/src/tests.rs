@@ -397,3 +397,57 @@ fn any_row_reads_alone_across_parquet_row_groups_as_the_stream_reads_it() {
     }
     assert!(index.get(index.len()).is_err());
 }
+
+/// Shards written with `--format parquet` load in Hugging Face `datasets` with their images
+/// decoded (the `Image` feature), not as `{bytes, path}` dicts.
+#[test]
+#[cfg_attr(
+    not(has_hf_datasets),
+    ignore = "needs python3 with Hugging Face `datasets` and Pillow (tools/test.sh installs them)"
+)]
+fn parquet_shards_load_in_hf_datasets_with_decoded_images() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = SynthConfig::new(Profile::Tiny, 2, 30);
+    cfg.format = Format::Parquet;
+    cfg.shard_rows = 16;
+    generate(&cfg, d.path()).unwrap();
+    let script = r#"
+import json, sys
+import datasets
+from PIL import Image
+ds = datasets.load_dataset("parquet", data_dir=sys.argv[1] + "/data", split="train", cache_dir=sys.argv[1] + "/cache")
+row = ds[0]
+print(json.dumps({
+    "feature": type(ds.features["image"]).__name__,
+    "is_image": isinstance(row["image"], Image.Image),
+    "size": list(row["image"].size),
+    "rows": len(ds),
+    "doc_type": row["doc_type"],
+    "target": json.loads(row["target"]),
+}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, d.path().to_str().unwrap()])
+        .env("HF_DATASETS_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(v["feature"], "Image", "{v}");
+    assert_eq!(v["is_image"], true, "{v}");
+    assert!(v["size"][0].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["doc_type"], "invoice", "{v}");
+    assert!(v["target"].is_object(), "{v}");
+    let pin = pin_dir(d.path(), "d", None).unwrap();
+    assert_eq!(v["rows"].as_u64(), Some(pin.splits["train"].rows));
+}

@@ -23,7 +23,7 @@ pub use inputs::{
     answer_text, load_split, model_dir, recipe_of, select_device, split_reader, split_rows,
     verify_model, Row,
 };
-pub use train::{dry_run, processor_for, train_config, DryRun, QloraEngine};
+pub use train::{dry_run, processor_for, quantized_pattern, train_config, DryRun, QloraEngine};
 
 /// Why an engine refused or failed a job: one line, naming what and where.
 #[derive(Debug, thiserror::Error)]

@@ -67,6 +67,27 @@ impl<'a> RowSource<'a> {
     }
 }
 
+impl RowSource<'_> {
+    /// Checks every shard of the split against its pin now, shards in parallel: training
+    /// reads them all, so it fails before its first step on data that changed, and its steps
+    /// then pay only for reading and re-verifying their own rows. Returns the shards checked.
+    pub(crate) fn check_all(&self) -> Result<usize> {
+        use rayon::prelude::*;
+        let n = self.index.shard_count();
+        (0..n)
+            .into_par_iter()
+            .try_for_each(|s| self.index.check_shard(s))
+            .map_err(|e| crate::EngineError::Changed {
+                what: format!(
+                    "dataset {}",
+                    &self.dataset.dataset_id[..12.min(self.dataset.dataset_id.len())]
+                ),
+                detail: e.to_string(),
+            })?;
+        Ok(n)
+    }
+}
+
 impl ExampleSource for RowSource<'_> {
     fn len(&self) -> usize {
         self.order.len()

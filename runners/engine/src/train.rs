@@ -31,7 +31,7 @@ pub(crate) fn quantized_linears(model: &mut Idefics2, recipe: &Recipe) -> Result
 }
 
 /// [`quantized_linears`] over a list of linear names (the model need not be loaded).
-fn quantized_pattern(names: &[String], recipe: &Recipe) -> Option<String> {
+pub fn quantized_pattern(names: &[String], recipe: &Recipe) -> Option<String> {
     if recipe.quantization.method != "nf4" {
         return None;
     }
@@ -345,7 +345,9 @@ fn run(job: &TrainJob, sink: &mut dyn TrainSink) -> Result<TrainSummary> {
     set_products(&mut model, p.products)?;
     let processor = processor_for(&p.dir, &p.recipe)?;
     let source = row_source(job, &p.recipe, &processor, None)?;
-    // Fail fast on the first example rather than at step N.
+    // Fail fast: every shard checked against its pin, and the first example encoded, before
+    // step 1 rather than at step N.
+    source.check_all()?;
     source.get(0)?;
     let mut trainer = match &job.resume_from {
         Some((_, dir)) => Trainer::resume(model, config.clone(), dir)?,

@@ -55,6 +55,14 @@ pub struct MergeArgs {
     /// Storage dtype of the merged weights.
     #[arg(long, value_enum, default_value_t = MergeDtype::F32)]
     dtype: MergeDtype,
+    /// Fold the adapter into the base's original dense weights instead of their NF4 round
+    /// trip (the weights training used when the recipe quantizes).
+    #[arg(long, conflicts_with = "bnb_4bit")]
+    onto_dense: bool,
+    /// Write the merged model in the bnb-4bit layout (the recipe's quantized linears back to
+    /// NF4), which transformers loads with `load_in_4bit`.
+    #[arg(long)]
+    bnb_4bit: bool,
 }
 
 /// A committed checkpoint resolved to files: its adapter directory and its run's base model.
@@ -67,6 +75,9 @@ pub struct ResolvedCheckpoint {
     pub model: BaseModelPinned,
     /// Directory of the base model (re-verified against the pin).
     pub base_dir: PathBuf,
+    /// The linears the run's recipe quantized to NF4 (PEFT `fullmatch` pattern), which the
+    /// adapter was trained against; None when the recipe does not quantize.
+    pub quantized: Option<String>,
 }
 
 /// Resolves a checkpoint id or prefix to its adapter and base model directories.
@@ -90,11 +101,20 @@ pub fn resolve_checkpoint(ctx: &Context, prefix: &str) -> Result<ResolvedCheckpo
     let base_dir = foundry_engine::model_dir(&model)?;
     foundry_engine::verify_model(&base_dir, &model)?;
     let adapter_dir = checkpoint_dir(ctx, &checkpoint)?;
+    let config = run
+        .resolved_config
+        .clone()
+        .ok_or_else(|| anyhow!("run {} records no recipe", checkpoint.run_id))?;
+    let recipe: foundry_recipes::Recipe = serde_json::from_value(config)
+        .map_err(|e| anyhow!("run {}: its recipe does not read: {e}", checkpoint.run_id))?;
+    let names = foundry_recipes::idefics2_module_names_from_dir(&base_dir)?;
+    let quantized = foundry_engine::quantized_pattern(&names, &recipe);
     Ok(ResolvedCheckpoint {
         checkpoint,
         adapter_dir,
         model,
         base_dir,
+        quantized,
     })
 }
 
@@ -132,6 +152,10 @@ struct MergeOutput<'a> {
     model_id: &'a str,
     out: String,
     dtype: &'a str,
+    /// `nf4-dequantized` (the weights training used) or `dense` (the pinned weights as they are).
+    onto: &'a str,
+    /// `bnb-4bit` or `dense`.
+    layout: &'a str,
     merged_linears: usize,
     files: Vec<MergedFile<'a>>,
 }
@@ -152,11 +176,21 @@ pub fn run(ctx: &Context, c: AdapterCommand) -> Result<()> {
 
 fn merge(ctx: &Context, a: MergeArgs) -> Result<()> {
     let r = resolve_checkpoint(ctx, &a.checkpoint)?;
+    use foundry_qlora::export::MergeOnto;
+    let onto = match (&r.quantized, a.onto_dense) {
+        (Some(p), false) => MergeOnto::Quantized(p),
+        _ => MergeOnto::Loaded,
+    };
+    if a.bnb_4bit && onto == MergeOnto::Loaded {
+        bail!("--bnb-4bit: the run's recipe quantizes no linear, so there is no 4-bit layout to write");
+    }
     let (info, n) = foundry_qlora::export::merge_adapter_dir(
         &r.base_dir,
         &r.adapter_dir,
         &a.out,
         a.dtype.into(),
+        onto,
+        a.bnb_4bit,
     )
     .with_context(|| format!("merging checkpoint {}", short(&r.checkpoint.checkpoint_id)))?;
     let dtype = match a.dtype {
@@ -170,6 +204,11 @@ fn merge(ctx: &Context, a: MergeArgs) -> Result<()> {
         model_id: &r.model.model_id,
         out: info.dir.display().to_string(),
         dtype,
+        onto: match onto {
+            MergeOnto::Quantized(_) => "nf4-dequantized",
+            MergeOnto::Loaded => "dense",
+        },
+        layout: if a.bnb_4bit { "bnb-4bit" } else { "dense" },
         merged_linears: n,
         files: info
             .files
@@ -184,13 +223,20 @@ fn merge(ctx: &Context, a: MergeArgs) -> Result<()> {
     if ctx.json {
         return crate::output::json(&out);
     }
+    let onto_text = match onto {
+        MergeOnto::Quantized(_) => {
+            "its NF4-dequantized weights, what the adapter was trained against (--onto-dense for the pinned dense ones)"
+        }
+        MergeOnto::Loaded => "its pinned weights as they are",
+    };
     println!(
-        "merged checkpoint {} (run {}, step {}) into base model {}: {} linears, {dtype}",
+        "merged checkpoint {} (run {}, step {}) into base model {}, onto {onto_text}: {} linears, {}",
         short(out.checkpoint_id),
         short(out.run_id),
         r.checkpoint.step,
         short(out.model_id),
-        n
+        n,
+        if a.bnb_4bit { "bnb-4bit layout" } else { dtype },
     );
     println!("wrote {}", out.out);
     for f in &out.files {

@@ -26,7 +26,8 @@ pub struct EvalArgs {
     /// With `base`: the pinned base model (id or prefix).
     #[arg(long)]
     model: Option<String>,
-    /// With `base`: the pinned dataset (id or prefix).
+    /// The pinned dataset (id or prefix) to score on: required with `base`; for a checkpoint,
+    /// its run's dataset unless given.
     #[arg(long)]
     dataset: Option<String>,
 }
@@ -65,6 +66,11 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
             limit: a.limit,
         }
     } else {
+        if a.model.is_some() {
+            bail!(
+                "--model applies to `eval base`; a checkpoint is scored on the base model its run trained on"
+            );
+        }
         let checkpoint_id = resolve(&views, ViewKind::Checkpoints, &a.target)?;
         let c = foundry_projections::ViewRead::checkpoint(&views, &checkpoint_id)?
             .ok_or_else(|| anyhow!("checkpoint {checkpoint_id} is not in the views"))?;
@@ -75,7 +81,11 @@ pub fn run(ctx: &Context, a: EvalArgs) -> Result<()> {
             checkpoint_id: Some(checkpoint_id),
             run_id: Some(c.run_id.clone()),
             model_id: run.model_id.clone().unwrap_or_default(),
-            dataset_id: run.dataset_id.clone().unwrap_or_default(),
+            // Another pinned dataset when asked for; the run's own otherwise.
+            dataset_id: match a.dataset.as_deref() {
+                Some(d) => resolve(&views, ViewKind::Datasets, d)?,
+                None => run.dataset_id.clone().unwrap_or_default(),
+            },
             split: a.split.clone(),
             limit: a.limit,
         }

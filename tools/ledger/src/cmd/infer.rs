@@ -14,7 +14,7 @@ use foundry_idefics2::hub::{self, ModelSource};
 use foundry_idefics2::processor::{
     apply_chat_template, ChatMessage, ContentPart, Processor, RgbImage,
 };
-use foundry_idefics2::{GenerationConfig, Idefics2};
+use foundry_idefics2::GenerationConfig;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -70,7 +70,8 @@ pub struct InferArgs {
     /// For hf:// models: resolve from the local hub cache only, never the network.
     #[arg(long)]
     pub offline: bool,
-    /// Attach this checkpoint's LoRA adapter (id or unique prefix, from `--home`) before generating.
+    /// Attach this checkpoint's LoRA adapter (id or unique prefix, from `--home`) before
+    /// generating, over the base quantized as its run's recipe quantized it.
     #[arg(long)]
     pub adapter: Option<String>,
 }
@@ -138,9 +139,17 @@ fn generation_config(a: &InferArgs, stop_token_ids: Vec<u32>) -> Result<Generati
     })
 }
 
+/// A LoRA adapter to attach before generating, and the linears of the base its run quantized
+/// to NF4 (quantized first, so that the adapter runs over the weights it was trained against).
+pub struct AttachAdapter<'a> {
+    /// The adapter directory.
+    pub dir: &'a Path,
+    /// PEFT `fullmatch` pattern of the linears to quantize, if the run quantized any.
+    pub quantized: Option<&'a str>,
+}
+
 /// Runs the model and returns the prompt ids, the generated ids and the text.
-/// `adapter`: a LoRA adapter directory to attach before generating.
-pub fn infer(a: &InferArgs, adapter: Option<&Path>) -> Result<InferOutput> {
+pub fn infer(a: &InferArgs, adapter: Option<AttachAdapter>) -> Result<InferOutput> {
     let source = parse_source(&a.model, a.offline)?;
     // Check the cheap inputs before loading the weights.
     let image = RgbImage::open(&a.image)?;
@@ -150,9 +159,13 @@ pub fn infer(a: &InferArgs, adapter: Option<&Path>) -> Result<InferOutput> {
         Processor::from_dir(&dir).with_context(|| format!("processor of {}", dir.display()))?;
     let mut model = foundry_qlora::export::load_model_dir(&dir, a.dtype.into(), &device)
         .with_context(|| format!("model {}", dir.display()))?;
-    if let Some(adir) = adapter {
-        foundry_qlora::lora::load_adapter_into(&mut model, adir)
-            .with_context(|| format!("adapter {}", adir.display()))?;
+    if let Some(adapter) = adapter {
+        if let Some(pattern) = adapter.quantized {
+            foundry_qlora::quantize_model(&mut model, pattern)
+                .with_context(|| format!("quantizing model {}", dir.display()))?;
+        }
+        foundry_qlora::lora::load_adapter_into(&mut model, adapter.dir)
+            .with_context(|| format!("adapter {}", adapter.dir.display()))?;
     }
     if processor.image_seq_len != model.image_seq_len() {
         bail!(
@@ -200,11 +213,15 @@ pub fn infer(a: &InferArgs, adapter: Option<&Path>) -> Result<InferOutput> {
 
 /// `ledger infer`.
 pub fn run(ctx: &Context, a: InferArgs) -> Result<()> {
-    let adapter = match &a.adapter {
-        Some(prefix) => Some(super::adapter::resolve_checkpoint(ctx, prefix)?.adapter_dir),
+    let resolved = match &a.adapter {
+        Some(prefix) => Some(super::adapter::resolve_checkpoint(ctx, prefix)?),
         None => None,
     };
-    let out = infer(&a, adapter.as_deref())?;
+    let adapter = resolved.as_ref().map(|r| AttachAdapter {
+        dir: &r.adapter_dir,
+        quantized: r.quantized.as_deref(),
+    });
+    let out = infer(&a, adapter)?;
     if ctx.json {
         crate::output::json(&out)
     } else {
