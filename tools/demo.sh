@@ -95,6 +95,13 @@ FINAL_EM=$($L eval "$CHECKPOINT" --split validation --limit 200 | tee "$HOME_DIR
 # On the held-out layout it was scored automatically (the recipe's eval split is `test`): the
 # last field_exact_match in `show run --json` is the last checkpoint's.
 FINAL_EM_TEST=$(awk '/"field_exact_match": \{/ {f = 1} f && /"value":/ {v = $2; f = 0} END {gsub(",", "", v); printf "%.4f\n", v}' "$HOME_DIR/run.json")
+took "score the last checkpoint on validation"
+
+step "the last checkpoint merged into its base (the adapter folded into the NF4-dequantized weights it was trained against), scored as a plain model on the held-out layout"
+$L adapter merge "$CHECKPOINT" --out "$HOME_DIR/merged"
+MERGED=$($L model pin "$HOME_DIR/merged" | first_word)
+MERGED_EM_TEST=$($L eval base --model "$MERGED" --dataset "$DATASET" --split test --limit 200 | tee "$HOME_DIR/merged-eval.txt" | field_em)
+took "merge, pin and score the merged model"
 total=$(( $(date +%s) - start ))
 printf '\n== timings (this machine, %s cores)\n' "$(nproc)"
 printf '  %-34s %4ss\n' "cargo build --release" "$build_s"
@@ -103,6 +110,7 @@ printf '  %-34s %4ss\n' "demo total (without the build)" "$total"
 printf '\n== field exact match (200 documents each)       base    adapter\n'
 printf '  validation (new freely arranged cards)        %s  %s\n' "$BASE_EM" "$FINAL_EM"
 printf '  test (held-out layout invoice-d)              %s  %s\n' "$BASE_EM_TEST" "$FINAL_EM_TEST"
+printf '  test, the merged model (plain weights)                %s\n' "$MERGED_EM_TEST"
 printf '  promoted to production: %s\n' "$PROMOTED"
 awk -v b="$BASE_EM_TEST" -v f="$FINAL_EM_TEST" 'BEGIN {
   ok = (f >= 0.9 && f - b >= 0.3);

@@ -181,7 +181,7 @@ pub struct Trainer {
     pad_id: u32,
     /// The example order of one epoch `(epoch, n, order)`, kept so that it is drawn once per
     /// epoch, not once per example.
-    order: Option<(u64, usize, Vec<usize>)>,
+    order: Option<(u64, usize, Vec<u32>)>,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -312,12 +312,14 @@ impl Trainer {
                 let epoch = k / n as u64;
                 let fresh = !matches!(&self.order, Some((e, len, _)) if *e == epoch && *len == n);
                 if fresh {
-                    let mut order: Vec<usize> = (0..n).collect();
+                    // u32 indices (4 bytes an example); the shuffle draws the same swaps
+                    // whatever the element type, so the order is that of a usize index.
+                    let mut order: Vec<u32> = (0..n as u32).collect();
                     order.shuffle(&mut StdRng::seed_from_u64(mix(self.config.seed, 2, epoch)));
                     self.order = Some((epoch, n, order));
                 }
                 let at = (k % n as u64) as usize;
-                self.order.as_ref().map_or(at, |(_, _, o)| o[at])
+                self.order.as_ref().map_or(at, |(_, _, o)| o[at] as usize)
             })
             .collect()
     }
@@ -384,6 +386,12 @@ impl Trainer {
         let n = data.len();
         if n == 0 {
             return Err(Error::Train("the dataset is empty".into()));
+        }
+        if n > u32::MAX as usize {
+            return Err(Error::Train(format!(
+                "the dataset has {n} examples, more than {} (the order is an index of u32)",
+                u32::MAX
+            )));
         }
         let dev = self.model.device().clone();
         let per_step = self.config.grad_accum * self.config.batch_size;

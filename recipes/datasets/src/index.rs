@@ -1,6 +1,7 @@
 //! Random access to the rows of a pinned split, in memory that does not grow
 //! with the data: an index of (shard, row) with, per row, where its bytes
-//! are and their digest (about 60 bytes a row), never the rows themselves.
+//! are and their digest (32 bytes a row, in an unlinked temporary file, read
+//! back 32 bytes at a time), never the rows themselves.
 //!
 //! A shard is checked against its pinned digest the first time any of its
 //! rows is asked for (one streaming pass, [`crate::scan`]); from then on each
@@ -37,7 +38,7 @@ pub struct Example {
 /// An open shard: its rows' references once it has been checked.
 struct OpenShard {
     pin: Shard,
-    refs: OnceLock<std::result::Result<Arc<Vec<RowRef>>, String>>,
+    refs: OnceLock<std::result::Result<Arc<RefTable>, String>>,
     file: OnceLock<std::result::Result<Arc<std::fs::File>, String>>,
     parquet: Mutex<Option<Arc<SerializedFileReader<std::fs::File>>>>,
 }
@@ -132,20 +133,17 @@ impl SplitIndex {
     }
 
     /// Checks shard `s` against its pin (once) and returns its row references.
-    fn refs(&self, s: usize) -> Result<Arc<Vec<RowRef>>> {
+    fn refs(&self, s: usize) -> Result<Arc<RefTable>> {
         let shard = &self.shards[s];
         let got = shard.refs.get_or_init(|| {
-            let mut refs = Vec::with_capacity(shard.pin.rows as usize);
+            let mut table = RefTable::create().map_err(|e| e.to_string())?;
             let scanned = scan_shard(
                 &self.jail,
                 &shard.pin.path,
                 &self.schema,
                 false,
                 &|_| {},
-                &mut |row| {
-                    refs.push(row.at);
-                    Ok(())
-                },
+                &mut |row| table.push(row.at),
             )
             .map_err(|e| e.to_string())?;
             if scanned.digest != shard.pin.sha256 {
@@ -156,15 +154,14 @@ impl SplitIndex {
                 }
                 .to_string());
             }
-            if refs.len() as u64 != shard.pin.rows {
+            let table = table.finish().map_err(|e| e.to_string())?;
+            if table.rows != shard.pin.rows {
                 return Err(format!(
                     "shard {} has {} rows, pinned with {}",
-                    shard.pin.path,
-                    refs.len(),
-                    shard.pin.rows
+                    shard.pin.path, table.rows, shard.pin.rows
                 ));
             }
-            Ok(Arc::new(refs))
+            Ok(Arc::new(table))
         });
         got.clone().map_err(DatasetError::Invalid)
     }
@@ -178,9 +175,7 @@ impl SplitIndex {
     pub fn get(&self, i: u64) -> Result<Example> {
         let (s, r) = self.locate(i)?;
         let refs = self.refs(s)?;
-        let rr = refs
-            .get(r as usize)
-            .ok_or_else(|| DatasetError::Invalid(format!("row {i} missing from its shard")))?;
+        let rr = &refs.get(r)?;
         let shard = &self.shards[s];
         let rel = shard.pin.path.as_str();
         let (row, image) = if rel.ends_with(".parquet") {
@@ -214,11 +209,91 @@ impl SplitIndex {
         };
         Ok(Example {
             shard: shard.pin.path.clone(),
-            row: rr.n,
+            row: rr.row(),
             image,
             doc_type: row.doc_type,
             layout: row.layout,
             target: row.target,
         })
+    }
+}
+
+/// One shard's row references, 32 bytes each, in an unlinked temporary file: written once as
+/// the shard is checked, then read one reference at a time (`pread`), so memory holds none.
+struct RefTable {
+    file: std::fs::File,
+    writer: Option<std::io::BufWriter<std::fs::File>>,
+    rows: u64,
+}
+
+impl RefTable {
+    /// An empty table in a new file under the temporary directory, unlinked at once.
+    fn create() -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!(
+            ".foundry-rows-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        let writer = file.try_clone().map_err(|e| io(&path, e))?;
+        Ok(RefTable {
+            file,
+            writer: Some(std::io::BufWriter::with_capacity(1 << 16, writer)),
+            rows: 0,
+        })
+    }
+
+    /// Appends the next row's reference.
+    fn push(&mut self, r: RowRef) -> Result<()> {
+        use std::io::Write;
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| DatasetError::Invalid("row index already finished".into()))?;
+        w.write_all(&r.to_bytes()).map_err(|e| DatasetError::Io {
+            path: "row index".into(),
+            reason: e.to_string(),
+        })?;
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Flushes the writes; the table is read-only from here on.
+    fn finish(mut self) -> Result<Self> {
+        use std::io::Write;
+        if let Some(mut w) = self.writer.take() {
+            w.flush().map_err(|e| DatasetError::Io {
+                path: "row index".into(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(self)
+    }
+
+    /// The reference of row `r` (0-based).
+    fn get(&self, r: u64) -> Result<RowRef> {
+        use std::os::unix::fs::FileExt;
+        if r >= self.rows {
+            return Err(DatasetError::Invalid(format!(
+                "row {r} is outside its shard ({} rows)",
+                self.rows
+            )));
+        }
+        let mut b = [0u8; RowRef::BYTES];
+        self.file
+            .read_exact_at(&mut b, r * RowRef::BYTES as u64)
+            .map_err(|e| DatasetError::Io {
+                path: "row index".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(RowRef::from_bytes(&b))
     }
 }

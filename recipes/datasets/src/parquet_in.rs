@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use rayon::prelude::*;
 
 use crate::scan::{
-    changed_row, file_sha256, row_digest, RowAt, RowRef, Scanned, ShardScan, WINDOW,
+    changed_row, file_sha256, row_digest, RowDigest, RowRef, Scanned, ShardScan, WINDOW,
 };
 use crate::schema::Schema;
 use crate::{
@@ -93,7 +93,7 @@ fn fields(rel: &str, n: u64, r: &PqRow) -> Result<Fields> {
 }
 
 impl Fields {
-    fn digest(&self) -> [u8; 32] {
+    fn digest(&self) -> RowDigest {
         let t = |i: usize| self.text[i].as_deref().unwrap_or_default().as_bytes();
         let present = |i: usize| [u8::from(self.text[i].is_some())];
         row_digest(&[
@@ -179,14 +179,7 @@ pub(crate) fn scan(
             for ((n, index, _), c) in window.into_iter().zip(checked) {
                 let (row, f) = c?;
                 visit(Scanned {
-                    at: RowRef {
-                        n,
-                        at: RowAt::Parquet {
-                            group: g as u32,
-                            index,
-                        },
-                        digest: f.digest(),
-                    },
+                    at: RowRef::parquet(n, g as u32, index, f.digest()),
                     row,
                 })?;
             }
@@ -207,12 +200,8 @@ pub(crate) fn read_row(
     schema: &Schema,
     r: &RowRef,
 ) -> Result<(Row, Vec<u8>)> {
-    let RowAt::Parquet { group, index } = r.at else {
-        return Err(DatasetError::Invalid(format!(
-            "shard {rel}: not a Parquet row"
-        )));
-    };
-    let changed = |why: String| changed_row(rel, r.n, &why);
+    let (group, index) = r.parquet_at();
+    let changed = |why: String| changed_row(rel, r.row(), &why);
     let row = reader
         .get_row_group(group as usize)
         .map_err(|e| changed(e.to_string()))?
@@ -221,11 +210,11 @@ pub(crate) fn read_row(
         .nth(index as usize)
         .ok_or_else(|| changed("it is gone".into()))?
         .map_err(|e| changed(e.to_string()))?;
-    let f = fields(rel, r.n, &row)?;
+    let f = fields(rel, r.row(), &row)?;
     if f.digest() != r.digest {
         return Err(changed("its bytes differ from the pinned ones".into()));
     }
-    Ok((f.row(rel, r.n, schema)?, f.image))
+    Ok((f.row(rel, r.row(), schema)?, f.image))
 }
 
 /// Opens a Parquet shard for reading rows alone.

@@ -83,12 +83,18 @@ impl StreamReader {
     /// yields (shard numbers index the split's shards in pinned order).
     pub fn epoch_order(&self, epoch: u64) -> Vec<(u32, u32)> {
         let mut out = Vec::with_capacity(self.index.len() as usize);
+        self.for_each_in_epoch(epoch, |s, r| out.push((s, r)));
+        out
+    }
+
+    /// Calls `f(shard, row)` for every example of `epoch`, in reading order, without reading
+    /// any (what [`StreamReader::epoch_order`] collects).
+    pub fn for_each_in_epoch(&self, epoch: u64, mut f: impl FnMut(u32, u32)) {
         for s in self.shard_order(epoch) {
             for r in self.row_order(epoch, s) {
-                out.push((s as u32, r as u32));
+                f(s as u32, r as u32);
             }
         }
-        out
     }
 
     /// The split's rows, for random access.

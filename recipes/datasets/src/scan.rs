@@ -24,24 +24,91 @@ pub(crate) const WINDOW: usize = 64;
 
 /// Where a row is in its shard and what its bytes hash to: enough to read
 /// it alone later and to check that it is still the row that was pinned.
+/// 32 bytes a row, kept in an unlinked temporary file (not in memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RowRef {
+    /// JSONL: the line's byte offset; Parquet: row group << 32 | index in the group.
+    loc: u64,
+    /// JSONL: the line's length without its break; Parquet: 0.
+    len: u32,
     /// 1-based row number (JSONL line number; Parquet row in the file).
-    pub n: u64,
-    /// Where the row's bytes are.
-    pub at: RowAt,
-    /// sha256 of the row's bytes: the JSONL line then the image file, or the
-    /// Parquet row's image then its doc type, layout and target.
-    pub digest: [u8; 32],
+    pub n: u32,
+    /// The first 128 bits of the sha256 of the row's bytes (the JSONL line then the image
+    /// file, or the Parquet row's image then its doc type, layout and target): recorded when
+    /// the shard was checked against its full pinned digest, so a row that changes later is
+    /// caught when it is read alone.
+    pub digest: RowDigest,
 }
 
-/// The location of one row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RowAt {
-    /// A JSONL line: byte offset and length (without the line break).
-    Line { offset: u64, len: u32 },
-    /// A Parquet row: row group and index in it.
-    Parquet { group: u32, index: u32 },
+/// A row's digest: sha256 truncated to 128 bits.
+pub(crate) type RowDigest = [u8; 16];
+
+impl RowRef {
+    /// A JSONL line at `offset`, `len` bytes without its break.
+    pub(crate) fn line(n: u64, offset: u64, len: u32, digest: RowDigest) -> Self {
+        RowRef {
+            loc: offset,
+            len,
+            n: n as u32,
+            digest,
+        }
+    }
+
+    /// Row `index` of Parquet row group `group`.
+    pub(crate) fn parquet(n: u64, group: u32, index: u32, digest: RowDigest) -> Self {
+        RowRef {
+            loc: (u64::from(group) << 32) | u64::from(index),
+            len: 0,
+            n: n as u32,
+            digest,
+        }
+    }
+
+    /// The JSONL line's offset and length.
+    pub(crate) fn line_at(&self) -> (u64, u32) {
+        (self.loc, self.len)
+    }
+
+    /// The Parquet row group and index.
+    pub(crate) fn parquet_at(&self) -> (u32, u32) {
+        ((self.loc >> 32) as u32, self.loc as u32)
+    }
+
+    /// The 1-based row number.
+    pub(crate) fn row(&self) -> u64 {
+        u64::from(self.n)
+    }
+
+    /// Its 32 bytes, as an index file holds them.
+    pub(crate) fn to_bytes(self) -> [u8; RowRef::BYTES] {
+        let mut b = [0u8; RowRef::BYTES];
+        b[..8].copy_from_slice(&self.loc.to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.n.to_le_bytes());
+        b[16..].copy_from_slice(&self.digest);
+        b
+    }
+
+    /// The reference [`RowRef::to_bytes`] wrote.
+    pub(crate) fn from_bytes(b: &[u8; RowRef::BYTES]) -> Self {
+        let mut loc = [0u8; 8];
+        loc.copy_from_slice(&b[..8]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&b[8..12]);
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&b[12..16]);
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&b[16..]);
+        RowRef {
+            loc: u64::from_le_bytes(loc),
+            len: u32::from_le_bytes(len),
+            n: u32::from_le_bytes(n),
+            digest,
+        }
+    }
+
+    /// Bytes a reference takes in an index file.
+    pub(crate) const BYTES: usize = 32;
 }
 
 /// One scanned row, handed to the visitor in shard order.
@@ -62,14 +129,17 @@ pub(crate) struct ShardScan {
     pub rows: u64,
 }
 
-/// The sha256 of a row's pieces, in order.
-pub(crate) fn row_digest(parts: &[&[u8]]) -> [u8; 32] {
+/// The digest of a row's pieces, in order (each length-prefixed).
+pub(crate) fn row_digest(parts: &[&[u8]]) -> RowDigest {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize().into()
+    let full: [u8; 32] = h.finalize().into();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 /// The sha256 of a whole file read in a stream, refusing one over `limit`.
@@ -124,7 +194,7 @@ struct Checked {
     row: Row,
     image_sha: [u8; 32],
     image_bytes: u64,
-    digest: [u8; 32],
+    digest: RowDigest,
 }
 
 fn check_line(
@@ -248,14 +318,7 @@ pub(crate) fn scan_jsonl(
             rows += 1;
             progress(bytes);
             visit(Scanned {
-                at: RowRef {
-                    n: line.n,
-                    at: RowAt::Line {
-                        offset: line.offset,
-                        len: line.bytes.len() as u32,
-                    },
-                    digest: c.digest,
-                },
+                at: RowRef::line(line.n, line.offset, line.bytes.len() as u32, c.digest),
                 row: c.row,
             })?;
         }
@@ -281,23 +344,19 @@ pub(crate) fn read_jsonl_row(
     r: &RowRef,
 ) -> Result<(Row, Vec<u8>)> {
     use std::os::unix::fs::FileExt;
-    let RowAt::Line { offset, len } = r.at else {
-        return Err(DatasetError::Invalid(format!(
-            "shard {rel}: not a JSONL row"
-        )));
-    };
+    let (offset, len) = r.line_at();
     let mut line = vec![0u8; len as usize];
     file.read_exact_at(&mut line, offset)
-        .map_err(|e| changed_row(rel, r.n, &e.to_string()))?;
-    let text = std::str::from_utf8(&line).map_err(|_| changed_row(rel, r.n, "not UTF-8"))?;
-    let row = parse_row(rel, r.n, text, schema)?;
+        .map_err(|e| changed_row(rel, r.row(), &e.to_string()))?;
+    let text = std::str::from_utf8(&line).map_err(|_| changed_row(rel, r.row(), "not UTF-8"))?;
+    let row = parse_row(rel, r.row(), text, schema)?;
     let img = jail
-        .read(&image_path(rel, r.n, &row.image)?, MAX_IMAGE_BYTES)
-        .map_err(|d| denied_row(rel, r.n, "image", &row.image, d))?;
+        .read(&image_path(rel, r.row(), &row.image)?, MAX_IMAGE_BYTES)
+        .map_err(|d| denied_row(rel, r.row(), "image", &row.image, d))?;
     if row_digest(&[&line, &img]) != r.digest {
         return Err(changed_row(
             rel,
-            r.n,
+            r.row(),
             "its bytes differ from the pinned ones",
         ));
     }

@@ -29,8 +29,8 @@ pub fn data_order(prefetch: usize) -> serde_json::Value {
 pub(crate) struct RowSource<'a> {
     dataset: &'a DatasetPinned,
     index: SplitIndex,
-    /// Position in `index` of each example, in the pinned reading order.
-    order: Vec<u64>,
+    /// Position in `index` of each example, in the pinned reading order (4 bytes an example).
+    order: Vec<u32>,
     processor: &'a Processor,
     prompt: String,
     max_length: usize,
@@ -48,14 +48,20 @@ impl<'a> RowSource<'a> {
         limit: Option<usize>,
     ) -> Result<Self> {
         let reader = split_reader(dataset, split)?;
-        let mut order: Vec<u64> = reader
-            .epoch_order(0)
-            .into_iter()
-            .map(|(s, r)| reader.index().position_of(s as usize, r as u64))
-            .collect();
-        if let Some(l) = limit {
-            order.truncate(l);
+        let rows = reader.index().len();
+        if rows > u64::from(u32::MAX) {
+            return Err(crate::EngineError::Invalid(format!(
+                "the {split} split has {rows} rows, more than {} (one index of u32)",
+                u32::MAX
+            )));
         }
+        let want = limit.map_or(rows, |l| (l as u64).min(rows)) as usize;
+        let mut order: Vec<u32> = Vec::with_capacity(want);
+        reader.for_each_in_epoch(0, |s, r| {
+            if order.len() < want {
+                order.push(reader.index().position_of(s as usize, u64::from(r)) as u32);
+            }
+        });
         Ok(RowSource {
             dataset,
             index: reader.into_index(),
@@ -68,14 +74,13 @@ impl<'a> RowSource<'a> {
 }
 
 impl RowSource<'_> {
-    /// Checks every shard of the split against its pin now, shards in parallel: training
-    /// reads them all, so it fails before its first step on data that changed, and its steps
-    /// then pay only for reading and re-verifying their own rows. Returns the shards checked.
+    /// Checks every shard of the split against its pin now, one after another (each shard's
+    /// rows are validated in parallel windows): training reads them all, so it fails before
+    /// its first step on data that changed, and its steps then pay only for reading and
+    /// re-verifying their own rows. Returns the shards checked.
     pub(crate) fn check_all(&self) -> Result<usize> {
-        use rayon::prelude::*;
         let n = self.index.shard_count();
         (0..n)
-            .into_par_iter()
             .try_for_each(|s| self.index.check_shard(s))
             .map_err(|e| crate::EngineError::Changed {
                 what: format!(
@@ -98,7 +103,7 @@ impl ExampleSource for RowSource<'_> {
             .order
             .get(index)
             .ok_or_else(|| foundry_qlora::Error::Train(format!("row {index} out of range")))?;
-        let row = row_of(self.dataset, self.index.get(at))
+        let row = row_of(self.dataset, self.index.get(u64::from(at)))
             .map_err(|e| foundry_qlora::Error::Train(e.to_string()))?;
         let image = RgbImage::decode(&row.image)?;
         let ex = encode_chat(
@@ -270,8 +275,8 @@ mod tests {
     /// takes, in the order it takes them, passing prefetch hints through.
     struct Recording<'a, S: ExampleSource> {
         inner: &'a S,
-        order: &'a [u64],
-        taken: Mutex<Vec<u64>>,
+        order: &'a [u32],
+        taken: Mutex<Vec<u32>>,
     }
 
     impl<S: ExampleSource> ExampleSource for Recording<'_, S> {
@@ -363,7 +368,7 @@ mod tests {
         source: &RowSource,
         out: &std::path::Path,
         resume: Option<&std::path::Path>,
-    ) -> Vec<u64> {
+    ) -> Vec<u32> {
         let tiny = repo("ml/idefics2/fixtures/tiny");
         let model = foundry_idefics2::Idefics2::load_dir(
             &tiny,
@@ -414,7 +419,7 @@ mod tests {
         // The index order interleaves the shards' rows by seeded permutations.
         let mut sorted = source.order.clone();
         sorted.sort_unstable();
-        assert_eq!(sorted, (0..10).collect::<Vec<u64>>());
+        assert_eq!(sorted, (0..10).collect::<Vec<u32>>());
 
         let full_dir = dir.path().join("full");
         let full = rows_taken(&source, &full_dir, None);
@@ -422,7 +427,7 @@ mod tests {
         assert_eq!(full.len(), 16);
         let mut epoch = full[..10].to_vec();
         epoch.sort_unstable();
-        assert_eq!(epoch, (0..10).collect::<Vec<u64>>());
+        assert_eq!(epoch, (0..10).collect::<Vec<u32>>());
         assert_ne!(full[..6], full[10..16], "the second epoch is reshuffled");
         for step in [3u64, 6] {
             let resumed = rows_taken(
