@@ -172,6 +172,73 @@ fn bitsandbytes_checkpoints_generate_what_transformers_generated() {
     assert_eq!(checked.len(), 6);
 }
 
+/// A PEFT adapter trained in Python with the options users set (target list,
+/// layers_to_transform, rank_pattern, alpha_pattern, rsLoRA, modules_to_save = lm_head;
+/// tools/fixtures/make_peft_options.py) attaches by path and generates what transformers +
+/// PEFT generated with it; an option Foundry does not implement is refused by name.
+#[test]
+fn a_peft_adapter_folder_generates_what_peft_generated() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ml/qlora/fixtures/peft_options");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+    let model = model_dir("tiny");
+    let adapter = dir.to_string_lossy().into_owned();
+    for g in meta["generate"].as_array().unwrap() {
+        let (file, prompt, want) = cli_shaped(g).expect("image-then-text prompts");
+        let img = image(&file);
+        let max = want.len().to_string();
+        let args = [
+            "infer",
+            "--model",
+            &model,
+            "--adapter",
+            &adapter,
+            "--image",
+            &img,
+            "--prompt",
+            &prompt,
+            "--max-new-tokens",
+            &max,
+            "--json",
+        ];
+        let v: serde_json::Value = serde_json::from_str(&ok(home.path(), &args)).unwrap();
+        assert_eq!(ids(&v["generated_token_ids"]), want, "{prompt}");
+    }
+    // DoRA, and a key Foundry does not implement, are one-line refusals naming the key.
+    let img = image("c.png");
+    for (key, value) in [
+        ("use_dora", serde_json::json!(true)),
+        ("layer_replication", serde_json::json!([[0, 1]])),
+    ] {
+        let bad = home.path().join(format!("bad-{key}"));
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::copy(
+            dir.join("adapter_model.safetensors"),
+            bad.join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap())
+                .unwrap();
+        cfg[key] = value;
+        std::fs::write(bad.join("adapter_config.json"), cfg.to_string()).unwrap();
+        let err = fails(
+            home.path(),
+            &[
+                "infer",
+                "--model",
+                &model,
+                "--adapter",
+                bad.to_str().unwrap(),
+                "--image",
+                &img,
+            ],
+        );
+        assert!(err.contains(key) && err.lines().count() == 1, "{err}");
+    }
+}
+
 #[test]
 fn plain_output_is_the_text_and_sampling_is_seeded() {
     let home = tempfile::tempdir().unwrap();

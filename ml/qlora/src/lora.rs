@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use foundry_idefics2::linear::{DropoutRng, LinearVisitor, LoraAdapter};
+use foundry_kernels::BaseWeight;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -109,8 +110,9 @@ impl LoraConfig {
         })
     }
 
-    /// Reads a PEFT adapter_config.json. Unsupported options (DoRA, biases, fan-in-fan-out,
-    /// per-module rank or alpha patterns, list-valued targets aside) are errors.
+    /// Reads a PEFT adapter_config.json. Options Foundry does not implement (DoRA, LoRA biases,
+    /// fan-in-fan-out, layer replication, trainable tokens, excluded modules, target
+    /// parameters, QALoRA, aLoRA, …) are errors naming the key.
     pub fn from_peft_json(v: &serde_json::Value) -> Result<Self> {
         let bad = |m: &str| Error::Lora(format!("adapter_config.json: {m}"));
         if v.get("peft_type").and_then(|x| x.as_str()) != Some("LORA") {
@@ -146,7 +148,7 @@ impl LoraConfig {
         };
         let flag = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
         if flag("use_dora") {
-            return Err(bad("DoRA is not supported"));
+            return Err(bad("use_dora is set: DoRA is not supported"));
         }
         if flag("fan_in_fan_out") {
             return Err(bad("fan_in_fan_out is not supported"));
@@ -154,12 +156,20 @@ impl LoraConfig {
         if v.get("bias").and_then(|x| x.as_str()).unwrap_or("none") != "none" {
             return Err(bad("only bias = \"none\" is supported"));
         }
-        for k in ["rank_pattern", "alpha_pattern"] {
-            if v.get(k)
-                .and_then(|x| x.as_object())
-                .is_some_and(|o| !o.is_empty())
-            {
-                return Err(bad(&format!("{k} is not supported")));
+        // Options that change what the adapter computes and that Foundry does not implement:
+        // refused by name rather than silently ignored. (rank_pattern, alpha_pattern,
+        // layers_to_transform / layers_pattern and modules_to_save are honoured when loading:
+        // see [`PeftOptions`].)
+        for k in UNSUPPORTED_PEFT_KEYS {
+            let set = match v.get(*k) {
+                None | Some(serde_json::Value::Null) => false,
+                Some(serde_json::Value::Bool(b)) => *b,
+                Some(serde_json::Value::Array(a)) => !a.is_empty(),
+                Some(serde_json::Value::Object(o)) => !o.is_empty(),
+                Some(_) => true,
+            };
+            if set {
+                return Err(bad(&format!("{k} is set, which Foundry does not support")));
             }
         }
         let init = match v.get("init_lora_weights") {
@@ -179,6 +189,197 @@ impl LoraConfig {
         };
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// adapter_config.json keys whose non-default value Foundry refuses (see
+/// [`LoraConfig::from_peft_json`]).
+const UNSUPPORTED_PEFT_KEYS: &[&str] = &[
+    "layer_replication",
+    "trainable_token_indices",
+    "exclude_modules",
+    "target_parameters",
+    "use_qalora",
+    "lora_bias",
+    "alora_invocation_tokens",
+    "arrow_config",
+    "use_bdlora",
+    "megatron_config",
+    "corda_config",
+    "eva_config",
+    "kasa_config",
+    "lora_ga_config",
+    "monteclora_config",
+    "velora_config",
+];
+
+/// The PEFT options that decide which linears an adapter covers and with what rank and scale,
+/// beyond [`LoraConfig`], honoured when an adapter is loaded (Foundry trains without them):
+/// `layers_to_transform` / `layers_pattern`, `rank_pattern` / `alpha_pattern` (matched as
+/// PEFT's `get_pattern_key` does, in the file's order) and `modules_to_save` (full copies of
+/// modules, here linears, saved beside the adapter).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeftOptions {
+    /// Only these layer indices get an adapter (None: every layer).
+    pub layers_to_transform: Option<Vec<u64>>,
+    /// The module names whose next component is the layer index (e.g. `layers`); empty: any.
+    pub layers_pattern: Vec<String>,
+    /// Per-module ranks: (PEFT key regex, r), in the file's order.
+    pub rank_pattern: Vec<(String, usize)>,
+    /// Per-module alphas: (PEFT key regex, alpha), in the file's order.
+    pub alpha_pattern: Vec<(String, f64)>,
+    /// Modules whose weights the adapter replaces outright.
+    pub modules_to_save: Vec<String>,
+}
+
+/// A JSON object's entries in the order of the text (serde_json's map is sorted).
+#[derive(Default)]
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object or null")
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Ordered, E> {
+                Ok(Ordered::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Ordered, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Ordered(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl PeftOptions {
+    /// Reads them from adapter_config.json's text.
+    pub fn from_peft_text(text: &str) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            rank_pattern: Ordered,
+            #[serde(default)]
+            alpha_pattern: Ordered,
+            #[serde(default)]
+            layers_to_transform: Option<serde_json::Value>,
+            #[serde(default)]
+            layers_pattern: Option<serde_json::Value>,
+            #[serde(default)]
+            modules_to_save: Option<Vec<String>>,
+        }
+        let bad = |m: String| Error::Lora(format!("adapter_config.json: {m}"));
+        let raw: Raw = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let rank_pattern = raw
+            .rank_pattern
+            .0
+            .into_iter()
+            .map(|(k, v)| match v.as_u64() {
+                Some(r) if r > 0 => Ok((k, r as usize)),
+                _ => Err(bad(format!(
+                    "rank_pattern[{k:?}] is not a positive integer"
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        let alpha_pattern = raw
+            .alpha_pattern
+            .0
+            .into_iter()
+            .map(|(k, v)| match v.as_f64() {
+                Some(a) if a.is_finite() => Ok((k, a)),
+                _ => Err(bad(format!("alpha_pattern[{k:?}] is not a number"))),
+            })
+            .collect::<Result<_>>()?;
+        let layers_to_transform = match raw.layers_to_transform {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Number(n)) => Some(vec![n
+                .as_u64()
+                .ok_or_else(|| bad("layers_to_transform is not a layer index".into()))?]),
+            Some(serde_json::Value::Array(a)) if a.is_empty() => None,
+            Some(serde_json::Value::Array(a)) => Some(
+                a.iter()
+                    .map(|x| x.as_u64())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad("layers_to_transform holds a non-index".into()))?,
+            ),
+            Some(other) => {
+                return Err(bad(format!(
+                    "layers_to_transform = {other} is not an index list"
+                )))
+            }
+        };
+        let layers_pattern = match raw.layers_pattern {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(s)) => vec![s],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("layers_pattern holds a non-string".into()))?,
+            Some(other) => return Err(bad(format!("layers_pattern = {other} is not a name"))),
+        };
+        Ok(PeftOptions {
+            layers_to_transform,
+            layers_pattern,
+            rank_pattern,
+            alpha_pattern,
+            modules_to_save: raw.modules_to_save.unwrap_or_default(),
+        })
+    }
+
+    /// Whether `name` (a module matched by `target_modules`) is in a layer the adapter covers,
+    /// as PEFT's `check_target_module_exists` decides.
+    fn covers_layer(&self, name: &str) -> Result<bool> {
+        let Some(layers) = &self.layers_to_transform else {
+            return Ok(true);
+        };
+        let patterns: Vec<String> = if self.layers_pattern.is_empty() {
+            vec![r"^.*\.[^.]*\.(\d+)\.".into()]
+        } else {
+            self.layers_pattern
+                .iter()
+                .map(|p| format!(r"^.*\.{p}\.(\d+)\."))
+                .collect()
+        };
+        for p in patterns {
+            let re = regex::Regex::new(&p)
+                .map_err(|e| Error::Lora(format!("layers_pattern {p:?}: {e}")))?;
+            if let Some(c) = re.captures(name) {
+                let index: u64 = c[1].parse().unwrap_or(u64::MAX);
+                return Ok(layers.contains(&index));
+            }
+        }
+        Ok(false)
+    }
+
+    /// The value of the first pattern key that matches `name` as PEFT's `get_pattern_key` does
+    /// (`re.match(rf"(.*\.)?({key})$", name)`).
+    fn pattern<'a, T>(keys: &'a [(String, T)], name: &str) -> Result<Option<&'a T>> {
+        for (k, v) in keys {
+            let re = regex::Regex::new(&format!(r"^(?:.*\.)?(?:{k})$"))
+                .map_err(|e| Error::Lora(format!("pattern key {k:?}: {e}")))?;
+            if re.is_match(name) {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `name` is one of `modules_to_save` (its name or a dotted suffix of it).
+    fn saves(&self, name: &str) -> bool {
+        self.modules_to_save
+            .iter()
+            .any(|m| name == m || name.ends_with(&format!(".{m}")))
     }
 }
 
@@ -284,11 +485,75 @@ pub fn attach_weights(
     weights: &HashMap<String, Tensor>,
     rng: Option<DropoutRng>,
 ) -> Result<Vec<LoraParam>> {
+    attach_weights_with(model, config, &PeftOptions::default(), weights, rng)
+}
+
+/// [`attach_weights`] honouring `opts`: only the layers it covers, each module's rank and alpha
+/// from its patterns, and `modules_to_save` linears replaced by their saved weights first.
+pub fn attach_weights_with(
+    model: &mut dyn LinearVisitor,
+    config: &LoraConfig,
+    opts: &PeftOptions,
+    weights: &HashMap<String, Tensor>,
+    rng: Option<DropoutRng>,
+) -> Result<Vec<LoraParam>> {
     config.validate()?;
-    let mut params = Vec::new();
     let mut used = 0usize;
+    if !opts.modules_to_save.is_empty() {
+        let mut saved = 0usize;
+        model.visit_linears(&mut |l| {
+            let name = l.name().to_string();
+            if !opts.saves(&name) {
+                return Ok(());
+            }
+            let kw = format!("{PEFT_PREFIX}{name}.weight");
+            let Some(w) = weights.get(&kw) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "modules_to_save names `{name}` but the adapter has no `{kw}`"
+                )));
+            };
+            let w = w.to_dtype(l.dense_weight(DType::F32, &Device::Cpu)?.dtype())?;
+            l.set_base(BaseWeight::Dense(w))?;
+            used += 1;
+            let kb = format!("{PEFT_PREFIX}{name}.bias");
+            if weights.contains_key(&kb) {
+                return Err(candle_core::Error::Msg(format!(
+                    "{kb}: a saved bias of a module to save is not supported"
+                )));
+            }
+            saved += 1;
+            Ok(())
+        })?;
+        if saved == 0 {
+            return Err(Error::Lora(format!(
+                "modules_to_save {:?}: no linear of the model has that name (only linears can be saved)",
+                opts.modules_to_save
+            )));
+        }
+    }
+    let mut params = Vec::new();
     model.for_each_matching(&config.target_modules, &mut |l| {
         let name = l.name().to_string();
+        if !opts
+            .covers_layer(&name)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let pat = |e: Error| candle_core::Error::Msg(e.to_string());
+        let r = PeftOptions::pattern(&opts.rank_pattern, &name)
+            .map_err(pat)?
+            .copied()
+            .unwrap_or(config.r);
+        let alpha = PeftOptions::pattern(&opts.alpha_pattern, &name)
+            .map_err(pat)?
+            .copied()
+            .unwrap_or(config.lora_alpha);
+        let scale = if config.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        };
         let ka = format!("{PEFT_PREFIX}{name}.lora_A.weight");
         let kb = format!("{PEFT_PREFIX}{name}.lora_B.weight");
         let (Some(a), Some(b)) = (weights.get(&ka), weights.get(&kb)) else {
@@ -298,28 +563,33 @@ pub fn attach_weights(
         };
         let a = Var::from_tensor(&a.to_dtype(DType::F32)?)?;
         let b = Var::from_tensor(&b.to_dtype(DType::F32)?)?;
-        if a.dims()[0] != config.r {
+        if a.dims()[0] != r {
             return Err(candle_core::Error::Msg(format!(
-                "{ka}: rank {} but r = {}",
-                a.dims()[0],
-                config.r
+                "{ka}: rank {} but r = {r} for this module",
+                a.dims()[0]
             )));
         }
         l.attach_lora(LoraAdapter {
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
-            scale: config.scale(),
+            scale,
             dropout: config.lora_dropout,
             training: false,
             rng: rng.clone(),
         })?;
-        used += 2;
         params.push(LoraParam { module: name, a, b });
         Ok(())
     })?;
+    used += 2 * params.len();
     if used != weights.len() {
-        let names: std::collections::HashSet<String> =
+        let mut names: std::collections::HashSet<String> =
             params.iter().flat_map(|p| [p.key_a(), p.key_b()]).collect();
+        model.visit_linears(&mut |l| {
+            if opts.saves(l.name()) {
+                names.insert(format!("{PEFT_PREFIX}{}.weight", l.name()));
+            }
+            Ok(())
+        })?;
         let extra: Vec<&String> = weights
             .keys()
             .filter(|k| !names.contains(*k))
@@ -374,6 +644,14 @@ pub fn save_adapter(
 
 /// Reads a PEFT adapter directory: its config and its weights (keys as in the file).
 pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, HashMap<String, Tensor>)> {
+    let (config, _, weights) = load_adapter_with_options(dir)?;
+    Ok((config, weights))
+}
+
+/// [`load_adapter`] with the [`PeftOptions`] its config sets.
+pub fn load_adapter_with_options(
+    dir: &Path,
+) -> Result<(LoraConfig, PeftOptions, HashMap<String, Tensor>)> {
     let cpath = dir.join(ADAPTER_CONFIG);
     let s = std::fs::read_to_string(&cpath).map_err(|e| Error::io(&cpath, e))?;
     let v: serde_json::Value = serde_json::from_str(&s).map_err(|e| Error::Json {
@@ -381,10 +659,11 @@ pub fn load_adapter(dir: &Path) -> Result<(LoraConfig, HashMap<String, Tensor>)>
         message: e.to_string(),
     })?;
     let config = LoraConfig::from_peft_json(&v)?;
+    let options = PeftOptions::from_peft_text(&s)?;
     let wpath = dir.join(ADAPTER_WEIGHTS);
     let weights = candle_core::safetensors::load(&wpath, &Device::Cpu)
         .map_err(|e| Error::Lora(format!("{}: {e}", wpath.display())))?;
-    Ok((config, weights))
+    Ok((config, options, weights))
 }
 
 /// Loads a PEFT adapter directory onto `model` (frozen: the returned params are not trained).
@@ -392,7 +671,7 @@ pub fn load_adapter_into(
     model: &mut dyn LinearVisitor,
     dir: &Path,
 ) -> Result<(LoraConfig, Vec<LoraParam>)> {
-    let (config, weights) = load_adapter(dir)?;
-    let params = attach_weights(model, &config, &weights, None)?;
+    let (config, options, weights) = load_adapter_with_options(dir)?;
+    let params = attach_weights_with(model, &config, &options, &weights, None)?;
     Ok((config, params))
 }

@@ -70,8 +70,10 @@ pub struct InferArgs {
     /// For hf:// models: resolve from the local hub cache only, never the network.
     #[arg(long)]
     pub offline: bool,
-    /// Attach this checkpoint's LoRA adapter (id or unique prefix, from `--home`) before
-    /// generating, over the base quantized as its run's recipe quantized it.
+    /// Attach a LoRA adapter before generating: a PEFT adapter folder (adapter_config.json +
+    /// adapter_model.safetensors, e.g. trained in Python), attached to `--model` as it is; or
+    /// a checkpoint (id or unique prefix, from `--home`), over the base quantized as its run's
+    /// recipe quantized it.
     #[arg(long)]
     pub adapter: Option<String>,
 }
@@ -213,14 +215,28 @@ pub fn infer(a: &InferArgs, adapter: Option<AttachAdapter>) -> Result<InferOutpu
 
 /// `ledger infer`.
 pub fn run(ctx: &Context, a: InferArgs) -> Result<()> {
-    let resolved = match &a.adapter {
-        Some(prefix) => Some(super::adapter::resolve_checkpoint(ctx, prefix)?),
-        None => None,
+    // A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) is attached to
+    // `--model` as it is; anything else names a checkpoint of the home.
+    let folder = a
+        .adapter
+        .as_deref()
+        .map(Path::new)
+        .filter(|p| p.join("adapter_config.json").is_file());
+    let resolved = match (&a.adapter, folder) {
+        (Some(prefix), None) => Some(super::adapter::resolve_checkpoint(ctx, prefix)?),
+        _ => None,
     };
-    let adapter = resolved.as_ref().map(|r| AttachAdapter {
-        dir: &r.adapter_dir,
-        quantized: r.quantized.as_deref(),
-    });
+    let adapter = match (folder, &resolved) {
+        (Some(dir), _) => Some(AttachAdapter {
+            dir,
+            quantized: None,
+        }),
+        (None, Some(r)) => Some(AttachAdapter {
+            dir: &r.adapter_dir,
+            quantized: r.quantized.as_deref(),
+        }),
+        (None, None) => None,
+    };
     let out = infer(&a, adapter)?;
     if ctx.json {
         crate::output::json(&out)
