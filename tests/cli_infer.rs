@@ -205,6 +205,58 @@ fn a_peft_adapter_folder_generates_what_peft_generated() {
         let v: serde_json::Value = serde_json::from_str(&ok(home.path(), &args)).unwrap();
         assert_eq!(ids(&v["generated_token_ids"]), want, "{prompt}");
     }
+    // The same adapter from a hub cache, by hf://.
+    let cache = tempfile::tempdir().unwrap();
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let snap = cache
+        .path()
+        .join("models--foundry-test--peft-options/snapshots")
+        .join(sha);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(cache.path().join("models--foundry-test--peft-options/refs")).unwrap();
+    std::fs::write(
+        cache
+            .path()
+            .join("models--foundry-test--peft-options/refs/main"),
+        sha,
+    )
+    .unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(dir.join(f), snap.join(f)).unwrap();
+    }
+    let g = &meta["generate"][0];
+    let (file, prompt, want) = cli_shaped(g).unwrap();
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(home.path())
+        .args([
+            "infer",
+            "--offline",
+            "--json",
+            "--max-new-tokens",
+            &want.len().to_string(),
+        ])
+        .args([
+            "--model",
+            &model,
+            "--image",
+            &image(&file),
+            "--prompt",
+            &prompt,
+        ])
+        .args(["--adapter", "hf://foundry-test/peft-options"])
+        .env("HF_HUB_CACHE", cache.path())
+        .env_remove("HF_HOME")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&v["generated_token_ids"]), want, "hf://");
+
     // DoRA, and a key Foundry does not implement, are one-line refusals naming the key.
     let img = image("c.png");
     for (key, value) in [

@@ -67,11 +67,12 @@ pub struct InferArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// For hf:// models: resolve from the local hub cache only, never the network.
+    /// For hf:// models and adapters: resolve from the local hub cache only, never the network.
     #[arg(long)]
     pub offline: bool,
     /// Attach a LoRA adapter before generating: a PEFT adapter folder (adapter_config.json +
-    /// adapter_model.safetensors, e.g. trained in Python), attached to `--model` as it is; or
+    /// adapter_model.safetensors, e.g. trained in Python) or `hf://OWNER/NAME[@REVISION]`,
+    /// attached to `--model` as it is; or
     /// a checkpoint (id or unique prefix, from `--home`), over the base quantized as its run's
     /// recipe quantized it.
     #[arg(long)]
@@ -152,7 +153,11 @@ pub struct AttachAdapter<'a> {
 
 /// Runs the model and returns the prompt ids, the generated ids and the text.
 pub fn infer(a: &InferArgs, adapter: Option<AttachAdapter>) -> Result<InferOutput> {
-    let source = parse_source(&a.model, a.offline)?;
+    let hub_adapter = a.adapter.as_deref().is_some_and(|s| s.starts_with("hf://"));
+    if a.offline && !a.model.starts_with("hf://") && !hub_adapter {
+        bail!("--offline only applies to hf:// models and adapters");
+    }
+    let source = parse_source(&a.model, a.offline && a.model.starts_with("hf://"))?;
     // Check the cheap inputs before loading the weights.
     let image = RgbImage::open(&a.image)?;
     let dir = hub::resolve(&source)?;
@@ -215,13 +220,18 @@ pub fn infer(a: &InferArgs, adapter: Option<AttachAdapter>) -> Result<InferOutpu
 
 /// `ledger infer`.
 pub fn run(ctx: &Context, a: InferArgs) -> Result<()> {
-    // A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) is attached to
-    // `--model` as it is; anything else names a checkpoint of the home.
-    let folder = a
-        .adapter
-        .as_deref()
-        .map(Path::new)
-        .filter(|p| p.join("adapter_config.json").is_file());
+    // A PEFT adapter folder (adapter_config.json + adapter_model.safetensors), local or
+    // `hf://OWNER/NAME[@REV]` from the hub cache, is attached to `--model` as it is; anything
+    // else names a checkpoint of the home.
+    let external: Option<std::path::PathBuf> = match a.adapter.as_deref() {
+        Some(s) if s.starts_with("hf://") => Some(
+            hub::resolve_adapter(&parse_source(s, a.offline)?)
+                .with_context(|| format!("adapter {s}"))?,
+        ),
+        Some(s) if Path::new(s).join("adapter_config.json").is_file() => Some(s.into()),
+        _ => None,
+    };
+    let folder = external.as_deref();
     let resolved = match (&a.adapter, folder) {
         (Some(prefix), None) => Some(super::adapter::resolve_checkpoint(ctx, prefix)?),
         _ => None,
