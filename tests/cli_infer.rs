@@ -226,35 +226,29 @@ fn a_peft_adapter_folder_generates_what_peft_generated() {
     }
     let g = &meta["generate"][0];
     let (file, prompt, want) = cli_shaped(g).unwrap();
-    let out = Command::new(bin())
-        .arg("--home")
-        .arg(home.path())
-        .args([
+    let cache_s = cache.path().to_string_lossy().into_owned();
+    let max = want.len().to_string();
+    let img = image(&file);
+    let out = common::ok_env(
+        home.path(),
+        &[
             "infer",
             "--offline",
             "--json",
             "--max-new-tokens",
-            &want.len().to_string(),
-        ])
-        .args([
+            &max,
             "--model",
             &model,
             "--image",
-            &image(&file),
+            &img,
             "--prompt",
             &prompt,
-        ])
-        .args(["--adapter", "hf://foundry-test/peft-options"])
-        .env("HF_HUB_CACHE", cache.path())
-        .env_remove("HF_HOME")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--adapter",
+            "hf://foundry-test/peft-options",
+        ],
+        &[("HF_HUB_CACHE", &cache_s)],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(ids(&v["generated_token_ids"]), want, "hf://");
 
     // DoRA, and a key Foundry does not implement, are one-line refusals naming the key.

@@ -39,15 +39,7 @@ pub enum ModelSource {
 /// weights (single file or index + shards) and whatever processor files exist.
 pub fn resolve(source: &ModelSource) -> Result<PathBuf> {
     match source {
-        ModelSource::Local(dir) => {
-            if !dir.join("config.json").exists() {
-                return Err(Error::Config(format!(
-                    "no config.json in {}",
-                    dir.display()
-                )));
-            }
-            Ok(dir.clone())
-        }
+        ModelSource::Local(dir) => local_with(dir, "config.json"),
         ModelSource::Hub { .. } => with_repo(source, |get, optional, hub_err| {
             let config = get("config.json").map_err(|e| hub_err("config.json", e))?;
             let dir = config
@@ -71,15 +63,7 @@ pub fn resolve(source: &ModelSource) -> Result<PathBuf> {
 /// `adapter_model.safetensors` (a hub repository's snapshot in the hf-hub cache, or a folder).
 pub fn resolve_adapter(source: &ModelSource) -> Result<PathBuf> {
     match source {
-        ModelSource::Local(dir) => {
-            if !dir.join("adapter_config.json").is_file() {
-                return Err(Error::Config(format!(
-                    "no adapter_config.json in {}",
-                    dir.display()
-                )));
-            }
-            Ok(dir.clone())
-        }
+        ModelSource::Local(dir) => local_with(dir, "adapter_config.json"),
         ModelSource::Hub { .. } => with_repo(source, |get, _, hub_err| {
             let config =
                 get("adapter_config.json").map_err(|e| hub_err("adapter_config.json", e))?;
@@ -91,6 +75,14 @@ pub fn resolve_adapter(source: &ModelSource) -> Result<PathBuf> {
                 .ok_or_else(|| Error::Hub("adapter_config.json path has no parent".into()))
         }),
     }
+}
+
+/// A local folder, which must hold `file`.
+fn local_with(dir: &Path, file: &str) -> Result<PathBuf> {
+    if !dir.join(file).is_file() {
+        return Err(Error::Config(format!("no {file} in {}", dir.display())));
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// Fetches one file of a hub repository through the cache (or finds it there when offline).
