@@ -119,6 +119,44 @@ fn json_output_equals_the_transformers_golden_generations() {
     assert!(checked >= 2, "only {checked} golden generations checked");
 }
 
+/// `ledger infer --json` (with `adapter` attached, if any) generates, for every image-then-text
+/// prompt of a fixture's golden.json, exactly the greedy ids transformers recorded.
+fn generates_golden(
+    home: &Path,
+    model: &str,
+    adapter: Option<&str>,
+    meta: &serde_json::Value,
+    what: &str,
+) {
+    for g in meta["generate"].as_array().unwrap() {
+        let (file, prompt, want) = cli_shaped(g).expect("image-then-text prompts");
+        let img = image(&file);
+        let max = want.len().to_string();
+        let mut args = vec![
+            "infer",
+            "--model",
+            model,
+            "--image",
+            &img,
+            "--prompt",
+            &prompt,
+            "--max-new-tokens",
+            &max,
+            "--json",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a]);
+        }
+        let v: serde_json::Value = serde_json::from_str(&ok(home, &args)).unwrap();
+        assert_eq!(
+            ids(&v["generated_token_ids"]),
+            want,
+            "{what}: {prompt} (smallest top-2 margin {})",
+            g["min_top2_margin"]
+        );
+    }
+}
+
 /// Checkpoints saved by transformers + bitsandbytes (tools/fixtures/make_bnb_variants.py):
 /// every linear 4-bit (vision tower, connector, text model), NF4 and FP4, with and without
 /// double quant, sharded, bf16 code storage, and the vision tower kept dense by
@@ -139,34 +177,7 @@ fn bitsandbytes_checkpoints_generate_what_transformers_generated() {
         let dir = root.join(variant);
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
-        let model = dir.to_string_lossy().into_owned();
-        for g in meta["generate"].as_array().unwrap() {
-            let (file, prompt, want) = cli_shaped(g).expect("single-image prompts");
-            let img = image(&file);
-            let max = want.len().to_string();
-            let out = ok(
-                home.path(),
-                &[
-                    "infer",
-                    "--model",
-                    &model,
-                    "--image",
-                    &img,
-                    "--prompt",
-                    &prompt,
-                    "--max-new-tokens",
-                    &max,
-                    "--json",
-                ],
-            );
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-            assert_eq!(
-                ids(&v["generated_token_ids"]),
-                want,
-                "{variant}: {prompt} (smallest top-2 margin {})",
-                g["min_top2_margin"]
-            );
-        }
+        generates_golden(home.path(), &dir.to_string_lossy(), None, &meta, variant);
         checked.push(variant);
     }
     assert_eq!(checked.len(), 6);
@@ -184,27 +195,7 @@ fn a_peft_adapter_folder_generates_what_peft_generated() {
         serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
     let model = model_dir("tiny");
     let adapter = dir.to_string_lossy().into_owned();
-    for g in meta["generate"].as_array().unwrap() {
-        let (file, prompt, want) = cli_shaped(g).expect("image-then-text prompts");
-        let img = image(&file);
-        let max = want.len().to_string();
-        let args = [
-            "infer",
-            "--model",
-            &model,
-            "--adapter",
-            &adapter,
-            "--image",
-            &img,
-            "--prompt",
-            &prompt,
-            "--max-new-tokens",
-            &max,
-            "--json",
-        ];
-        let v: serde_json::Value = serde_json::from_str(&ok(home.path(), &args)).unwrap();
-        assert_eq!(ids(&v["generated_token_ids"]), want, "{prompt}");
-    }
+    generates_golden(home.path(), &model, Some(&adapter), &meta, "peft_options");
     // The same adapter from a hub cache, by hf://.
     let cache = tempfile::tempdir().unwrap();
     let sha = "89abcdef0123456789abcdef0123456789abcdef";

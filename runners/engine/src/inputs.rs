@@ -148,11 +148,6 @@ pub fn split_rows<'d>(
         .map(move |ex| row_of(dataset, ex)))
 }
 
-/// [`split_rows`] collected: for the few rows a caller holds at once.
-pub fn load_split(dataset: &DatasetPinned, split: &str, limit: Option<usize>) -> Result<Vec<Row>> {
-    split_rows(dataset, split, limit)?.collect()
-}
-
 /// The answer a model is taught to give for a target: compact JSON with
 /// keys in sorted order, so the same target is always the same text.
 pub fn answer_text(target: &serde_json::Value) -> String {

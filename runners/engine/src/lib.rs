@@ -20,8 +20,7 @@ mod train;
 
 pub use eval::{spec_for, spec_of, Idefics2Eval};
 pub use inputs::{
-    answer_text, load_split, model_dir, recipe_of, select_device, split_reader, split_rows,
-    verify_model, Row,
+    answer_text, model_dir, recipe_of, select_device, split_reader, split_rows, verify_model, Row,
 };
 pub use train::{dry_run, processor_for, quantized_pattern, train_config, DryRun, QloraEngine};
 
